@@ -1,0 +1,331 @@
+//! `tidemark bench`: the project's benchmark. Runs the real binary as a child process and the
+//! tools users would otherwise run (`psql \copy`, `sqlite3 -csv`) on the same data and the same
+//! SELECT, and reports wall time and peak memory (from `wait4`) as ratios: full export from
+//! PostgreSQL, memory at two table sizes, incremental export cost against the number of changes
+//! and against the table size, full export from SQLite.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::capture::{self, strategy_for, Mode, SetupOptions};
+use crate::db::{connect, ConnectOptions, Database, DbUrl};
+use crate::error::{Error, Result};
+use crate::ident::Ident;
+use crate::seed;
+use crate::state::StateStore;
+use crate::testkit::PgServer;
+
+/// Benchmark settings.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub rows: u64,
+    pub pg_url: Option<String>,
+    pub dir: Option<PathBuf>,
+}
+
+/// One measured command: median wall time and the largest peak RSS of its runs.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Measured {
+    pub seconds: f64,
+    pub peak_rss_mb: f64,
+}
+
+/// Everything the benchmark measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchReport {
+    pub rows: u64,
+    pub pg_seed_seconds: f64,
+    pub pg_psql_copy: Measured,
+    pub pg_full_export: Measured,
+    pub pg_full_export_tenth: Measured,
+    pub pg_incremental_1pct: Measured,
+    pub pg_incremental_01pct: Measured,
+    pub pg_incremental_same_changes_tenth_table: Measured,
+    pub sqlite_cli: Measured,
+    pub sqlite_full_export: Measured,
+}
+
+impl BenchReport {
+    /// A readable table with ratios and the targets.
+    pub fn render(&self) -> String {
+        let r = |a: &Measured, b: &Measured| a.seconds / b.seconds.max(1e-9);
+        let n = self.rows;
+        let line = |name: &str, m: &Measured, note: String| {
+            format!("{name:<48} {:>8.3} s {:>8.1} MB  {note}\n", m.seconds, m.peak_rss_mb)
+        };
+        let mut s = format!("tidemark bench, {n} users (median of 3 runs; peak RSS of the process)\n");
+        s += &format!("{:<48} {:>10} {:>11}\n", "", "wall", "peak RSS");
+        s += &line("psql \\copy (SELECT …) TO file CSV HEADER", &self.pg_psql_copy, String::new());
+        s += &line(
+            "tidemark export --mode full (PostgreSQL)",
+            &self.pg_full_export,
+            format!("{:.2}× psql (target ≤ 1.10×)", r(&self.pg_full_export, &self.pg_psql_copy)),
+        );
+        s += &line(
+            &format!("tidemark export --mode full, {} rows", n / 10),
+            &self.pg_full_export_tenth,
+            format!(
+                "memory {:.2}× the {n}-row run (flat = 1.0; target ≤ 32 MB)",
+                self.pg_full_export.peak_rss_mb / self.pg_full_export_tenth.peak_rss_mb.max(1e-9)
+            ),
+        );
+        s += &line(
+            &format!("incremental, {} changes (1%)", n / 100),
+            &self.pg_incremental_1pct,
+            format!("{:.3}× the full export", r(&self.pg_incremental_1pct, &self.pg_full_export)),
+        );
+        s += &line(
+            &format!("incremental, {} changes (0.1%)", n / 1000),
+            &self.pg_incremental_01pct,
+            format!("{:.2}× the 1% run", r(&self.pg_incremental_01pct, &self.pg_incremental_1pct)),
+        );
+        s += &line(
+            &format!("incremental, {} changes in a {}-row table", n / 100, n / 10),
+            &self.pg_incremental_same_changes_tenth_table,
+            format!(
+                "{:.2}× the same changes in the {n}-row table (flat in table size = 1.0)",
+                r(&self.pg_incremental_same_changes_tenth_table, &self.pg_incremental_1pct)
+            ),
+        );
+        s += &line("sqlite3 -csv -header (same SELECT)", &self.sqlite_cli, String::new());
+        s += &line(
+            "tidemark export --mode full (SQLite)",
+            &self.sqlite_full_export,
+            format!("{:.2}× sqlite3", r(&self.sqlite_full_export, &self.sqlite_cli)),
+        );
+        s += &format!("seeding {n} users into PostgreSQL: {:.2} s\n", self.pg_seed_seconds);
+        s
+    }
+}
+
+/// Runs `cmd` to completion and measures it.
+fn measure_once(cmd: &mut Command) -> Result<Measured> {
+    let t0 = Instant::now();
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::Runtime(format!("bench: cannot run {cmd:?}: {e}")))?;
+    let pid = i32::try_from(child.id()).map_err(|_| Error::Runtime("bench: pid".into()))?;
+    let mut status = 0;
+    // SAFETY: rusage is plain data; wait4 fills it for our own child, which we reap here
+    // (the Child handle is not waited on afterwards).
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let seconds = t0.elapsed().as_secs_f64();
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut err);
+    }
+    if rc != pid || !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        return Err(Error::Runtime(format!("bench: {cmd:?} failed: {err}")));
+    }
+    Ok(Measured {
+        seconds,
+        peak_rss_mb: usage.ru_maxrss as f64 / 1024.0,
+    })
+}
+
+/// Median time and largest peak RSS of `runs` runs of the command `make` builds.
+fn measure(runs: usize, mut make: impl FnMut(usize) -> Command) -> Result<Measured> {
+    let mut all = Vec::new();
+    for i in 0..runs {
+        all.push(measure_once(&mut make(i))?);
+    }
+    let mut times: Vec<f64> = all.iter().map(|m| m.seconds).collect();
+    times.sort_by(f64::total_cmp);
+    Ok(Measured {
+        seconds: times[times.len() / 2],
+        peak_rss_mb: all.iter().map(|m| m.peak_rss_mb).fold(0.0, f64::max),
+    })
+}
+
+fn tidemark(source: &DbUrl, args: &[&str]) -> Result<Command> {
+    let exe = std::env::current_exe().map_err(|e| Error::Runtime(format!("bench: {e}")))?;
+    let mut c = Command::new(exe);
+    c.arg("--source").arg(source.as_str()).args(args);
+    c.env("RUST_LOG", "error");
+    Ok(c)
+}
+
+async fn full_select(db: &dyn Database, state: &StateStore) -> Result<String> {
+    let table = Ident::new(seed::USERS)?;
+    let info = db.describe(&table).await?;
+    let config = state.table_config(&table).await?;
+    let strategy = strategy_for(&info, config.as_ref())?;
+    let snapshot = db.snapshot(Duration::ZERO).await?;
+    let after = strategy.position_after(snapshot.bound(), None);
+    snapshot.finish().await?;
+    Ok(strategy.select(db.dialect(), Mode::Full, None, &after)?.sql)
+}
+
+async fn prepare(url: &DbUrl, rows: u64) -> Result<(Arc<dyn Database>, StateStore, f64)> {
+    let db = connect(
+        url,
+        ConnectOptions {
+            create_if_missing: true,
+            max_connections: None,
+        },
+    )
+    .await?;
+    let t = Instant::now();
+    seed::seed_users(db.as_ref(), rows, None).await?;
+    let seconds = t.elapsed().as_secs_f64();
+    let state = StateStore::open(Arc::clone(&db)).await?;
+    let table = Ident::new(seed::USERS)?;
+    let info = db.describe(&table).await?;
+    let report = capture::setup(db.as_ref(), &info, "timestamp", &SetupOptions::default()).await?;
+    state.save_table_config(&table, &report.config).await?;
+    db.execute("ANALYZE", &[]).await.ok();
+    Ok((db, state, seconds))
+}
+
+/// Changes every `every`-th user (a name change stamped by the database clock).
+async fn change_every(db: &dyn Database, every: i64) -> Result<()> {
+    let d = db.dialect();
+    db.execute(
+        &format!(
+            "UPDATE users SET name = name || '.', updated_at = {} WHERE id % {every} = 0",
+            d.now_expr()
+        ),
+        &[],
+    )
+    .await?;
+    Ok(())
+}
+
+/// An incremental export of consumer `c` after `change`, measured once per run: each run
+/// starts from a full export, applies the change and waits past the capture margin.
+async fn incremental(url: &DbUrl, db: &dyn Database, out: &Path, every: i64, tag: &str) -> Result<Measured> {
+    let mut all = Vec::new();
+    for run in 0..3 {
+        let consumer = format!("{tag}-{run}");
+        let out_s = out.to_string_lossy().into_owned();
+        measure_once(&mut tidemark(url, &["export", "--consumer", &consumer, "--mode", "full", "--out", &out_s])?)?;
+        change_every(db, every).await?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        all.push(measure_once(&mut tidemark(
+            url,
+            &["export", "--consumer", &consumer, "--mode", "incremental", "--out", &out_s],
+        )?)?);
+    }
+    let mut times: Vec<f64> = all.iter().map(|m| m.seconds).collect();
+    times.sort_by(f64::total_cmp);
+    Ok(Measured {
+        seconds: times[1],
+        peak_rss_mb: all.iter().map(|m| m.peak_rss_mb).fold(0.0, f64::max),
+    })
+}
+
+/// Runs the benchmark; `log` receives progress lines.
+pub async fn run(opts: &BenchOptions, log: &(dyn Fn(&str) + Sync)) -> Result<BenchReport> {
+    let tmp = tempfile::Builder::new()
+        .prefix("tidemark-bench.")
+        .tempdir()
+        .map_err(|e| Error::Runtime(format!("bench: {e}")))?;
+    let dir = opts.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
+    let out = dir.join("out");
+    let rows = opts.rows.max(1000);
+
+    let server;
+    let (big_url, small_url) = match &opts.pg_url {
+        Some(u) => {
+            let base = DbUrl::parse(u)?;
+            let admin = connect(&base, ConnectOptions::default()).await?;
+            for name in ["tidemark_bench_big", "tidemark_bench_small"] {
+                admin.execute(&format!("DROP DATABASE IF EXISTS {name}"), &[]).await?;
+                admin.execute(&format!("CREATE DATABASE {name}"), &[]).await?;
+            }
+            let with_db = |name: &str| {
+                let s = base.as_str();
+                let cut = s.rfind('/').filter(|&i| i > s.find("//").unwrap_or(0) + 1).unwrap_or(s.len());
+                DbUrl::parse(&format!("{}/{name}", &s[..cut]))
+            };
+            (with_db("tidemark_bench_big")?, with_db("tidemark_bench_small")?)
+        }
+        None => {
+            log("starting a throwaway PostgreSQL server");
+            server = PgServer::start()?;
+            (server.fresh_database().await?, server.fresh_database().await?)
+        }
+    };
+
+    log(&format!("seeding {rows} users into PostgreSQL"));
+    let (big, big_state, pg_seed_seconds) = prepare(&big_url, rows).await?;
+    log(&format!("seeding {} users into a second database", rows / 10));
+    let (small, _small_state, _) = prepare(&small_url, rows / 10).await?;
+    let select = full_select(big.as_ref(), &big_state).await?;
+    let out_s = out.to_string_lossy().into_owned();
+    std::fs::create_dir_all(&out).map_err(|e| Error::io("create", &out, e))?;
+
+    log("psql \\copy, 3 runs");
+    let psql_file = dir.join("psql.csv");
+    let pg_psql_copy = measure(3, |_| {
+        let mut c = Command::new("psql");
+        c.arg(big_url.as_str()).arg("-q").arg("-c").arg(format!(
+            "\\copy ({select}) TO '{}' WITH CSV HEADER",
+            psql_file.display()
+        ));
+        c
+    })?;
+    log("tidemark full export from PostgreSQL, 3 runs");
+    let mut cmds = Vec::new();
+    for i in 0..3 {
+        cmds.push(tidemark(&big_url, &["export", "--consumer", &format!("full-{i}"), "--mode", "full", "--out", &out_s])?);
+    }
+    let pg_full_export = measure(3, |i| std::mem::replace(&mut cmds[i], Command::new("true")))?;
+    let mut cmds = Vec::new();
+    for i in 0..3 {
+        cmds.push(tidemark(&small_url, &["export", "--consumer", &format!("full-{i}"), "--mode", "full", "--out", &out_s])?);
+    }
+    let pg_full_export_tenth = measure(3, |i| std::mem::replace(&mut cmds[i], Command::new("true")))?;
+
+    log("incremental exports");
+    let pg_incremental_1pct = incremental(&big_url, big.as_ref(), &out, 100, "inc1").await?;
+    let pg_incremental_01pct = incremental(&big_url, big.as_ref(), &out, 1000, "inc01").await?;
+    let pg_incremental_same_changes_tenth_table =
+        incremental(&small_url, small.as_ref(), &out, 10, "inc-small").await?;
+
+    log(&format!("seeding {rows} users into SQLite"));
+    let sqlite_path = dir.join("bench.db");
+    let _ = std::fs::remove_file(&sqlite_path);
+    let sqlite_url = DbUrl::parse(&format!("sqlite://{}", sqlite_path.display()))?;
+    let (sqlite, sqlite_state, _) = prepare(&sqlite_url, rows).await?;
+    let sqlite_select = full_select(sqlite.as_ref(), &sqlite_state).await?;
+    sqlite.execute("PRAGMA wal_checkpoint(TRUNCATE)", &[]).await.ok();
+    log("sqlite3 -csv and tidemark full export from SQLite, 3 runs each");
+    let sqlite_file = dir.join("sqlite3.csv");
+    let sqlite_cli = measure(3, |_| {
+        let mut c = Command::new("sh");
+        c.arg("-c").arg(format!(
+            "sqlite3 -csv -header '{}' \"$0\" > '{}'",
+            sqlite_path.display(),
+            sqlite_file.display()
+        ));
+        c.arg(&sqlite_select);
+        c
+    })?;
+    let mut cmds = Vec::new();
+    for i in 0..3 {
+        cmds.push(tidemark(&sqlite_url, &["export", "--consumer", &format!("full-{i}"), "--mode", "full", "--out", &out_s])?);
+    }
+    let sqlite_full_export = measure(3, |i| std::mem::replace(&mut cmds[i], Command::new("true")))?;
+
+    Ok(BenchReport {
+        rows,
+        pg_seed_seconds,
+        pg_psql_copy,
+        pg_full_export,
+        pg_full_export_tenth,
+        pg_incremental_1pct,
+        pg_incremental_01pct,
+        pg_incremental_same_changes_tenth_table,
+        sqlite_cli,
+        sqlite_full_export,
+    })
+}

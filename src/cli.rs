@@ -1,0 +1,546 @@
+//! The command line: parses arguments (clap), wires the library together, prints text for people
+//! (progress bars on a terminal, plain lines when piped) or JSON for scripts, and maps errors to
+//! exit codes: 0 ok, 1 runtime failure, 2 bad usage or bad input.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::capture::{self, Mode, SetupOptions};
+use crate::db::{connect, ConnectOptions, Database, DbUrl, Timestamp};
+use crate::demo::{self, DemoOptions, Observer, Step};
+use crate::error::Error;
+use crate::export::{manifest, ExportRequest, Exporter};
+use crate::ident::{ConsumerId, Ident};
+use crate::seed;
+use crate::state::{Position, StateStore};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tidemark",
+    version,
+    about = "Change data capture for SQLite, PostgreSQL and MySQL/MariaDB: exact incremental CSV exports with a watermark per consumer"
+)]
+struct Cli {
+    /// Source database: sqlite://PATH, postgres://…, mysql://… [env: TIDEMARK_SOURCE, DATABASE_URL]
+    #[arg(long, global = true, env = "TIDEMARK_SOURCE", hide_env = true)]
+    source: Option<String>,
+    /// Database holding watermarks and export records (default: the source)
+    #[arg(long, global = true, env = "TIDEMARK_STATE")]
+    state: Option<String>,
+    /// Print JSON instead of text
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ModeArg {
+    Full,
+    Incremental,
+    Delta,
+}
+
+impl From<ModeArg> for Mode {
+    fn from(m: ModeArg) -> Mode {
+        match m {
+            ModeArg::Full => Mode::Full,
+            ModeArg::Incremental => Mode::Incremental,
+            ModeArg::Delta => Mode::Delta,
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// The whole story on embedded SQLite: seed, full export, changes, delta export, verify, replay
+    Demo {
+        /// Directory for the demo database (and output unless --out)
+        #[arg(long, default_value = "tidemark-demo")]
+        dir: PathBuf,
+        /// Output directory [default: DIR/output]
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Users to seed
+        #[arg(long, default_value_t = 100_000)]
+        rows: u64,
+    },
+    /// Create the users table if missing and append N deterministic mock users
+    Seed {
+        #[arg(long)]
+        rows: u64,
+    },
+    /// Install what a capture strategy needs on a table and register it (idempotent)
+    Setup {
+        #[arg(long, default_value = "users")]
+        table: String,
+        /// Capture strategy (timestamp; trigger and version come later)
+        #[arg(long)]
+        strategy: String,
+        /// Cursor column [default: updated_at]
+        #[arg(long)]
+        cursor_column: Option<String>,
+        /// Soft-delete column [default: is_deleted if the table has it]
+        #[arg(long)]
+        deleted_column: Option<String>,
+        /// Creation time column, to tell INSERT from UPDATE in deltas [default: created_at if present]
+        #[arg(long)]
+        created_column: Option<String>,
+    },
+    /// Remove what setup installed and the table's registration
+    Teardown {
+        #[arg(long, default_value = "users")]
+        table: String,
+    },
+    /// Export a table's changes for a consumer as CSV plus manifest
+    Export {
+        #[arg(long)]
+        consumer: String,
+        #[arg(long, value_enum)]
+        mode: ModeArg,
+        #[arg(long, default_value = "users")]
+        table: String,
+        /// Output directory
+        #[arg(long, env = "TIDEMARK_OUTPUT_DIR", default_value = "output")]
+        out: PathBuf,
+        /// How far behind the server clock capture stays, in milliseconds (PostgreSQL, MySQL)
+        #[arg(long, default_value_t = 100)]
+        margin_ms: u64,
+    },
+    /// Read, set or reset a consumer's watermark
+    Watermark {
+        #[command(subcommand)]
+        action: WatermarkAction,
+    },
+    /// Check the manifest chains, checksums and row counts of an output directory
+    Verify { dir: PathBuf },
+    /// Measure exports against psql \copy and sqlite3 (starts its own PostgreSQL server)
+    Bench {
+        /// Rows in the full-export comparisons
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: u64,
+        /// Use this PostgreSQL server instead of starting one (its database is modified)
+        #[arg(long)]
+        pg_url: Option<String>,
+        /// Working directory for databases and files [default: a temporary directory]
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum WatermarkAction {
+    /// Print the watermark
+    Get {
+        #[arg(long)]
+        consumer: String,
+        #[arg(long, default_value = "users")]
+        table: String,
+    },
+    /// Set the watermark to a time (RFC 3339): changes from then on are exported next
+    Set {
+        #[arg(long)]
+        consumer: String,
+        #[arg(long, default_value = "users")]
+        table: String,
+        #[arg(long)]
+        to: String,
+    },
+    /// Forget the watermark: the next export starts from the beginning
+    Reset {
+        #[arg(long)]
+        consumer: String,
+        #[arg(long, default_value = "users")]
+        table: String,
+    },
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            let input = e
+                .chain()
+                .any(|c| c.downcast_ref::<Error>().is_some_and(Error::is_input_error));
+            ExitCode::from(if input { 2 } else { 1 })
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn source_url(cli: &Cli) -> anyhow::Result<DbUrl> {
+    let url = cli
+        .source
+        .clone()
+        .or_else(|| std::env::var("DATABASE_URL").ok())
+        .ok_or_else(|| {
+            Error::input("no source database: pass --source URL or set DATABASE_URL")
+        })?;
+    Ok(DbUrl::parse(&url)?)
+}
+
+async fn open_source(cli: &Cli, create: bool) -> anyhow::Result<Arc<dyn Database>> {
+    let url = source_url(cli)?;
+    Ok(connect(
+        &url,
+        ConnectOptions {
+            create_if_missing: create,
+            max_connections: None,
+        },
+    )
+    .await?)
+}
+
+async fn open_state(cli: &Cli, source: &Arc<dyn Database>) -> anyhow::Result<StateStore> {
+    let db = match &cli.state {
+        Some(url) => connect(&DbUrl::parse(url)?, ConnectOptions { create_if_missing: true, max_connections: None }).await?,
+        None => Arc::clone(source),
+    };
+    Ok(StateStore::open(db).await?)
+}
+
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// A progress bar on a terminal, nothing otherwise.
+fn bar(json: bool, label: &str) -> Option<ProgressBar> {
+    if json || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let pb = ProgressBar::new_spinner();
+    if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} {human_pos} rows ({per_sec}) {elapsed}") {
+        pb.set_style(style);
+    }
+    pb.set_message(label.to_string());
+    pb.enable_steady_tick(std::time::Duration::from_millis(120));
+    Some(pb)
+}
+
+struct DemoUi {
+    bar: Option<ProgressBar>,
+    json: bool,
+}
+
+impl Observer for DemoUi {
+    fn progress(&self, step: &'static str, rows: u64) {
+        if let Some(b) = &self.bar {
+            b.set_message(step);
+            b.set_position(rows);
+        }
+    }
+
+    fn step_done(&self, step: &Step) {
+        if self.json {
+            return;
+        }
+        let line = format!("  {:<13} {:>7.2} s  {}", step.name, step.seconds, step.detail);
+        match &self.bar {
+            Some(b) => b.println(line),
+            None => println!("{line}"),
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Demo { dir, out, rows } => {
+            let opts = DemoOptions {
+                dir: dir.clone(),
+                out: out.clone(),
+                rows: *rows,
+            };
+            if !cli.json {
+                println!("tidemark demo: {rows} users on embedded SQLite in {}", dir.display());
+            }
+            let ui = DemoUi {
+                bar: bar(cli.json, "working"),
+                json: cli.json,
+            };
+            let report = demo::run(&opts, &ui).await;
+            if let Some(b) = &ui.bar {
+                b.finish_and_clear();
+            }
+            let report = report?;
+            if cli.json {
+                print_json(&report)?;
+            } else {
+                println!(
+                    "done in {:.2} s: replaying {} gives exactly the table ({} live rows)",
+                    report.seconds,
+                    report.out_dir.display(),
+                    report.live_rows
+                );
+            }
+        }
+        Command::Seed { rows } => {
+            let db = open_source(&cli, true).await?;
+            let pb = bar(cli.json, "seeding");
+            let progress = |n: u64| {
+                if let Some(b) = &pb {
+                    b.set_position(n);
+                }
+            };
+            let report = seed::seed_users(db.as_ref(), *rows, Some(&progress)).await;
+            if let Some(b) = &pb {
+                b.finish_and_clear();
+            }
+            let report = report?;
+            if cli.json {
+                print_json(&report)?;
+            } else {
+                println!(
+                    "seeded {} users (ids {}..{}) into {} in {:.2} s",
+                    report.rows, report.first_id, report.last_id, report.table, report.seconds
+                );
+            }
+        }
+        Command::Setup {
+            table,
+            strategy,
+            cursor_column,
+            deleted_column,
+            created_column,
+        } => {
+            let table = Ident::new(table)?;
+            let db = open_source(&cli, false).await?;
+            let state = open_state(&cli, &db).await?;
+            let info = db.describe(&table).await?;
+            let options = SetupOptions {
+                cursor_column: cursor_column.clone(),
+                deleted_column: deleted_column.clone(),
+                created_column: created_column.clone(),
+            };
+            let report = capture::setup(db.as_ref(), &info, strategy, &options).await?;
+            state.save_table_config(&table, &report.config).await?;
+            if cli.json {
+                print_json(&report)?;
+            } else {
+                println!(
+                    "{table}: {} capture on cursor {} (soft deletes: {}, creation time: {}); installed {}",
+                    report.config.strategy,
+                    report.config.cursor_column,
+                    report.config.deleted_column.as_deref().unwrap_or("none"),
+                    report.config.created_column.as_deref().unwrap_or("none"),
+                    report.installed.join(", ")
+                );
+            }
+        }
+        Command::Teardown { table } => {
+            let table = Ident::new(table)?;
+            let db = open_source(&cli, false).await?;
+            let state = open_state(&cli, &db).await?;
+            let info = db.describe(&table).await?;
+            let removed = match state.table_config(&table).await? {
+                Some(config) => {
+                    let mut r = capture::teardown(db.as_ref(), &info, &config).await?;
+                    state.remove_table_config(&table).await?;
+                    r.push("registration".into());
+                    r
+                }
+                None => Vec::new(),
+            };
+            if cli.json {
+                print_json(&serde_json::json!({ "table": table, "removed": removed }))?;
+            } else if removed.is_empty() {
+                println!("{table}: nothing to remove (not set up)");
+            } else {
+                println!("{table}: removed {}", removed.join(", "));
+            }
+        }
+        Command::Export {
+            consumer,
+            mode,
+            table,
+            out,
+            margin_ms,
+        } => {
+            let consumer = ConsumerId::new(consumer)?;
+            let table = Ident::new(table)?;
+            let db = open_source(&cli, false).await?;
+            let state = open_state(&cli, &db).await?;
+            let exporter = Exporter::new(db, state)
+                .with_margin(std::time::Duration::from_millis(*margin_ms));
+            let req = ExportRequest {
+                consumer,
+                table,
+                mode: (*mode).into(),
+                out_dir: out.clone(),
+            };
+            let pb = bar(cli.json, &format!("{} export", req.mode));
+            let progress = |n: u64| {
+                if let Some(b) = &pb {
+                    b.set_position(n);
+                }
+            };
+            let outcome = exporter.export(&req, Some(&progress)).await;
+            if let Some(b) = &pb {
+                b.finish_and_clear();
+            }
+            let outcome = outcome?;
+            if cli.json {
+                print_json(&outcome)?;
+            } else {
+                for r in &outcome.repaired {
+                    eprintln!("note: {r}");
+                }
+                match &outcome.file {
+                    Some(f) => println!(
+                        "{} export of {} for {}: {} rows to {} ({} ms)",
+                        outcome.mode,
+                        outcome.table,
+                        outcome.consumer,
+                        outcome.rows,
+                        f.display(),
+                        outcome.duration_ms
+                    ),
+                    None => println!(
+                        "{} export of {} for {}: no changes since the watermark, no file written",
+                        outcome.mode, outcome.table, outcome.consumer
+                    ),
+                }
+            }
+        }
+        Command::Watermark { action } => watermark(&cli, action).await?,
+        Command::Verify { dir } => {
+            let report = manifest::verify(dir)?;
+            if cli.json {
+                print_json(&report)?;
+            } else {
+                for c in &report.chains {
+                    println!(
+                        "{} / {}: {} files, {} rows, watermark {}",
+                        c.consumer,
+                        c.table,
+                        c.files,
+                        c.rows,
+                        c.watermark.time()
+                    );
+                }
+                for p in &report.problems {
+                    eprintln!("problem: {p}");
+                }
+            }
+            if !report.problems.is_empty() {
+                return Err(Error::Verify(format!("{} problem(s) in {}", report.problems.len(), dir.display())).into());
+            }
+            if !cli.json {
+                println!("ok: {} chain(s) verified in {}", report.chains.len(), dir.display());
+            }
+        }
+        Command::Bench { rows, pg_url, dir } => {
+            let opts = crate::bench::BenchOptions {
+                rows: *rows,
+                pg_url: pg_url.clone(),
+                dir: dir.clone(),
+            };
+            let report = crate::bench::run(&opts, &|line| {
+                if !cli.json {
+                    eprintln!("{line}");
+                }
+            })
+            .await
+            .context("benchmark failed")?;
+            if cli.json {
+                print_json(&report)?;
+            } else {
+                println!("{}", report.render());
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn watermark(cli: &Cli, action: &WatermarkAction) -> anyhow::Result<()> {
+    let (consumer, table) = match action {
+        WatermarkAction::Get { consumer, table }
+        | WatermarkAction::Set { consumer, table, .. }
+        | WatermarkAction::Reset { consumer, table } => (consumer, table),
+    };
+    let consumer = ConsumerId::new(consumer)?;
+    let table = Ident::new(table)?;
+    let db = open_source(cli, false).await?;
+    let state = open_state(cli, &db).await?;
+    match action {
+        WatermarkAction::Get { .. } => {
+            let w = state.watermark(&consumer, &table).await?;
+            if cli.json {
+                print_json(&w)?;
+            } else {
+                match w {
+                    Some(w) => println!(
+                        "{consumer} / {table}: {} (moved {})",
+                        w.position.time(),
+                        w.updated_at
+                    ),
+                    None => println!("{consumer} / {table}: no watermark (the next export starts from the beginning)"),
+                }
+            }
+        }
+        WatermarkAction::Set { to, .. } => {
+            let at = Timestamp::parse(to)?;
+            db.describe(&table).await?;
+            let lock = state.lock(&consumer, &table).await?;
+            let result = state
+                .set_watermark(&consumer, &table, &Position::Timestamp { cursor: at })
+                .await;
+            lock.release().await?;
+            result?;
+            if cli.json {
+                print_json(&state.watermark(&consumer, &table).await?)?;
+            } else {
+                println!("{consumer} / {table}: watermark set to {at}");
+            }
+        }
+        WatermarkAction::Reset { .. } => {
+            let lock = state.lock(&consumer, &table).await?;
+            let result = state.reset_watermark(&consumer, &table).await;
+            lock.release().await?;
+            let removed = result?;
+            if cli.json {
+                print_json(&serde_json::json!({ "consumer": consumer, "table": table, "reset": removed }))?;
+            } else if removed {
+                println!("{consumer} / {table}: watermark reset; the next export starts from the beginning");
+            } else {
+                println!("{consumer} / {table}: had no watermark");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,168 @@
+//! The sqlx plumbing the three adapters share: binding [`Param`]s, running statements and
+//! transactions, decoding small result sets as text, and streaming text rows into a sink.
+//! Written once, generic over the sqlx driver.
+
+use futures_util::TryStreamExt;
+use sqlx::{AssertSqlSafe, ColumnIndex, Decode, Encode, Executor, IntoArguments, Row, Type};
+
+use super::{Param, RowSink, Stmt, TextRow};
+use crate::error::{Error, Result};
+
+/// The bounds a sqlx driver must meet for the shared helpers.
+pub(crate) trait Driver: sqlx::Database
+where
+    Self::Arguments: IntoArguments<Self>,
+    for<'c> &'c mut Self::Connection: Executor<'c, Database = Self>,
+    for<'a> String: Encode<'a, Self> + Decode<'a, Self> + Type<Self>,
+    for<'a> Option<String>: Encode<'a, Self> + Type<Self>,
+    for<'a> &'a str: Decode<'a, Self> + Type<Self>,
+    for<'a> i64: Encode<'a, Self> + Decode<'a, Self> + Type<Self>,
+    usize: ColumnIndex<Self::Row>,
+{
+}
+
+impl Driver for sqlx::Postgres {}
+impl Driver for sqlx::MySql {}
+impl Driver for sqlx::Sqlite {}
+
+fn build<DB>(sql: &str, params: &[Param]) -> sqlx::query::Query<'static, DB, DB::Arguments>
+where
+    DB: Driver,
+    DB::Arguments: IntoArguments<DB>,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'a> String: Encode<'a, DB> + Decode<'a, DB> + Type<DB>,
+    for<'a> Option<String>: Encode<'a, DB> + Type<DB>,
+    for<'a> &'a str: Decode<'a, DB> + Type<DB>,
+    for<'a> i64: Encode<'a, DB> + Decode<'a, DB> + Type<DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    let mut q = sqlx::query::<DB>(AssertSqlSafe(sql.to_string()));
+    for p in params {
+        q = match p {
+            Param::Text(s) => q.bind(s.clone()),
+            Param::Int(v) => q.bind(*v),
+            Param::Null => q.bind(None::<String>),
+        };
+    }
+    q
+}
+
+/// Runs one statement on `conn`; returns the affected rows.
+pub(crate) async fn execute<DB>(
+    conn: &mut DB::Connection,
+    sql: &str,
+    params: &[Param],
+) -> Result<u64>
+where
+    DB: Driver,
+    DB::Arguments: IntoArguments<DB>,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'a> String: Encode<'a, DB> + Decode<'a, DB> + Type<DB>,
+    for<'a> Option<String>: Encode<'a, DB> + Type<DB>,
+    for<'a> &'a str: Decode<'a, DB> + Type<DB>,
+    for<'a> i64: Encode<'a, DB> + Decode<'a, DB> + Type<DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    let done = build::<DB>(sql, params).execute(&mut *conn).await?;
+    Ok(affected::<DB>(&done))
+}
+
+fn affected<DB: sqlx::Database>(done: &DB::QueryResult) -> u64 {
+    // Every sqlx QueryResult has rows_affected(), but not through a shared trait.
+    let any: &dyn std::any::Any = done;
+    if let Some(r) = any.downcast_ref::<sqlx::postgres::PgQueryResult>() {
+        r.rows_affected()
+    } else if let Some(r) = any.downcast_ref::<sqlx::mysql::MySqlQueryResult>() {
+        r.rows_affected()
+    } else if let Some(r) = any.downcast_ref::<sqlx::sqlite::SqliteQueryResult>() {
+        r.rows_affected()
+    } else {
+        0
+    }
+}
+
+/// Runs statements in one transaction on a pool connection.
+pub(crate) async fn transaction<DB>(pool: &sqlx::Pool<DB>, stmts: &[Stmt]) -> Result<bool>
+where
+    DB: Driver,
+    DB::Arguments: IntoArguments<DB>,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'a> String: Encode<'a, DB> + Decode<'a, DB> + Type<DB>,
+    for<'a> Option<String>: Encode<'a, DB> + Type<DB>,
+    for<'a> &'a str: Decode<'a, DB> + Type<DB>,
+    for<'a> i64: Encode<'a, DB> + Decode<'a, DB> + Type<DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    let mut tx = pool.begin().await?;
+    for stmt in stmts {
+        let n = execute::<DB>(&mut tx, &stmt.sql, &stmt.params).await?;
+        if stmt.expect_rows.is_some_and(|want| want != n) {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+    }
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Runs a small query and decodes every column as text (integers are printed).
+pub(crate) async fn query<DB>(
+    conn: &mut DB::Connection,
+    sql: &str,
+    params: &[Param],
+) -> Result<Vec<TextRow>>
+where
+    DB: Driver,
+    DB::Arguments: IntoArguments<DB>,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'a> String: Encode<'a, DB> + Decode<'a, DB> + Type<DB>,
+    for<'a> Option<String>: Encode<'a, DB> + Type<DB>,
+    for<'a> &'a str: Decode<'a, DB> + Type<DB>,
+    for<'a> i64: Encode<'a, DB> + Decode<'a, DB> + Type<DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    let rows = build::<DB>(sql, params).fetch_all(&mut *conn).await?;
+    rows.iter()
+        .map(|row| {
+            (0..row.len())
+                .map(|i| match row.try_get::<Option<String>, usize>(i) {
+                    Ok(v) => Ok(v),
+                    Err(_) => row
+                        .try_get::<Option<i64>, usize>(i)
+                        .map(|v| v.map(|n| n.to_string()))
+                        .map_err(Error::from),
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Streams a select whose columns are all text (or NULL) into `sink`; returns the row count.
+pub(crate) async fn stream_text_rows<DB>(
+    conn: &mut DB::Connection,
+    select: &str,
+    sink: &mut dyn RowSink,
+) -> Result<u64>
+where
+    DB: Driver,
+    DB::Arguments: IntoArguments<DB>,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'a> String: Encode<'a, DB> + Decode<'a, DB> + Type<DB>,
+    for<'a> Option<String>: Encode<'a, DB> + Type<DB>,
+    for<'a> &'a str: Decode<'a, DB> + Type<DB>,
+    for<'a> i64: Encode<'a, DB> + Decode<'a, DB> + Type<DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    let mut rows = sqlx::query::<DB>(AssertSqlSafe(select.to_string())).fetch(&mut *conn);
+    let mut n = 0u64;
+    while let Some(row) = rows.try_next().await? {
+        let mut fields: Vec<Option<&str>> = Vec::with_capacity(row.len());
+        for i in 0..row.len() {
+            fields.push(row.try_get_unchecked::<Option<&str>, usize>(i)?);
+        }
+        sink.write_fields(&fields)
+            .map_err(|e| Error::io("write export row", "<sink>", e))?;
+        n += 1;
+    }
+    Ok(n)
+}

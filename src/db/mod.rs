@@ -1,0 +1,542 @@
+//! Database adapters: parsing source URLs, connecting, and the two seams every other module
+//! talks through — [`Dialect`] (pure SQL text for one database) and [`Database`] (a live
+//! connection pool that runs statements, describes tables, streams rows and takes locks).
+//! One submodule per database implements both.
+
+mod common;
+pub mod mysql;
+pub mod postgres;
+pub mod sqlite;
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDateTime, SubsecRound, Utc};
+
+use crate::error::{Error, Result};
+use crate::ident::Ident;
+
+/// Which database a URL points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DbKind {
+    Sqlite,
+    Postgres,
+    Mysql,
+}
+
+impl fmt::Display for DbKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DbKind::Sqlite => "sqlite",
+            DbKind::Postgres => "postgres",
+            DbKind::Mysql => "mysql",
+        })
+    }
+}
+
+/// A checked database URL: `sqlite://PATH`, `postgres://…` (or `postgresql://…`), `mysql://…`
+/// (or `mariadb://…`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct DbUrl {
+    kind: DbKind,
+    url: String,
+}
+
+impl DbUrl {
+    /// Parses and checks a URL without connecting.
+    pub fn parse(url: &str) -> Result<Self> {
+        let bad = |reason: &str| Error::InvalidUrl {
+            url: redact(url),
+            reason: reason.to_string(),
+        };
+        let (scheme, rest) = url
+            .split_once(':')
+            .ok_or_else(|| bad("expected sqlite://PATH, postgres://… or mysql://…"))?;
+        let kind = match scheme.to_ascii_lowercase().as_str() {
+            "sqlite" => DbKind::Sqlite,
+            "postgres" | "postgresql" => DbKind::Postgres,
+            "mysql" | "mariadb" => DbKind::Mysql,
+            other => return Err(bad(&format!("unknown scheme {other:?}"))),
+        };
+        let url = match kind {
+            DbKind::Sqlite => {
+                let path = rest.trim_start_matches("//");
+                let path = path.split('?').next().unwrap_or_default();
+                if path.is_empty() {
+                    return Err(bad("no file path after sqlite://"));
+                }
+                if path == ":memory:" || rest.contains("mode=memory") {
+                    return Err(bad(
+                        "an in-memory database cannot be captured: give a file path",
+                    ));
+                }
+                url.to_string()
+            }
+            DbKind::Postgres | DbKind::Mysql => {
+                let after = rest
+                    .strip_prefix("//")
+                    .ok_or_else(|| bad("expected //host after the scheme"))?;
+                let authority = after.split(['/', '?']).next().unwrap_or_default();
+                let host = authority.rsplit('@').next().unwrap_or_default();
+                if host.is_empty() && !after.contains("host=") {
+                    return Err(bad("no host"));
+                }
+                if kind == DbKind::Mysql {
+                    // sqlx only knows the mysql scheme; MariaDB users often write mariadb://.
+                    format!("mysql:{rest}")
+                } else {
+                    url.to_string()
+                }
+            }
+        };
+        Ok(DbUrl { kind, url })
+    }
+
+    /// The database kind.
+    pub fn kind(&self) -> DbKind {
+        self.kind
+    }
+
+    /// The URL with any password replaced by `***`, for messages and logs.
+    pub fn redacted(&self) -> String {
+        redact(&self.url)
+    }
+
+    /// The URL as given (with credentials): only for connecting.
+    pub(crate) fn as_str(&self) -> &str {
+        &self.url
+    }
+}
+
+impl fmt::Debug for DbUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+/// How to open a database.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ConnectOptions {
+    /// Create a missing SQLite file (seed, demo); otherwise a missing file is an error.
+    pub create_if_missing: bool,
+    /// Most connections in the pool.
+    pub max_connections: Option<u32>,
+}
+
+/// Connects to `url` and returns its adapter.
+pub async fn connect(url: &DbUrl, options: ConnectOptions) -> Result<Arc<dyn Database>> {
+    Ok(match url.kind() {
+        DbKind::Sqlite => Arc::new(sqlite::SqliteDb::connect(url, options).await?),
+        DbKind::Postgres => Arc::new(postgres::PostgresDb::connect(url, options).await?),
+        DbKind::Mysql => Arc::new(mysql::MysqlDb::connect(url, options).await?),
+    })
+}
+
+/// The kinds of column value tidemark formats differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ColumnKind {
+    Bool,
+    Integer,
+    Float,
+    Decimal,
+    Text,
+    /// A timestamp without a zone; its values are taken to be UTC.
+    Timestamp,
+    /// A point in time (TIMESTAMPTZ, MySQL TIMESTAMP).
+    TimestampTz,
+    Date,
+    Bytes,
+    Other,
+}
+
+impl ColumnKind {
+    /// True for the two timestamp kinds.
+    pub fn is_timestamp(self) -> bool {
+        matches!(self, ColumnKind::Timestamp | ColumnKind::TimestampTz)
+    }
+}
+
+/// One column of a table, from the catalog.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Column {
+    pub name: Ident,
+    /// The type as the catalog spells it.
+    pub sql_type: String,
+    pub kind: ColumnKind,
+    pub nullable: bool,
+}
+
+/// A table's columns (in catalog order) and primary key (in key order).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TableInfo {
+    pub name: Ident,
+    pub columns: Vec<Column>,
+    pub primary_key: Vec<Ident>,
+}
+
+impl TableInfo {
+    /// The column called `name`, if any.
+    pub fn column(&self, name: &str) -> Option<&Column> {
+        self.columns.iter().find(|c| c.name.as_str() == name)
+    }
+}
+
+/// A point in time with microsecond precision, printed as RFC 3339 UTC
+/// (`2026-11-21T04:37:00.123456Z`): the form of cursor values and watermarks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(DateTime<Utc>);
+
+impl Timestamp {
+    /// Wraps a time, truncated to microseconds.
+    pub fn from_datetime(t: DateTime<Utc>) -> Self {
+        Timestamp(t.trunc_subsecs(6))
+    }
+
+    /// Parses RFC 3339 (any offset) or `YYYY-MM-DD HH:MM:SS[.ffffff]` taken as UTC.
+    pub fn parse(s: &str) -> Result<Self> {
+        if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+            return Ok(Self::from_datetime(t.with_timezone(&Utc)));
+        }
+        for fmt in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"] {
+            if let Ok(t) = NaiveDateTime::parse_from_str(s, fmt) {
+                return Ok(Self::from_datetime(t.and_utc()));
+            }
+        }
+        Err(Error::input(format!(
+            "invalid timestamp {s:?}: expected RFC 3339 like 2026-11-21T04:37:00.123456Z"
+        )))
+    }
+
+    /// The current time of this machine's clock.
+    pub fn now() -> Self {
+        Self::from_datetime(Utc::now())
+    }
+
+    /// The wrapped time.
+    pub fn as_datetime(&self) -> DateTime<Utc> {
+        self.0
+    }
+
+    /// This time minus `d`.
+    pub fn minus(&self, d: std::time::Duration) -> Self {
+        let d = chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+        Timestamp(self.0.checked_sub_signed(d).unwrap_or(self.0))
+    }
+
+    /// `YYYY-MM-DD HH:MM:SS.ffffff` (no zone), for databases that want that form.
+    pub fn to_sql_naive(&self) -> String {
+        self.0.format("%Y-%m-%d %H:%M:%S%.6f").to_string()
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0.format("%Y-%m-%dT%H:%M:%S%.6fZ"))
+    }
+}
+
+impl serde::Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Timestamp::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A statement parameter. State and seed statements bind only these.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Param {
+    Text(String),
+    Int(i64),
+    Null,
+}
+
+impl From<&str> for Param {
+    fn from(s: &str) -> Self {
+        Param::Text(s.to_string())
+    }
+}
+impl From<String> for Param {
+    fn from(s: String) -> Self {
+        Param::Text(s)
+    }
+}
+impl From<i64> for Param {
+    fn from(v: i64) -> Self {
+        Param::Int(v)
+    }
+}
+impl<T: Into<Param>> From<Option<T>> for Param {
+    fn from(v: Option<T>) -> Self {
+        v.map_or(Param::Null, Into::into)
+    }
+}
+
+/// One statement of a transaction, written with `?` placeholders (the adapter renumbers them
+/// where the database wants `$n`). With `expect_rows`, a different affected-row count rolls
+/// the whole transaction back with [`Error::Conflict`]-like failure reported by the caller.
+#[derive(Debug, Clone)]
+pub struct Stmt {
+    pub sql: String,
+    pub params: Vec<Param>,
+    pub expect_rows: Option<u64>,
+}
+
+impl Stmt {
+    /// A statement whose row count does not matter.
+    pub fn new(sql: impl Into<String>, params: Vec<Param>) -> Self {
+        Stmt {
+            sql: sql.into(),
+            params,
+            expect_rows: None,
+        }
+    }
+
+    /// Requires the statement to affect exactly `n` rows.
+    pub fn expect(mut self, n: u64) -> Self {
+        self.expect_rows = Some(n);
+        self
+    }
+}
+
+/// A result row of a small query: each column as text, `None` for NULL.
+pub type TextRow = Vec<Option<String>>;
+
+/// Where streamed rows go (a CSV file, a hash, a counter).
+pub trait RowSink: Send {
+    /// One row as text fields, `None` for NULL.
+    fn write_fields(&mut self, fields: &[Option<&str>]) -> std::io::Result<()>;
+    /// One row already encoded as a CSV record, with or without its `\n` terminator
+    /// (PostgreSQL's COPY). Its fields follow the same rules as [`RowSink::write_fields`].
+    fn write_csv_record(&mut self, record: &[u8]) -> std::io::Result<()>;
+}
+
+/// SQL text for one database. Pure: no I/O.
+pub trait Dialect: Send + Sync {
+    /// Quotes an identifier.
+    fn quote(&self, id: &Ident) -> String;
+    /// An expression giving the column's value as the text that goes into a CSV field
+    /// (booleans `true`/`false`, timestamps RFC 3339 UTC with microseconds, NULL stays NULL).
+    fn render(&self, column: &Column) -> String;
+    /// A literal of `ts` comparable with values of `column` (a timestamp column).
+    fn timestamp_literal(&self, ts: &Timestamp, column: &Column) -> String;
+    /// The column type to create for values of `kind` (`key`: the column is indexed or unique).
+    fn column_type(&self, kind: ColumnKind, key: bool) -> &'static str;
+    /// An expression giving the database clock in the form its timestamp columns store, as
+    /// applications stamp `updated_at` (`now()`, `NOW(6)`, …).
+    fn now_expr(&self) -> &'static str;
+    /// The text to insert into a timestamp column for `ts` (seeding, tests).
+    fn timestamp_value(&self, ts: &Timestamp) -> String {
+        ts.to_string()
+    }
+    /// A condition true when the (boolean) column expression is true; NULL counts as false.
+    fn is_true(&self, expr: &str) -> String;
+    /// The type for short text keys in tidemark's own tables.
+    fn key_type(&self) -> &'static str;
+    /// The type for long text in tidemark's own tables.
+    fn text_type(&self) -> &'static str;
+    /// `CREATE INDEX IF NOT EXISTS name ON table (columns)`.
+    fn create_index(&self, name: &Ident, table: &Ident, columns: &[&Ident]) -> String {
+        let cols: Vec<String> = columns.iter().map(|c| self.quote(c)).collect();
+        format!(
+            "CREATE INDEX IF NOT EXISTS {} ON {} ({})",
+            self.quote(name),
+            self.quote(table),
+            cols.join(", ")
+        )
+    }
+    /// A query returning a value of `cursor` that the dialect cannot order correctly (one row),
+    /// or nothing; `None` when every value of a timestamp column orders correctly.
+    fn cursor_format_check(&self, _table: &Ident, _cursor: &Column) -> Option<String> {
+        None
+    }
+    /// `DROP INDEX IF EXISTS name` (on `table` where the dialect needs it).
+    fn drop_index(&self, name: &Ident, table: &Ident) -> String;
+}
+
+/// A consistent read of the source at one instant, together with the capture bound taken
+/// just before it: every transaction that could still commit a cursor value below
+/// [`Snapshot::bound`] had committed when the snapshot began, so it is visible here.
+#[async_trait]
+pub trait Snapshot: Send {
+    /// The exclusive upper bound of cursor values this snapshot covers exactly.
+    fn bound(&self) -> Timestamp;
+    /// Runs `select` (whose columns are already rendered as text) and streams its rows.
+    async fn stream(&mut self, select: &str, sink: &mut dyn RowSink) -> Result<u64>;
+    /// Ends the read.
+    async fn finish(self: Box<Self>) -> Result<()>;
+}
+
+/// A held lock; released by [`LockGuard::release`] or, if the process dies, by the database
+/// or the operating system.
+#[async_trait]
+pub trait LockGuard: Send {
+    /// Releases the lock.
+    async fn release(self: Box<Self>) -> Result<()>;
+}
+
+/// A live database: one adapter per kind.
+#[async_trait]
+pub trait Database: Send + Sync {
+    /// Which database this is.
+    fn kind(&self) -> DbKind;
+    /// Its SQL dialect.
+    fn dialect(&self) -> &dyn Dialect;
+    /// The URL without password, for messages.
+    fn target(&self) -> String;
+    /// Checks that the database answers.
+    async fn ping(&self) -> Result<()>;
+    /// Runs one statement with `?` placeholders; returns the affected rows.
+    async fn execute(&self, sql: &str, params: &[Param]) -> Result<u64>;
+    /// Runs statements in one transaction; all or nothing. Returns false (and commits nothing)
+    /// when a statement's `expect_rows` is not met.
+    async fn transaction(&self, stmts: &[Stmt]) -> Result<bool>;
+    /// Runs a small query; every column must decode as text or an integer.
+    async fn query(&self, sql: &str, params: &[Param]) -> Result<Vec<TextRow>>;
+    /// Reads a table's columns and primary key from the catalog.
+    async fn describe(&self, table: &Ident) -> Result<TableInfo>;
+    /// Takes the capture bound (held back by open write transactions, minus `margin`)
+    /// and opens a consistent snapshot right after it.
+    async fn snapshot(&self, margin: std::time::Duration) -> Result<Box<dyn Snapshot>>;
+    /// Takes the named lock if it is free; `None` when someone holds it.
+    async fn try_lock(&self, name: &str) -> Result<Option<Box<dyn LockGuard>>>;
+    /// Inserts rows of text values (`None` = NULL) into `table` fast (COPY, multi-row inserts),
+    /// in the database's one transaction; `rows` yields them in chunks.
+    async fn bulk_insert(
+        &self,
+        table: &Ident,
+        columns: &[Ident],
+        rows: &mut (dyn Iterator<Item = Vec<Option<String>>> + Send),
+    ) -> Result<u64>;
+    /// The database clock, as a cursor value would be stamped by `now()`-like defaults.
+    async fn now(&self) -> Result<Timestamp>;
+}
+
+/// Classifies a column type name (any database's spelling) into a [`ColumnKind`].
+pub fn classify_type(sql_type: &str) -> ColumnKind {
+    let t = sql_type.to_ascii_lowercase();
+    let t = t.trim();
+    if t == "tinyint(1)" || t.starts_with("bool") {
+        ColumnKind::Bool
+    } else if t.contains("timestamptz")
+        || t.contains("with time zone") && t.starts_with("timestamp")
+        || t.starts_with("timestamp") && !t.contains("without")
+    {
+        // MySQL's TIMESTAMP and PostgreSQL's TIMESTAMPTZ are points in time; PostgreSQL's
+        // plain TIMESTAMP is `timestamp without time zone`.
+        ColumnKind::TimestampTz
+    } else if t.starts_with("timestamp") || t.starts_with("datetime") {
+        ColumnKind::Timestamp
+    } else if t == "date" {
+        ColumnKind::Date
+    } else if t.contains("int") || t == "serial" || t == "bigserial" {
+        ColumnKind::Integer
+    } else if t.starts_with("float")
+        || t.starts_with("double")
+        || t.starts_with("real")
+        || t.starts_with("float8")
+    {
+        ColumnKind::Float
+    } else if t.starts_with("numeric") || t.starts_with("decimal") {
+        ColumnKind::Decimal
+    } else if t.contains("char") || t.contains("text") || t == "clob" || t.is_empty() {
+        ColumnKind::Text
+    } else if t.contains("blob") || t == "bytea" || t.contains("binary") {
+        ColumnKind::Bytes
+    } else {
+        ColumnKind::Other
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(DbUrl::parse("sqlite://a.db").unwrap().kind(), DbKind::Sqlite);
+        assert_eq!(
+            DbUrl::parse("postgresql://u:p@h:5/d").unwrap().kind(),
+            DbKind::Postgres
+        );
+        let m = DbUrl::parse("mariadb://root@127.0.0.1:3306/app").unwrap();
+        assert_eq!(m.kind(), DbKind::Mysql);
+        assert_eq!(m.as_str(), "mysql://root@127.0.0.1:3306/app");
+        for bad in [
+            "",
+            "nope",
+            "http://x",
+            "sqlite://",
+            "sqlite::memory:",
+            "postgres:x",
+            "postgres:///db",
+        ] {
+            assert!(DbUrl::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            DbUrl::parse("postgres://u:secret@h/d").unwrap().redacted(),
+            "postgres://u:***@h/d"
+        );
+    }
+
+    #[test]
+    fn timestamps_round_trip() {
+        let t = Timestamp::parse("2026-11-21T04:37:00.123456789+01:00").unwrap();
+        assert_eq!(t.to_string(), "2026-11-21T03:37:00.123456Z");
+        assert_eq!(Timestamp::parse(&t.to_string()).unwrap(), t);
+        assert_eq!(
+            Timestamp::parse("2026-11-21 03:37:00.5").unwrap().to_string(),
+            "2026-11-21T03:37:00.500000Z"
+        );
+        assert_eq!(t.to_sql_naive(), "2026-11-21 03:37:00.123456");
+        assert!(Timestamp::parse("yesterday").is_err());
+        assert!(Timestamp::parse("2026-11-21T03:37:00Z'; DROP TABLE x").is_err());
+    }
+
+    #[test]
+    fn types() {
+        assert_eq!(classify_type("tinyint(1)"), ColumnKind::Bool);
+        assert_eq!(classify_type("boolean"), ColumnKind::Bool);
+        assert_eq!(
+            classify_type("timestamp with time zone"),
+            ColumnKind::TimestampTz
+        );
+        assert_eq!(
+            classify_type("timestamp without time zone"),
+            ColumnKind::Timestamp
+        );
+        assert_eq!(classify_type("timestamp(6)"), ColumnKind::TimestampTz);
+        assert_eq!(classify_type("TIMESTAMPTZ"), ColumnKind::TimestampTz);
+        assert_eq!(classify_type("datetime(6)"), ColumnKind::Timestamp);
+        assert_eq!(classify_type("bigint"), ColumnKind::Integer);
+        assert_eq!(classify_type("INTEGER"), ColumnKind::Integer);
+        assert_eq!(classify_type("double precision"), ColumnKind::Float);
+        assert_eq!(classify_type("numeric(10,2)"), ColumnKind::Decimal);
+        assert_eq!(classify_type("varchar(255)"), ColumnKind::Text);
+        assert_eq!(classify_type("bytea"), ColumnKind::Bytes);
+        assert_eq!(classify_type("jsonb"), ColumnKind::Other);
+    }
+}

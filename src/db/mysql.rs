@@ -1,0 +1,330 @@
+//! The MySQL/MariaDB adapter. Sessions run in UTC; rows are streamed with the text of every
+//! column rendered by the select. `NOW()` stamps rows with the statement's start, so the capture
+//! bound is held back both by open InnoDB transactions (`innodb_trx.trx_started`) and by
+//! statements still running (`processlist.TIME_MS`). Locks are `GET_LOCK` on a dedicated
+//! connection, freed if the process dies.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sha2::{Digest, Sha256};
+use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlPoolOptions};
+use sqlx::{AssertSqlSafe, Connection, MySql};
+
+use super::{
+    classify_type, common, Column, ColumnKind, ConnectOptions, Database, DbKind, DbUrl, Dialect,
+    LockGuard, Param, RowSink, Snapshot, Stmt, TableInfo, TextRow, Timestamp,
+};
+use crate::error::{Error, Result};
+use crate::ident::Ident;
+
+const TS_FORMAT: &str = "'%Y-%m-%dT%H:%i:%s.%fZ'";
+
+/// SQL text for MySQL and MariaDB.
+pub struct MysqlDialect;
+
+impl Dialect for MysqlDialect {
+    fn quote(&self, id: &Ident) -> String {
+        id.quote_backtick()
+    }
+
+    fn render(&self, column: &Column) -> String {
+        let c = self.quote(&column.name);
+        match column.kind {
+            ColumnKind::Bool => format!(
+                "CASE WHEN {c} IS NULL THEN NULL WHEN {c} <> 0 THEN 'true' ELSE 'false' END"
+            ),
+            ColumnKind::Timestamp | ColumnKind::TimestampTz => {
+                format!("DATE_FORMAT({c}, {TS_FORMAT})")
+            }
+            ColumnKind::Bytes => {
+                format!("CONCAT(CHAR(92 USING utf8mb4), 'x', LOWER(HEX({c})))")
+            }
+            _ => format!("CAST({c} AS CHAR)"),
+        }
+    }
+
+    fn column_type(&self, kind: ColumnKind, key: bool) -> &'static str {
+        match kind {
+            ColumnKind::Bool => "BOOLEAN",
+            ColumnKind::Integer => "BIGINT",
+            ColumnKind::Float => "DOUBLE",
+            ColumnKind::Decimal => "DECIMAL(65,10)",
+            ColumnKind::Timestamp => "DATETIME(6)",
+            ColumnKind::TimestampTz => "TIMESTAMP(6)",
+            ColumnKind::Date => "DATE",
+            ColumnKind::Bytes => "LONGBLOB",
+            ColumnKind::Text | ColumnKind::Other if key => "VARCHAR(255)",
+            ColumnKind::Text | ColumnKind::Other => "LONGTEXT",
+        }
+    }
+
+    fn now_expr(&self) -> &'static str {
+        "NOW(6)"
+    }
+
+    fn timestamp_literal(&self, ts: &Timestamp, _column: &Column) -> String {
+        // Sessions run in UTC, so TIMESTAMP and DATETIME columns compare with UTC wall time.
+        format!("'{}'", ts.to_sql_naive())
+    }
+
+    fn timestamp_value(&self, ts: &Timestamp) -> String {
+        ts.to_sql_naive()
+    }
+
+    fn is_true(&self, expr: &str) -> String {
+        format!("(COALESCE({expr}, 0) <> 0)")
+    }
+
+    fn drop_index(&self, name: &Ident, table: &Ident) -> String {
+        format!(
+            "DROP INDEX IF EXISTS {} ON {}",
+            self.quote(name),
+            self.quote(table)
+        )
+    }
+
+    fn key_type(&self) -> &'static str {
+        "VARCHAR(191)"
+    }
+
+    fn text_type(&self) -> &'static str {
+        "LONGTEXT"
+    }
+}
+
+/// A MySQL or MariaDB database.
+pub struct MysqlDb {
+    pool: MySqlPool,
+    options: MySqlConnectOptions,
+    url: DbUrl,
+}
+
+impl MysqlDb {
+    /// Connects to `url`.
+    pub async fn connect(url: &DbUrl, options: ConnectOptions) -> Result<Self> {
+        let opts = MySqlConnectOptions::from_str(url.as_str())
+            .map_err(|e| Error::InvalidUrl {
+                url: url.redacted(),
+                reason: e.to_string(),
+            })?
+            .timezone(Some("+00:00".to_string()));
+        let pool = MySqlPoolOptions::new()
+            .max_connections(options.max_connections.unwrap_or(8))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(opts.clone())
+            .await
+            .map_err(|source| Error::Connect {
+                target: url.redacted(),
+                source,
+            })?;
+        Ok(MysqlDb {
+            pool,
+            options: opts,
+            url: url.clone(),
+        })
+    }
+}
+
+struct MysqlSnapshot {
+    bound: Timestamp,
+    tx: sqlx::Transaction<'static, MySql>,
+}
+
+#[async_trait]
+impl Snapshot for MysqlSnapshot {
+    fn bound(&self) -> Timestamp {
+        self.bound
+    }
+
+    async fn stream(&mut self, select: &str, sink: &mut dyn RowSink) -> Result<u64> {
+        common::stream_text_rows::<MySql>(&mut self.tx, select, sink).await
+    }
+
+    async fn finish(self: Box<Self>) -> Result<()> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+struct NamedLock {
+    conn: MySqlConnection,
+    name: String,
+}
+
+#[async_trait]
+impl LockGuard for NamedLock {
+    async fn release(mut self: Box<Self>) -> Result<()> {
+        common::execute::<MySql>(
+            &mut self.conn,
+            "SELECT RELEASE_LOCK(?)",
+            &[self.name.as_str().into()],
+        )
+        .await?;
+        self.conn.close().await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Database for MysqlDb {
+    fn kind(&self) -> DbKind {
+        DbKind::Mysql
+    }
+
+    fn dialect(&self) -> &dyn Dialect {
+        &MysqlDialect
+    }
+
+    fn target(&self) -> String {
+        self.url.redacted()
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.query("SELECT CAST(1 AS SIGNED)", &[]).await.map(|_| ())
+    }
+
+    async fn execute(&self, sql: &str, params: &[Param]) -> Result<u64> {
+        let mut conn = self.pool.acquire().await?;
+        common::execute::<MySql>(&mut conn, sql, params).await
+    }
+
+    async fn transaction(&self, stmts: &[Stmt]) -> Result<bool> {
+        common::transaction(&self.pool, stmts).await
+    }
+
+    async fn query(&self, sql: &str, params: &[Param]) -> Result<Vec<TextRow>> {
+        let mut conn = self.pool.acquire().await?;
+        common::query::<MySql>(&mut conn, sql, params).await
+    }
+
+    async fn describe(&self, table: &Ident) -> Result<TableInfo> {
+        let rows = self
+            .query(
+                "SELECT CAST(c.COLUMN_NAME AS CHAR), CAST(c.COLUMN_TYPE AS CHAR), \
+                        CAST(c.IS_NULLABLE AS CHAR), CAST(COALESCE(k.ORDINAL_POSITION, 0) AS SIGNED) \
+                 FROM information_schema.COLUMNS c \
+                 LEFT JOIN information_schema.KEY_COLUMN_USAGE k \
+                   ON k.TABLE_SCHEMA = c.TABLE_SCHEMA AND k.TABLE_NAME = c.TABLE_NAME \
+                  AND k.COLUMN_NAME = c.COLUMN_NAME AND k.CONSTRAINT_NAME = 'PRIMARY' \
+                 WHERE c.TABLE_SCHEMA = DATABASE() AND c.TABLE_NAME = ? \
+                 ORDER BY c.ORDINAL_POSITION",
+                &[table.as_str().into()],
+            )
+            .await?;
+        if rows.is_empty() {
+            return Err(Error::UnknownTable(table.to_string()));
+        }
+        let mut columns = Vec::new();
+        let mut key: Vec<(i64, Ident)> = Vec::new();
+        for row in rows {
+            let name = Ident::new(row[0].as_deref().unwrap_or_default())?;
+            let sql_type = row[1].clone().unwrap_or_default();
+            let pk: i64 = row[3].as_deref().and_then(|s| s.parse().ok()).unwrap_or(0);
+            if pk > 0 {
+                key.push((pk, name.clone()));
+            }
+            columns.push(Column {
+                kind: classify_type(&sql_type),
+                nullable: row[2].as_deref() == Some("YES"),
+                name,
+                sql_type,
+            });
+        }
+        key.sort();
+        Ok(TableInfo {
+            name: table.clone(),
+            columns,
+            primary_key: key.into_iter().map(|(_, n)| n).collect(),
+        })
+    }
+
+    async fn snapshot(&self, margin: Duration) -> Result<Box<dyn Snapshot>> {
+        let sql = format!(
+            "SELECT DATE_FORMAT(NOW(6), {TS_FORMAT}), \
+               (SELECT DATE_FORMAT(MIN(trx_started), {TS_FORMAT}) FROM information_schema.INNODB_TRX \
+                 WHERE trx_mysql_thread_id <> CONNECTION_ID()), \
+               (SELECT CAST(CEIL(MAX(TIME_MS)) AS SIGNED) FROM information_schema.PROCESSLIST \
+                 WHERE ID <> CONNECTION_ID() AND COMMAND IN ('Query', 'Execute'))"
+        );
+        let rows = self.query(&sql, &[]).await?;
+        let row = &rows[0];
+        let now = Timestamp::parse(row[0].as_deref().unwrap_or_default())?;
+        let mut bound = now.minus(margin);
+        if let Some(started) = row[1].as_deref() {
+            // trx_started has whole seconds; the true start is within the second after it.
+            bound = bound.min(Timestamp::parse(started)?);
+        }
+        if let Some(ms) = row[2].as_deref().and_then(|s| s.parse::<u64>().ok()) {
+            // A running statement stamped NOW() when it began, up to TIME_MS (+1 ms) ago.
+            bound = bound.min(now.minus(Duration::from_millis(ms + 1)));
+        }
+        let tx = self
+            .pool
+            .begin_with("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+            .await?;
+        Ok(Box::new(MysqlSnapshot { bound, tx }))
+    }
+
+    async fn try_lock(&self, name: &str) -> Result<Option<Box<dyn LockGuard>>> {
+        let name = format!(
+            "tidemark:{}",
+            &hex::encode(Sha256::digest(name.as_bytes()))[..32]
+        );
+        let mut conn = MySqlConnection::connect_with(&self.options).await?;
+        let got = common::query::<MySql>(
+            &mut conn,
+            "SELECT CAST(COALESCE(GET_LOCK(?, 0), 0) AS SIGNED)",
+            &[name.as_str().into()],
+        )
+        .await?;
+        if got[0][0].as_deref() == Some("1") {
+            Ok(Some(Box::new(NamedLock { conn, name })))
+        } else {
+            conn.close().await?;
+            Ok(None)
+        }
+    }
+
+    async fn bulk_insert(
+        &self,
+        table: &Ident,
+        columns: &[Ident],
+        rows: &mut (dyn Iterator<Item = Vec<Option<String>>> + Send),
+    ) -> Result<u64> {
+        let rows_per_statement = (60_000 / columns.len().max(1)).clamp(1, 2000);
+        let d = MysqlDialect;
+        let cols: Vec<String> = columns.iter().map(|c| d.quote(c)).collect();
+        let one = format!("({})", vec!["?"; columns.len()].join(", "));
+        let head = format!("INSERT INTO {} ({}) VALUES ", d.quote(table), cols.join(", "));
+        let mut tx = self
+            .pool
+            .begin_with("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+            .await?;
+        let mut total = 0u64;
+        loop {
+            let chunk: Vec<Vec<Option<String>>> = (&mut *rows).take(rows_per_statement).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            let sql = format!("{head}{}", vec![one.as_str(); chunk.len()].join(", "));
+            let mut q = sqlx::query::<MySql>(AssertSqlSafe(sql));
+            for row in chunk {
+                for v in row {
+                    q = q.bind(v);
+                }
+            }
+            total += q.execute(&mut *tx).await?.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(total)
+    }
+
+    async fn now(&self) -> Result<Timestamp> {
+        let rows = self
+            .query(&format!("SELECT DATE_FORMAT(NOW(6), {TS_FORMAT})"), &[])
+            .await?;
+        Timestamp::parse(rows[0][0].as_deref().unwrap_or_default())
+    }
+}

@@ -1,0 +1,371 @@
+//! The PostgreSQL adapter. Rows are streamed with `COPY (SELECT …) TO STDOUT` — the select
+//! renders every column as the CSV text the product wants, so the server's own CSV writer does
+//! the work. The capture bound is held back by the oldest open transaction
+//! (`pg_stat_activity.xact_start`: `now()` stamps rows with its transaction's start).
+//! Locks are session advisory locks on a dedicated connection, freed if the process dies.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::TryStreamExt;
+use sha2::{Digest, Sha256};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::{Connection, Postgres};
+
+use super::{
+    classify_type, common, Column, ColumnKind, ConnectOptions, Database, DbKind, DbUrl, Dialect,
+    LockGuard, Param, RowSink, Snapshot, Stmt, TableInfo, TextRow, Timestamp,
+};
+use crate::error::{Error, Result};
+use crate::ident::Ident;
+
+const TS_FORMAT: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'";
+
+/// SQL text for PostgreSQL.
+pub struct PostgresDialect;
+
+impl Dialect for PostgresDialect {
+    fn quote(&self, id: &Ident) -> String {
+        id.quote_double()
+    }
+
+    fn render(&self, column: &Column) -> String {
+        let c = self.quote(&column.name);
+        match column.kind {
+            ColumnKind::Bool => {
+                format!("CASE WHEN {c} THEN 'true' WHEN NOT {c} THEN 'false' END")
+            }
+            ColumnKind::TimestampTz => format!("to_char({c} AT TIME ZONE 'UTC', {TS_FORMAT})"),
+            ColumnKind::Timestamp => format!("to_char({c}, {TS_FORMAT})"),
+            _ => format!("{c}::text"),
+        }
+    }
+
+    fn column_type(&self, kind: ColumnKind, _key: bool) -> &'static str {
+        match kind {
+            ColumnKind::Bool => "BOOLEAN",
+            ColumnKind::Integer => "BIGINT",
+            ColumnKind::Float => "DOUBLE PRECISION",
+            ColumnKind::Decimal => "NUMERIC",
+            ColumnKind::Timestamp => "TIMESTAMP",
+            ColumnKind::TimestampTz => "TIMESTAMPTZ",
+            ColumnKind::Date => "DATE",
+            ColumnKind::Bytes => "BYTEA",
+            ColumnKind::Text | ColumnKind::Other => "TEXT",
+        }
+    }
+
+    fn now_expr(&self) -> &'static str {
+        "now()"
+    }
+
+    fn timestamp_literal(&self, ts: &Timestamp, column: &Column) -> String {
+        match column.kind {
+            ColumnKind::Timestamp => format!("'{}'::timestamp", ts.to_sql_naive()),
+            _ => format!("'{ts}'::timestamptz"),
+        }
+    }
+
+    fn is_true(&self, expr: &str) -> String {
+        format!("COALESCE({expr}, false)")
+    }
+
+    fn drop_index(&self, name: &Ident, _table: &Ident) -> String {
+        format!("DROP INDEX IF EXISTS {}", self.quote(name))
+    }
+
+    fn key_type(&self) -> &'static str {
+        "TEXT"
+    }
+
+    fn text_type(&self) -> &'static str {
+        "TEXT"
+    }
+}
+
+/// Rewrites `?` placeholders as `$1`, `$2`, … (outside quoted strings and identifiers).
+fn numbered(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut n = 0;
+    let mut quote: Option<char> = None;
+    for ch in sql.chars() {
+        match (quote, ch) {
+            (None, '\'' | '"') => {
+                quote = Some(ch);
+                out.push(ch);
+            }
+            (Some(q), c) if c == q => {
+                quote = None;
+                out.push(ch);
+            }
+            (None, '?') => {
+                n += 1;
+                out.push('$');
+                out.push_str(&n.to_string());
+            }
+            _ => out.push(ch),
+        }
+    }
+    out
+}
+
+/// A PostgreSQL database.
+pub struct PostgresDb {
+    pool: PgPool,
+    options: PgConnectOptions,
+    url: DbUrl,
+}
+
+impl PostgresDb {
+    /// Connects to `url`.
+    pub async fn connect(url: &DbUrl, options: ConnectOptions) -> Result<Self> {
+        let opts = PgConnectOptions::from_str(url.as_str())
+            .map_err(|e| Error::InvalidUrl {
+                url: url.redacted(),
+                reason: e.to_string(),
+            })?
+            .options([("TimeZone", "UTC"), ("DateStyle", "ISO")]);
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections.unwrap_or(8))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(opts.clone())
+            .await
+            .map_err(|source| Error::Connect {
+                target: url.redacted(),
+                source,
+            })?;
+        Ok(PostgresDb {
+            pool,
+            options: opts,
+            url: url.clone(),
+        })
+    }
+}
+
+struct PgSnapshot {
+    bound: Timestamp,
+    tx: sqlx::Transaction<'static, Postgres>,
+}
+
+#[async_trait]
+impl Snapshot for PgSnapshot {
+    fn bound(&self) -> Timestamp {
+        self.bound
+    }
+
+    async fn stream(&mut self, select: &str, sink: &mut dyn RowSink) -> Result<u64> {
+        let copy = format!("COPY ({select}) TO STDOUT WITH (FORMAT csv)");
+        let mut stream = (*self.tx).copy_out_raw(&copy).await?;
+        let mut n = 0u64;
+        // Each CopyData message of COPY TO is one row.
+        while let Some(record) = stream.try_next().await? {
+            sink.write_csv_record(&record)
+                .map_err(|e| Error::io("write export row", "<sink>", e))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    async fn finish(self: Box<Self>) -> Result<()> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+struct AdvisoryLock {
+    conn: PgConnection,
+    key: i64,
+}
+
+#[async_trait]
+impl LockGuard for AdvisoryLock {
+    async fn release(mut self: Box<Self>) -> Result<()> {
+        common::execute::<Postgres>(
+            &mut self.conn,
+            "SELECT pg_advisory_unlock($1)",
+            &[Param::Int(self.key)],
+        )
+        .await?;
+        self.conn.close().await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Database for PostgresDb {
+    fn kind(&self) -> DbKind {
+        DbKind::Postgres
+    }
+
+    fn dialect(&self) -> &dyn Dialect {
+        &PostgresDialect
+    }
+
+    fn target(&self) -> String {
+        self.url.redacted()
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.query("SELECT 1::bigint", &[]).await.map(|_| ())
+    }
+
+    async fn execute(&self, sql: &str, params: &[Param]) -> Result<u64> {
+        let mut conn = self.pool.acquire().await?;
+        common::execute::<Postgres>(&mut conn, &numbered(sql), params).await
+    }
+
+    async fn transaction(&self, stmts: &[Stmt]) -> Result<bool> {
+        let stmts: Vec<Stmt> = stmts
+            .iter()
+            .map(|s| Stmt {
+                sql: numbered(&s.sql),
+                ..s.clone()
+            })
+            .collect();
+        common::transaction(&self.pool, &stmts).await
+    }
+
+    async fn query(&self, sql: &str, params: &[Param]) -> Result<Vec<TextRow>> {
+        let mut conn = self.pool.acquire().await?;
+        common::query::<Postgres>(&mut conn, &numbered(sql), params).await
+    }
+
+    async fn describe(&self, table: &Ident) -> Result<TableInfo> {
+        let rows = self
+            .query(
+                "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), \
+                        CASE WHEN a.attnotnull THEN '1' ELSE '0' END, \
+                        COALESCE((SELECT array_position(i.indkey::int2[], a.attnum) FROM pg_index i \
+                                  WHERE i.indrelid = a.attrelid AND i.indisprimary), 0)::bigint \
+                 FROM pg_attribute a \
+                 WHERE a.attrelid = to_regclass(?) AND a.attnum > 0 AND NOT a.attisdropped \
+                 ORDER BY a.attnum",
+                &[table.quote_double().into()],
+            )
+            .await?;
+        if rows.is_empty() {
+            return Err(Error::UnknownTable(table.to_string()));
+        }
+        let mut columns = Vec::new();
+        let mut key: Vec<(i64, Ident)> = Vec::new();
+        for row in rows {
+            let name = Ident::new(row[0].as_deref().unwrap_or_default())?;
+            let sql_type = row[1].clone().unwrap_or_default();
+            let pk: i64 = row[3].as_deref().and_then(|s| s.parse().ok()).unwrap_or(0);
+            if pk > 0 {
+                key.push((pk, name.clone()));
+            }
+            columns.push(Column {
+                kind: classify_type(&sql_type),
+                nullable: row[2].as_deref() != Some("1"),
+                name,
+                sql_type,
+            });
+        }
+        key.sort();
+        Ok(TableInfo {
+            name: table.clone(),
+            columns,
+            primary_key: key.into_iter().map(|(_, n)| n).collect(),
+        })
+    }
+
+    async fn snapshot(&self, margin: Duration) -> Result<Box<dyn Snapshot>> {
+        // The bound is read in its own transaction before the snapshot begins: a transaction
+        // that commits in between is visible to the snapshot, one that is still open then
+        // held the bound back. (pg_stat_activity is cached per transaction, so it must not
+        // share the snapshot's.)
+        let sql = format!(
+            "SELECT to_char(LEAST(clock_timestamp() - make_interval(secs => ?::bigint / 1000000.0), \
+               (SELECT min(xact_start) FROM pg_stat_activity \
+                WHERE datname = current_database() AND pid <> pg_backend_pid() \
+                  AND backend_type = 'client backend')) AT TIME ZONE 'UTC', {TS_FORMAT})"
+        );
+        let margin_us = i64::try_from(margin.as_micros()).unwrap_or(i64::MAX);
+        let rows = self.query(&sql, &[Param::Int(margin_us)]).await?;
+        let bound = Timestamp::parse(rows[0][0].as_deref().unwrap_or_default())?;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await?;
+        common::execute::<Postgres>(&mut tx, "SELECT 1", &[]).await?;
+        Ok(Box::new(PgSnapshot { bound, tx }))
+    }
+
+    async fn try_lock(&self, name: &str) -> Result<Option<Box<dyn LockGuard>>> {
+        let digest = Sha256::digest(name.as_bytes());
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest[..8]);
+        let key = i64::from_be_bytes(first);
+        let mut conn = PgConnection::connect_with(&self.options).await?;
+        let got = common::query::<Postgres>(
+            &mut conn,
+            "SELECT CASE WHEN pg_try_advisory_lock($1) THEN 1::bigint ELSE 0::bigint END",
+            &[Param::Int(key)],
+        )
+        .await?;
+        if got[0][0].as_deref() == Some("1") {
+            Ok(Some(Box::new(AdvisoryLock { conn, key })))
+        } else {
+            conn.close().await?;
+            Ok(None)
+        }
+    }
+
+    async fn bulk_insert(
+        &self,
+        table: &Ident,
+        columns: &[Ident],
+        rows: &mut (dyn Iterator<Item = Vec<Option<String>>> + Send),
+    ) -> Result<u64> {
+        const CHUNK_BYTES: usize = 1 << 20;
+        let d = PostgresDialect;
+        let cols: Vec<String> = columns.iter().map(|c| d.quote(c)).collect();
+        let statement = format!(
+            "COPY {} ({}) FROM STDIN WITH (FORMAT csv)",
+            d.quote(table),
+            cols.join(", ")
+        );
+        let mut tx = self.pool.begin().await?;
+        let mut copy = (*tx).copy_in_raw(&statement).await?;
+        let mut buf: Vec<u8> = Vec::with_capacity(CHUNK_BYTES + 4096);
+        for row in rows {
+            crate::sink::csv::encode_record(&mut buf, row.iter().map(|v| v.as_deref()))
+                .map_err(|e| Error::io("encode COPY data", "<memory>", e))?;
+            if buf.len() >= CHUNK_BYTES {
+                copy.send(buf.as_slice()).await?;
+                buf.clear();
+            }
+        }
+        if !buf.is_empty() {
+            copy.send(buf.as_slice()).await?;
+        }
+        let n = copy.finish().await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    async fn now(&self) -> Result<Timestamp> {
+        let rows = self
+            .query(
+                &format!("SELECT to_char(now() AT TIME ZONE 'UTC', {TS_FORMAT})"),
+                &[],
+            )
+            .await?;
+        Timestamp::parse(rows[0][0].as_deref().unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::numbered;
+
+    #[test]
+    fn placeholders_are_numbered_outside_quotes() {
+        assert_eq!(
+            numbered("SELECT ? , '?', \"a?\", ?"),
+            "SELECT $1 , '?', \"a?\", $2"
+        );
+    }
+}

@@ -1,0 +1,320 @@
+//! The SQLite adapter, the embedded default. SQLite has one writer at a time, so the capture
+//! bound is exact: a snapshot briefly takes the write lock (`BEGIN IMMEDIATE`), which waits out
+//! any writer in flight, reads the clock, pins a read snapshot on a second connection and lets go.
+//! Locks between tidemark processes are OS file locks beside the database file.
+
+use std::fs::{File, OpenOptions};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sha2::{Digest, Sha256};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+use sqlx::{AssertSqlSafe, Sqlite};
+
+use super::{
+    classify_type, common, Column, ColumnKind, ConnectOptions, Database, DbKind, DbUrl, Dialect,
+    LockGuard, Param, RowSink, Snapshot, Stmt, TableInfo, TextRow, Timestamp,
+};
+use crate::error::{Error, Result};
+use crate::ident::Ident;
+
+/// SQLite's clock as a canonical cursor value. SQLite's clock has millisecond precision; the
+/// three zeros keep every value the same width so that text order is time order.
+pub const NOW_EXPR: &str = "strftime('%Y-%m-%dT%H:%M:%f000Z','now')";
+
+/// GLOB pattern of a canonical timestamp text (`2026-11-21T04:37:00.123456Z`).
+pub const CANONICAL_GLOB: &str = "[0-9][0-9][0-9][0-9]-[0-1][0-9]-[0-3][0-9]T[0-2][0-9]:[0-5][0-9]:[0-6][0-9].[0-9][0-9][0-9][0-9][0-9][0-9]Z";
+
+/// SQL text for SQLite.
+pub struct SqliteDialect;
+
+impl Dialect for SqliteDialect {
+    fn quote(&self, id: &Ident) -> String {
+        id.quote_double()
+    }
+
+    fn render(&self, column: &Column) -> String {
+        let c = self.quote(&column.name);
+        match column.kind {
+            ColumnKind::Bool => format!(
+                "CASE WHEN {c} IS NULL THEN NULL WHEN {} THEN 'true' ELSE 'false' END",
+                self.is_true(&c)
+            ),
+            ColumnKind::Timestamp | ColumnKind::TimestampTz => format!(
+                "CASE WHEN {c} IS NULL THEN NULL \
+                 WHEN {c} GLOB '{CANONICAL_GLOB}' THEN {c} \
+                 WHEN typeof({c}) IN ('integer', 'real') THEN strftime('%Y-%m-%dT%H:%M:%f', {c}, 'unixepoch') || '000Z' \
+                 ELSE strftime('%Y-%m-%dT%H:%M:%f', {c}) || '000Z' END"
+            ),
+            _ => format!(
+                "CASE typeof({c}) WHEN 'blob' THEN '\\x' || lower(hex({c})) ELSE CAST({c} AS TEXT) END"
+            ),
+        }
+    }
+
+    fn column_type(&self, kind: ColumnKind, _key: bool) -> &'static str {
+        match kind {
+            ColumnKind::Bool => "BOOLEAN",
+            ColumnKind::Integer => "INTEGER",
+            ColumnKind::Float => "REAL",
+            ColumnKind::Decimal => "NUMERIC",
+            ColumnKind::Timestamp | ColumnKind::TimestampTz => "TIMESTAMPTZ",
+            ColumnKind::Date => "DATE",
+            ColumnKind::Bytes => "BLOB",
+            ColumnKind::Text | ColumnKind::Other => "TEXT",
+        }
+    }
+
+    fn now_expr(&self) -> &'static str {
+        NOW_EXPR
+    }
+
+    fn timestamp_literal(&self, ts: &Timestamp, _column: &Column) -> String {
+        // The Display form has no quote characters: it is safe as a literal.
+        format!("'{ts}'")
+    }
+
+    fn is_true(&self, expr: &str) -> String {
+        format!("(COALESCE({expr}, 0) NOT IN (0, '0', 'false', 'f', 'FALSE'))")
+    }
+
+    fn drop_index(&self, name: &Ident, _table: &Ident) -> String {
+        format!("DROP INDEX IF EXISTS {}", self.quote(name))
+    }
+
+    fn cursor_format_check(&self, table: &Ident, cursor: &Column) -> Option<String> {
+        // Cursor values are compared as text, so they must all have the canonical form.
+        let c = self.quote(&cursor.name);
+        Some(format!(
+            "SELECT CAST({c} AS TEXT) FROM {} WHERE {c} IS NOT NULL AND NOT ({c} GLOB '{CANONICAL_GLOB}') LIMIT 1",
+            self.quote(table)
+        ))
+    }
+
+    fn key_type(&self) -> &'static str {
+        "TEXT"
+    }
+
+    fn text_type(&self) -> &'static str {
+        "TEXT"
+    }
+}
+
+/// A SQLite database file.
+pub struct SqliteDb {
+    pool: SqlitePool,
+    path: PathBuf,
+    url: DbUrl,
+}
+
+impl SqliteDb {
+    /// Opens the file named by `url`.
+    pub async fn connect(url: &DbUrl, options: ConnectOptions) -> Result<Self> {
+        let opts = SqliteConnectOptions::from_str(url.as_str()).map_err(|e| Error::InvalidUrl {
+            url: url.redacted(),
+            reason: e.to_string(),
+        })?;
+        let path = opts.get_filename().to_path_buf();
+        if !options.create_if_missing && !path.exists() {
+            return Err(Error::InvalidUrl {
+                url: url.redacted(),
+                reason: format!("database file {} does not exist", path.display()),
+            });
+        }
+        let opts = opts
+            .create_if_missing(options.create_if_missing)
+            .busy_timeout(Duration::from_secs(30))
+            .foreign_keys(false);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(options.max_connections.unwrap_or(4).max(2))
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(opts)
+            .await
+            .map_err(|source| Error::Connect {
+                target: url.redacted(),
+                source,
+            })?;
+        Ok(SqliteDb {
+            pool,
+            path,
+            url: url.clone(),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+struct SqliteSnapshot {
+    bound: Timestamp,
+    tx: sqlx::Transaction<'static, Sqlite>,
+}
+
+#[async_trait]
+impl Snapshot for SqliteSnapshot {
+    fn bound(&self) -> Timestamp {
+        self.bound
+    }
+
+    async fn stream(&mut self, select: &str, sink: &mut dyn RowSink) -> Result<u64> {
+        common::stream_text_rows::<Sqlite>(&mut self.tx, select, sink).await
+    }
+
+    async fn finish(self: Box<Self>) -> Result<()> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+struct FileLock(File);
+
+#[async_trait]
+impl LockGuard for FileLock {
+    async fn release(self: Box<Self>) -> Result<()> {
+        // Closing the file releases the lock; unlock first so it is gone even if a clone of
+        // the descriptor lives on somewhere.
+        let _ = self.0.unlock();
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Database for SqliteDb {
+    fn kind(&self) -> DbKind {
+        DbKind::Sqlite
+    }
+
+    fn dialect(&self) -> &dyn Dialect {
+        &SqliteDialect
+    }
+
+    fn target(&self) -> String {
+        self.url.redacted()
+    }
+
+    async fn ping(&self) -> Result<()> {
+        let mut conn = self.pool.acquire().await?;
+        common::query::<Sqlite>(&mut conn, "SELECT count(*) FROM sqlite_schema", &[]).await?;
+        Ok(())
+    }
+
+    async fn execute(&self, sql: &str, params: &[Param]) -> Result<u64> {
+        let mut conn = self.pool.acquire().await?;
+        common::execute::<Sqlite>(&mut conn, sql, params).await
+    }
+
+    async fn transaction(&self, stmts: &[Stmt]) -> Result<bool> {
+        common::transaction(&self.pool, stmts).await
+    }
+
+    async fn query(&self, sql: &str, params: &[Param]) -> Result<Vec<TextRow>> {
+        let mut conn = self.pool.acquire().await?;
+        common::query::<Sqlite>(&mut conn, sql, params).await
+    }
+
+    async fn describe(&self, table: &Ident) -> Result<TableInfo> {
+        let rows = self
+            .query(
+                "SELECT name, type, \"notnull\", pk FROM pragma_table_info(?) ORDER BY cid",
+                &[table.as_str().into()],
+            )
+            .await?;
+        if rows.is_empty() {
+            return Err(Error::UnknownTable(table.to_string()));
+        }
+        let mut columns = Vec::new();
+        let mut key: Vec<(i64, Ident)> = Vec::new();
+        for row in rows {
+            let name = Ident::new(row[0].as_deref().unwrap_or_default())?;
+            let sql_type = row[1].clone().unwrap_or_default();
+            let pk: i64 = row[3].as_deref().and_then(|s| s.parse().ok()).unwrap_or(0);
+            if pk > 0 {
+                key.push((pk, name.clone()));
+            }
+            columns.push(Column {
+                kind: classify_type(&sql_type),
+                nullable: row[2].as_deref() != Some("1") && pk == 0,
+                name,
+                sql_type,
+            });
+        }
+        key.sort();
+        Ok(TableInfo {
+            name: table.clone(),
+            columns,
+            primary_key: key.into_iter().map(|(_, n)| n).collect(),
+        })
+    }
+
+    async fn snapshot(&self, _margin: Duration) -> Result<Box<dyn Snapshot>> {
+        // The write lock waits for any writer in flight and keeps new ones out while the
+        // clock is read and the read snapshot is pinned; no margin is needed.
+        let mut writer = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let now = common::query::<Sqlite>(&mut writer, &format!("SELECT {NOW_EXPR}"), &[]).await?;
+        let bound = Timestamp::parse(now[0][0].as_deref().unwrap_or_default())?;
+        let mut tx = self.pool.begin().await?;
+        common::query::<Sqlite>(&mut tx, "SELECT count(*) FROM sqlite_schema", &[]).await?;
+        writer.rollback().await?;
+        Ok(Box::new(SqliteSnapshot { bound, tx }))
+    }
+
+    async fn try_lock(&self, name: &str) -> Result<Option<Box<dyn LockGuard>>> {
+        let mut dir = self.path.clone().into_os_string();
+        dir.push(".tidemark-locks");
+        let dir = PathBuf::from(dir);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create lock directory", &dir, e))?;
+        let file_name = format!("{}.lock", &hex::encode(Sha256::digest(name.as_bytes()))[..32]);
+        let path = dir.join(file_name);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io("open lock file", &path, e))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(Box::new(FileLock(file)))),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(Error::io("lock", &path, e)),
+        }
+    }
+
+    async fn bulk_insert(
+        &self,
+        table: &Ident,
+        columns: &[Ident],
+        rows: &mut (dyn Iterator<Item = Vec<Option<String>>> + Send),
+    ) -> Result<u64> {
+        const ROWS_PER_STATEMENT: usize = 500;
+        let d = SqliteDialect;
+        let cols: Vec<String> = columns.iter().map(|c| d.quote(c)).collect();
+        let one = format!("({})", vec!["?"; columns.len()].join(", "));
+        let head = format!("INSERT INTO {} ({}) VALUES ", d.quote(table), cols.join(", "));
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut total = 0u64;
+        loop {
+            let chunk: Vec<Vec<Option<String>>> = (&mut *rows).take(ROWS_PER_STATEMENT).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            let sql = format!("{head}{}", vec![one.as_str(); chunk.len()].join(", "));
+            let mut q = sqlx::query::<Sqlite>(AssertSqlSafe(sql));
+            for row in chunk {
+                for v in row {
+                    q = q.bind(v);
+                }
+            }
+            total += q.execute(&mut *tx).await?.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(total)
+    }
+
+    async fn now(&self) -> Result<Timestamp> {
+        let rows = self.query(&format!("SELECT {NOW_EXPR}"), &[]).await?;
+        Timestamp::parse(rows[0][0].as_deref().unwrap_or_default())
+    }
+}

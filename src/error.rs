@@ -1,0 +1,81 @@
+//! The library's error type: one enum for every failure a caller can see, split into
+//! bad input (the user can fix the command: exit 2) and runtime failures (exit 1).
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong inside tidemark.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A command-line value, URL, identifier or request body is malformed.
+    #[error("{0}")]
+    InvalidInput(String),
+    /// The source or state URL cannot be understood.
+    #[error("invalid database URL {url:?}: {reason}")]
+    InvalidUrl { url: String, reason: String },
+    /// The named table does not exist in the source.
+    #[error("table {0:?} not found")]
+    UnknownTable(String),
+    /// A table cannot be captured as asked (no primary key, missing or unfit column, …).
+    #[error("table {table:?}: {reason}")]
+    UnfitTable { table: String, reason: String },
+    /// The database could not be reached or refused the connection.
+    #[error("cannot connect to {target}: {source}")]
+    Connect {
+        target: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A statement failed on the database.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A file could not be read or written.
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another export for the same consumer and table holds the lock.
+    #[error("an export for consumer {consumer:?} and table {table:?} is already running")]
+    Busy { consumer: String, table: String },
+    /// The watermark changed under us (a concurrent writer of state): nothing was committed.
+    #[error("watermark of consumer {consumer:?} on table {table:?} changed concurrently; nothing was committed")]
+    Conflict { consumer: String, table: String },
+    /// `tidemark verify` found a broken chain or checksum.
+    #[error("verification failed: {0}")]
+    Verify(String),
+    /// Anything else that is the tool's or the environment's fault.
+    #[error("{0}")]
+    Runtime(String),
+}
+
+impl Error {
+    /// True for errors the user caused with the command's input; they map to exit code 2.
+    pub fn is_input_error(&self) -> bool {
+        matches!(
+            self,
+            Error::InvalidInput(_)
+                | Error::InvalidUrl { .. }
+                | Error::UnknownTable(_)
+                | Error::UnfitTable { .. }
+        )
+    }
+
+    /// Shorthand for [`Error::InvalidInput`].
+    pub fn input(msg: impl Into<String>) -> Self {
+        Error::InvalidInput(msg.into())
+    }
+
+    /// Shorthand for [`Error::Io`].
+    pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// The library's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

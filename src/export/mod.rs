@@ -1,0 +1,391 @@
+//! Exports: one export of one (consumer, table) in one mode, end to end — lock, repair what a
+//! crashed export left, snapshot, stream the rows into a CSV written aside, record the export as
+//! prepared, publish the CSV and its manifest, then move the watermark. A crash at any instant
+//! leaves either nothing (the next export starts where this one did) or published files whose
+//! prepared record the next export completes. The CLI and the HTTP API both run this.
+
+pub mod manifest;
+pub mod replay;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::capture::{strategy_for, Mode};
+use crate::db::{Database, RowSink, Timestamp};
+use crate::error::{Error, Result};
+use crate::ident::{ConsumerId, Ident};
+use crate::sink::csv::CsvWriter;
+use crate::sink::file::{free_name, publish, write_aside, AtomicFile, TMP_PREFIX};
+use crate::state::{status, ExportRecord, Position, StateStore};
+use manifest::Manifest;
+
+/// What to export.
+#[derive(Debug, Clone)]
+pub struct ExportRequest {
+    pub consumer: ConsumerId,
+    pub table: Ident,
+    pub mode: Mode,
+    pub out_dir: PathBuf,
+}
+
+/// What an export did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ExportOutcome {
+    pub export_id: String,
+    pub consumer: ConsumerId,
+    pub table: Ident,
+    pub mode: Mode,
+    pub rows: u64,
+    /// The CSV, or none when there was nothing to export.
+    pub file: Option<PathBuf>,
+    pub manifest: Option<PathBuf>,
+    pub sha256: Option<String>,
+    pub bytes: u64,
+    pub watermark_before: Option<Position>,
+    pub watermark_after: Option<Position>,
+    pub duration_ms: u64,
+    /// Exports of an earlier, interrupted run that this one completed or rolled back.
+    pub repaired: Vec<String>,
+}
+
+/// Called with the number of rows written so far.
+pub type Progress<'a> = &'a (dyn Fn(u64) + Send + Sync);
+
+/// Runs exports from one source with one state store.
+#[derive(Clone)]
+pub struct Exporter {
+    source: Arc<dyn Database>,
+    state: StateStore,
+    margin: Duration,
+}
+
+/// How far behind the database clock a capture bound stays by default on servers, so that a
+/// transaction that is starting at the very instant the bound is read is not missed.
+pub const DEFAULT_MARGIN: Duration = Duration::from_millis(100);
+
+impl Exporter {
+    /// An exporter of `source` keeping its state in `state`.
+    pub fn new(source: Arc<dyn Database>, state: StateStore) -> Self {
+        Exporter {
+            source,
+            state,
+            margin: DEFAULT_MARGIN,
+        }
+    }
+
+    /// Sets the safety margin of capture bounds.
+    pub fn with_margin(mut self, margin: Duration) -> Self {
+        self.margin = margin;
+        self
+    }
+
+    /// The source database.
+    pub fn source(&self) -> &Arc<dyn Database> {
+        &self.source
+    }
+
+    /// The state store.
+    pub fn state(&self) -> &StateStore {
+        &self.state
+    }
+
+    /// Runs one export. Fails with [`Error::Busy`] if another export of the same consumer and
+    /// table is running.
+    pub async fn export(&self, req: &ExportRequest, progress: Option<Progress<'_>>) -> Result<ExportOutcome> {
+        prepare_out_dir(&req.out_dir)?;
+        let lock = self.state.lock(&req.consumer, &req.table).await?;
+        let result = self.export_locked(req, progress).await;
+        let released = lock.release().await;
+        let outcome = result?;
+        released?;
+        Ok(outcome)
+    }
+
+    async fn export_locked(&self, req: &ExportRequest, progress: Option<Progress<'_>>) -> Result<ExportOutcome> {
+        let t0 = Instant::now();
+        let repaired = self.repair(&req.consumer, &req.table).await?;
+        sweep_stale_temporaries(&req.out_dir);
+        let info = self.source.describe(&req.table).await?;
+        let config = self.state.table_config(&req.table).await?;
+        let strategy = strategy_for(&info, config.as_ref())?;
+        let before = self
+            .state
+            .watermark(&req.consumer, &req.table)
+            .await?
+            .map(|w| w.position);
+        let started_at = Timestamp::now();
+        let export_id = new_export_id();
+
+        let mut snapshot = self.source.snapshot(self.margin).await?;
+        let after = strategy.position_after(snapshot.bound(), before.as_ref());
+        let select = strategy.select(self.source.dialect(), req.mode, before.as_ref(), &after)?;
+        let stem = format!(
+            "{}_{}_{}",
+            req.mode,
+            req.consumer,
+            started_at.as_datetime().format("%Y%m%dT%H%M%SZ")
+        );
+        let csv_path = free_name(&req.out_dir, &stem, "csv");
+        let csv_name = file_name(&csv_path);
+        let file = AtomicFile::create(&req.out_dir, &csv_name)?;
+        let header: Vec<&str> = select.header.iter().map(String::as_str).collect();
+        let tmp = file.tmp_path().to_path_buf();
+        let mut writer = match CsvWriter::new(file, &header) {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(Error::io("write", &tmp, e));
+            }
+        };
+        let streamed = {
+            let mut sink = Counting {
+                inner: &mut writer,
+                rows: 0,
+                progress,
+            };
+            snapshot.stream(&select.sql, &mut sink).await
+        };
+        let finished = snapshot.finish().await;
+        let rows = match streamed.and_then(|n| finished.map(|()| n)) {
+            Ok(n) => n,
+            Err(e) => {
+                writer.into_inner().discard();
+                return Err(e);
+            }
+        };
+        if rows == 0 && req.mode != Mode::Full {
+            // Nothing changed: no file, and the watermark stays where it is so that the
+            // manifest chain has no gap.
+            writer.into_inner().discard();
+            return Ok(ExportOutcome {
+                export_id,
+                consumer: req.consumer.clone(),
+                table: req.table.clone(),
+                mode: req.mode,
+                rows: 0,
+                file: None,
+                manifest: None,
+                sha256: None,
+                bytes: 0,
+                watermark_before: before.clone(),
+                watermark_after: before,
+                duration_ms: elapsed_ms(t0),
+                repaired,
+            });
+        }
+        let written = writer.into_inner().finish()?;
+
+        let manifest = Manifest {
+            format: 1,
+            export_id: export_id.clone(),
+            consumer: req.consumer.to_string(),
+            table: req.table.to_string(),
+            mode: req.mode,
+            file: csv_name.clone(),
+            rows,
+            bytes: written.bytes,
+            sha256: written.sha256.clone(),
+            columns: select.header.clone(),
+            watermark_before: before.clone(),
+            watermark_after: after.clone(),
+            started_at,
+            finished_at: Timestamp::now(),
+            source: self.source.kind().to_string(),
+        };
+        let manifest_json = serde_json::to_string_pretty(&manifest)
+            .map_err(|e| Error::Runtime(format!("cannot encode manifest: {e}")))?;
+        let manifest_path = manifest_path_of(&csv_path);
+        let record = ExportRecord {
+            export_id: export_id.clone(),
+            consumer: req.consumer.clone(),
+            table: req.table.clone(),
+            mode: req.mode.to_string(),
+            status: status::PREPARED.into(),
+            before: before.clone(),
+            after: Some(after.clone()),
+            file: Some(csv_path.to_string_lossy().into_owned()),
+            tmp_file: Some(written.tmp.to_string_lossy().into_owned()),
+            manifest_file: Some(manifest_path.to_string_lossy().into_owned()),
+            manifest_json: Some(manifest_json.clone()),
+            rows: Some(rows as i64),
+            started_at,
+            finished_at: None,
+            error: None,
+        };
+        if let Err(e) = self.state.prepare_export(&record).await {
+            let _ = std::fs::remove_file(&written.tmp);
+            return Err(e);
+        }
+        if let Err(e) = publish_pair(&written.tmp, &csv_path, &manifest_path, &manifest_json) {
+            let _ = std::fs::remove_file(&written.tmp);
+            let _ = std::fs::remove_file(&csv_path);
+            let _ = self.state.abort_export(&export_id, &e.to_string()).await;
+            return Err(e);
+        }
+        self.state.commit_export(&record).await.map_err(|e| {
+            Error::Runtime(format!(
+                "{} was written but the watermark could not be moved ({e}); \
+                 the next export of {} on {} completes it",
+                csv_path.display(),
+                req.consumer,
+                req.table
+            ))
+        })?;
+        Ok(ExportOutcome {
+            export_id,
+            consumer: req.consumer.clone(),
+            table: req.table.clone(),
+            mode: req.mode,
+            rows,
+            file: Some(csv_path),
+            manifest: Some(manifest_path),
+            sha256: Some(written.sha256),
+            bytes: written.bytes,
+            watermark_before: before,
+            watermark_after: Some(after),
+            duration_ms: elapsed_ms(t0),
+            repaired,
+        })
+    }
+
+    /// Completes or rolls back exports of (consumer, table) that a dead process left prepared:
+    /// a published CSV is delivered, so its watermark move is committed; otherwise its
+    /// temporary file is removed and the record aborted.
+    async fn repair(&self, consumer: &ConsumerId, table: &Ident) -> Result<Vec<String>> {
+        let mut done = Vec::new();
+        for rec in self.state.prepared_exports(consumer, table).await? {
+            let csv = rec.file.as_deref().map(PathBuf::from);
+            let published = csv.as_deref().is_some_and(Path::exists);
+            if let (true, Some(csv)) = (published, &csv) {
+                let manifest_path = manifest_path_of(csv);
+                if !manifest_path.exists() {
+                    let json = rec.manifest_json.clone().unwrap_or_default();
+                    let dir = csv.parent().unwrap_or(Path::new("."));
+                    let w = write_aside(dir, &file_name(&manifest_path), json.as_bytes())?;
+                    publish(&w.tmp, &manifest_path)?;
+                }
+                match self.state.commit_export(&rec).await {
+                    Ok(()) => done.push(format!("completed interrupted export {}", csv.display())),
+                    Err(Error::Conflict { .. }) => {
+                        self.state
+                            .abort_export(&rec.export_id, "watermark changed before repair")
+                            .await?;
+                        done.push(format!(
+                            "left {} in place: the watermark was changed by hand since",
+                            csv.display()
+                        ));
+                    }
+                    Err(e) => return Err(e),
+                }
+            } else {
+                if let Some(tmp) = &rec.tmp_file {
+                    let _ = std::fs::remove_file(tmp);
+                }
+                self.state
+                    .abort_export(&rec.export_id, "interrupted before its file was published")
+                    .await?;
+                done.push(format!("rolled back interrupted export {}", rec.export_id));
+            }
+        }
+        Ok(done)
+    }
+}
+
+struct Counting<'a> {
+    inner: &'a mut dyn RowSink,
+    rows: u64,
+    progress: Option<Progress<'a>>,
+}
+
+impl Counting<'_> {
+    fn tick(&mut self) {
+        self.rows += 1;
+        if self.rows % 8192 == 0 {
+            if let Some(p) = self.progress {
+                p(self.rows);
+            }
+        }
+    }
+}
+
+impl RowSink for Counting<'_> {
+    fn write_fields(&mut self, fields: &[Option<&str>]) -> std::io::Result<()> {
+        self.tick();
+        self.inner.write_fields(fields)
+    }
+
+    fn write_csv_record(&mut self, record: &[u8]) -> std::io::Result<()> {
+        self.tick();
+        self.inner.write_csv_record(record)
+    }
+}
+
+fn publish_pair(csv_tmp: &Path, csv: &Path, manifest: &Path, json: &str) -> Result<()> {
+    let dir = csv.parent().unwrap_or(Path::new("."));
+    let m = write_aside(dir, &file_name(manifest), json.as_bytes())?;
+    if let Err(e) = publish(csv_tmp, csv) {
+        let _ = std::fs::remove_file(&m.tmp);
+        return Err(e);
+    }
+    if let Err(e) = publish(&m.tmp, manifest) {
+        let _ = std::fs::remove_file(&m.tmp);
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// `X.csv` → `X.csv.manifest.json`.
+pub fn manifest_path_of(csv: &Path) -> PathBuf {
+    let mut s = csv.as_os_str().to_owned();
+    s.push(manifest::SUFFIX);
+    PathBuf::from(s)
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn elapsed_ms(t0: Instant) -> u64 {
+    u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+fn new_export_id() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
+/// Creates the output directory if needed and checks that files can be created in it.
+pub fn prepare_out_dir(dir: &Path) -> Result<()> {
+    let unusable = |e: std::io::Error| {
+        Error::input(format!(
+            "output directory {} is not usable: {e}",
+            dir.display()
+        ))
+    };
+    std::fs::create_dir_all(dir).map_err(unusable)?;
+    let probe = dir.join(format!("{TMP_PREFIX}{}-probe", std::process::id()));
+    std::fs::File::create(&probe).map_err(unusable)?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+/// Removes temporary files whose writing process is gone (killed mid-export).
+fn sweep_stale_temporaries(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(TMP_PREFIX) else {
+            continue;
+        };
+        let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+}

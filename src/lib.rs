@@ -1,0 +1,22 @@
+//! tidemark: change data capture for SQLite, PostgreSQL and MySQL/MariaDB.
+//!
+//! The layout follows the concerns: [`db`] adapts each database behind the `Dialect` and
+//! `Database` traits; [`capture`] holds the strategies that find changes; [`state`] keeps
+//! watermarks, registrations and export records; [`export`] runs exports end to end; [`sink`]
+//! owns the CSV format and atomic files; [`seed`], [`demo`] and [`bench`] are the tools around
+//! them; [`testkit`] starts throwaway database servers; [`cli`] is the command line.
+
+pub mod bench;
+pub mod capture;
+pub mod cli;
+pub mod db;
+pub mod demo;
+pub mod error;
+pub mod export;
+pub mod ident;
+pub mod seed;
+pub mod sink;
+pub mod state;
+pub mod testkit;
+
+pub use error::{Error, Result};
