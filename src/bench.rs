@@ -53,15 +53,26 @@ impl BenchReport {
         let r = |a: &Measured, b: &Measured| a.seconds / b.seconds.max(1e-9);
         let n = self.rows;
         let line = |name: &str, m: &Measured, note: String| {
-            format!("{name:<48} {:>8.3} s {:>8.1} MB  {note}\n", m.seconds, m.peak_rss_mb)
+            format!(
+                "{name:<48} {:>8.3} s {:>8.1} MB  {note}\n",
+                m.seconds, m.peak_rss_mb
+            )
         };
-        let mut s = format!("tidemark bench, {n} users (median of 3 runs; peak RSS of the process)\n");
+        let mut s =
+            format!("tidemark bench, {n} users (median of 3 runs; peak RSS of the process)\n");
         s += &format!("{:<48} {:>10} {:>11}\n", "", "wall", "peak RSS");
-        s += &line("psql \\copy (SELECT …) TO file CSV HEADER", &self.pg_psql_copy, String::new());
+        s += &line(
+            "psql \\copy (SELECT …) TO file CSV HEADER",
+            &self.pg_psql_copy,
+            String::new(),
+        );
         s += &line(
             "tidemark export --mode full (PostgreSQL)",
             &self.pg_full_export,
-            format!("{:.2}× psql (target ≤ 1.10×)", r(&self.pg_full_export, &self.pg_psql_copy)),
+            format!(
+                "{:.2}× psql (target ≤ 1.10×)",
+                r(&self.pg_full_export, &self.pg_psql_copy)
+            ),
         );
         s += &line(
             &format!("tidemark export --mode full, {} rows", n / 10),
@@ -74,28 +85,47 @@ impl BenchReport {
         s += &line(
             &format!("incremental, {} changes (1%)", n / 100),
             &self.pg_incremental_1pct,
-            format!("{:.3}× the full export", r(&self.pg_incremental_1pct, &self.pg_full_export)),
+            format!(
+                "{:.3}× the full export",
+                r(&self.pg_incremental_1pct, &self.pg_full_export)
+            ),
         );
         s += &line(
             &format!("incremental, {} changes (0.1%)", n / 1000),
             &self.pg_incremental_01pct,
-            format!("{:.2}× the 1% run", r(&self.pg_incremental_01pct, &self.pg_incremental_1pct)),
+            format!(
+                "{:.2}× the 1% run",
+                r(&self.pg_incremental_01pct, &self.pg_incremental_1pct)
+            ),
         );
         s += &line(
             &format!("incremental, {} changes in a {}-row table", n / 100, n / 10),
             &self.pg_incremental_same_changes_tenth_table,
             format!(
                 "{:.2}× the same changes in the {n}-row table (flat in table size = 1.0)",
-                r(&self.pg_incremental_same_changes_tenth_table, &self.pg_incremental_1pct)
+                r(
+                    &self.pg_incremental_same_changes_tenth_table,
+                    &self.pg_incremental_1pct
+                )
             ),
         );
-        s += &line("sqlite3 -csv -header (same SELECT)", &self.sqlite_cli, String::new());
+        s += &line(
+            "sqlite3 -csv -header (same SELECT)",
+            &self.sqlite_cli,
+            String::new(),
+        );
         s += &line(
             "tidemark export --mode full (SQLite)",
             &self.sqlite_full_export,
-            format!("{:.2}× sqlite3", r(&self.sqlite_full_export, &self.sqlite_cli)),
+            format!(
+                "{:.2}× sqlite3",
+                r(&self.sqlite_full_export, &self.sqlite_cli)
+            ),
         );
-        s += &format!("seeding {n} users into PostgreSQL: {:.2} s\n", self.pg_seed_seconds);
+        s += &format!(
+            "seeding {n} users into PostgreSQL: {:.2} s\n",
+            self.pg_seed_seconds
+        );
         s
     }
 }
@@ -200,17 +230,42 @@ async fn change_every(db: &dyn Database, every: i64) -> Result<()> {
 
 /// An incremental export of consumer `c` after `change`, measured once per run: each run
 /// starts from a full export, applies the change and waits past the capture margin.
-async fn incremental(url: &DbUrl, db: &dyn Database, out: &Path, every: i64, tag: &str) -> Result<Measured> {
+async fn incremental(
+    url: &DbUrl,
+    db: &dyn Database,
+    out: &Path,
+    every: i64,
+    tag: &str,
+) -> Result<Measured> {
     let mut all = Vec::new();
     for run in 0..3 {
         let consumer = format!("{tag}-{run}");
         let out_s = out.to_string_lossy().into_owned();
-        measure_once(&mut tidemark(url, &["export", "--consumer", &consumer, "--mode", "full", "--out", &out_s])?)?;
+        measure_once(&mut tidemark(
+            url,
+            &[
+                "export",
+                "--consumer",
+                &consumer,
+                "--mode",
+                "full",
+                "--out",
+                &out_s,
+            ],
+        )?)?;
         change_every(db, every).await?;
         tokio::time::sleep(Duration::from_millis(200)).await;
         all.push(measure_once(&mut tidemark(
             url,
-            &["export", "--consumer", &consumer, "--mode", "incremental", "--out", &out_s],
+            &[
+                "export",
+                "--consumer",
+                &consumer,
+                "--mode",
+                "incremental",
+                "--out",
+                &out_s,
+            ],
         )?)?);
     }
     let mut times: Vec<f64> = all.iter().map(|m| m.seconds).collect();
@@ -238,26 +293,42 @@ pub async fn run(opts: &BenchOptions, log: &(dyn Fn(&str) + Sync)) -> Result<Ben
             let base = DbUrl::parse(u)?;
             let admin = connect(&base, ConnectOptions::default()).await?;
             for name in ["tidemark_bench_big", "tidemark_bench_small"] {
-                admin.execute(&format!("DROP DATABASE IF EXISTS {name}"), &[]).await?;
-                admin.execute(&format!("CREATE DATABASE {name}"), &[]).await?;
+                admin
+                    .execute(&format!("DROP DATABASE IF EXISTS {name}"), &[])
+                    .await?;
+                admin
+                    .execute(&format!("CREATE DATABASE {name}"), &[])
+                    .await?;
             }
             let with_db = |name: &str| {
                 let s = base.as_str();
-                let cut = s.rfind('/').filter(|&i| i > s.find("//").unwrap_or(0) + 1).unwrap_or(s.len());
+                let cut = s
+                    .rfind('/')
+                    .filter(|&i| i > s.find("//").unwrap_or(0) + 1)
+                    .unwrap_or(s.len());
                 DbUrl::parse(&format!("{}/{name}", &s[..cut]))
             };
-            (with_db("tidemark_bench_big")?, with_db("tidemark_bench_small")?)
+            (
+                with_db("tidemark_bench_big")?,
+                with_db("tidemark_bench_small")?,
+            )
         }
         None => {
             log("starting a throwaway PostgreSQL server");
             server = PgServer::start()?;
-            (server.fresh_database().await?, server.fresh_database().await?)
+            (
+                server.fresh_database().await?,
+                server.fresh_database().await?,
+            )
         }
     };
 
     log(&format!("seeding {rows} users into PostgreSQL"));
     let (big, big_state, pg_seed_seconds) = prepare(&big_url, rows).await?;
-    log(&format!("seeding {} users into a second database", rows / 10));
+    log(&format!(
+        "seeding {} users into a second database",
+        rows / 10
+    ));
     let (small, _small_state, _) = prepare(&small_url, rows / 10).await?;
     let select = full_select(big.as_ref(), &big_state).await?;
     let out_s = out.to_string_lossy().into_owned();
@@ -276,14 +347,37 @@ pub async fn run(opts: &BenchOptions, log: &(dyn Fn(&str) + Sync)) -> Result<Ben
     log("tidemark full export from PostgreSQL, 3 runs");
     let mut cmds = Vec::new();
     for i in 0..3 {
-        cmds.push(tidemark(&big_url, &["export", "--consumer", &format!("full-{i}"), "--mode", "full", "--out", &out_s])?);
+        cmds.push(tidemark(
+            &big_url,
+            &[
+                "export",
+                "--consumer",
+                &format!("full-{i}"),
+                "--mode",
+                "full",
+                "--out",
+                &out_s,
+            ],
+        )?);
     }
     let pg_full_export = measure(3, |i| std::mem::replace(&mut cmds[i], Command::new("true")))?;
     let mut cmds = Vec::new();
     for i in 0..3 {
-        cmds.push(tidemark(&small_url, &["export", "--consumer", &format!("full-{i}"), "--mode", "full", "--out", &out_s])?);
+        cmds.push(tidemark(
+            &small_url,
+            &[
+                "export",
+                "--consumer",
+                &format!("full-{i}"),
+                "--mode",
+                "full",
+                "--out",
+                &out_s,
+            ],
+        )?);
     }
-    let pg_full_export_tenth = measure(3, |i| std::mem::replace(&mut cmds[i], Command::new("true")))?;
+    let pg_full_export_tenth =
+        measure(3, |i| std::mem::replace(&mut cmds[i], Command::new("true")))?;
 
     log("incremental exports");
     let pg_incremental_1pct = incremental(&big_url, big.as_ref(), &out, 100, "inc1").await?;
@@ -297,7 +391,10 @@ pub async fn run(opts: &BenchOptions, log: &(dyn Fn(&str) + Sync)) -> Result<Ben
     let sqlite_url = DbUrl::parse(&format!("sqlite://{}", sqlite_path.display()))?;
     let (sqlite, sqlite_state, _) = prepare(&sqlite_url, rows).await?;
     let sqlite_select = full_select(sqlite.as_ref(), &sqlite_state).await?;
-    sqlite.execute("PRAGMA wal_checkpoint(TRUNCATE)", &[]).await.ok();
+    sqlite
+        .execute("PRAGMA wal_checkpoint(TRUNCATE)", &[])
+        .await
+        .ok();
     log("sqlite3 -csv and tidemark full export from SQLite, 3 runs each");
     let sqlite_file = dir.join("sqlite3.csv");
     let sqlite_cli = measure(3, |_| {
@@ -312,7 +409,18 @@ pub async fn run(opts: &BenchOptions, log: &(dyn Fn(&str) + Sync)) -> Result<Ben
     })?;
     let mut cmds = Vec::new();
     for i in 0..3 {
-        cmds.push(tidemark(&sqlite_url, &["export", "--consumer", &format!("full-{i}"), "--mode", "full", "--out", &out_s])?);
+        cmds.push(tidemark(
+            &sqlite_url,
+            &[
+                "export",
+                "--consumer",
+                &format!("full-{i}"),
+                "--mode",
+                "full",
+                "--out",
+                &out_s,
+            ],
+        )?);
     }
     let sqlite_full_export = measure(3, |i| std::mem::replace(&mut cmds[i], Command::new("true")))?;
 

@@ -175,7 +175,10 @@ pub fn main() -> ExitCode {
         }
     };
     init_logging();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -208,9 +211,7 @@ fn source_url(cli: &Cli) -> anyhow::Result<DbUrl> {
         .source
         .clone()
         .or_else(|| std::env::var("DATABASE_URL").ok())
-        .ok_or_else(|| {
-            Error::input("no source database: pass --source URL or set DATABASE_URL")
-        })?;
+        .ok_or_else(|| Error::input("no source database: pass --source URL or set DATABASE_URL"))?;
     Ok(DbUrl::parse(&url)?)
 }
 
@@ -228,7 +229,16 @@ async fn open_source(cli: &Cli, create: bool) -> anyhow::Result<Arc<dyn Database
 
 async fn open_state(cli: &Cli, source: &Arc<dyn Database>) -> anyhow::Result<StateStore> {
     let db = match &cli.state {
-        Some(url) => connect(&DbUrl::parse(url)?, ConnectOptions { create_if_missing: true, max_connections: None }).await?,
+        Some(url) => {
+            connect(
+                &DbUrl::parse(url)?,
+                ConnectOptions {
+                    create_if_missing: true,
+                    max_connections: None,
+                },
+            )
+            .await?
+        }
         None => Arc::clone(source),
     };
     Ok(StateStore::open(db).await?)
@@ -245,7 +255,9 @@ fn bar(json: bool, label: &str) -> Option<ProgressBar> {
         return None;
     }
     let pb = ProgressBar::new_spinner();
-    if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} {human_pos} rows ({per_sec}) {elapsed}") {
+    if let Ok(style) =
+        ProgressStyle::with_template("{spinner} {msg} {human_pos} rows ({per_sec}) {elapsed}")
+    {
         pb.set_style(style);
     }
     pb.set_message(label.to_string());
@@ -270,7 +282,10 @@ impl Observer for DemoUi {
         if self.json {
             return;
         }
-        let line = format!("  {:<13} {:>7.2} s  {}", step.name, step.seconds, step.detail);
+        let line = format!(
+            "  {:<13} {:>7.2} s  {}",
+            step.name, step.seconds, step.detail
+        );
         match &self.bar {
             Some(b) => b.println(line),
             None => println!("{line}"),
@@ -287,7 +302,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 rows: *rows,
             };
             if !cli.json {
-                println!("tidemark demo: {rows} users on embedded SQLite in {}", dir.display());
+                println!(
+                    "tidemark demo: {rows} users on embedded SQLite in {}",
+                    dir.display()
+                );
             }
             let ui = DemoUi {
                 bar: bar(cli.json, "working"),
@@ -395,8 +413,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let table = Ident::new(table)?;
             let db = open_source(&cli, false).await?;
             let state = open_state(&cli, &db).await?;
-            let exporter = Exporter::new(db, state)
-                .with_margin(std::time::Duration::from_millis(*margin_ms));
+            let exporter =
+                Exporter::new(db, state).with_margin(std::time::Duration::from_millis(*margin_ms));
             let req = ExportRequest {
                 consumer,
                 table,
@@ -458,10 +476,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
             if !report.problems.is_empty() {
-                return Err(Error::Verify(format!("{} problem(s) in {}", report.problems.len(), dir.display())).into());
+                return Err(Error::Verify(format!(
+                    "{} problem(s) in {}",
+                    report.problems.len(),
+                    dir.display()
+                ))
+                .into());
             }
             if !cli.json {
-                println!("ok: {} chain(s) verified in {}", report.chains.len(), dir.display());
+                println!(
+                    "ok: {} chain(s) verified in {}",
+                    report.chains.len(),
+                    dir.display()
+                );
             }
         }
         Command::Bench { rows, pg_url, dir } => {
@@ -490,7 +517,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn watermark(cli: &Cli, action: &WatermarkAction) -> anyhow::Result<()> {
     let (consumer, table) = match action {
         WatermarkAction::Get { consumer, table }
-        | WatermarkAction::Set { consumer, table, .. }
+        | WatermarkAction::Set {
+            consumer, table, ..
+        }
         | WatermarkAction::Reset { consumer, table } => (consumer, table),
     };
     let consumer = ConsumerId::new(consumer)?;
@@ -534,7 +563,9 @@ async fn watermark(cli: &Cli, action: &WatermarkAction) -> anyhow::Result<()> {
             lock.release().await?;
             let removed = result?;
             if cli.json {
-                print_json(&serde_json::json!({ "consumer": consumer, "table": table, "reset": removed }))?;
+                print_json(
+                    &serde_json::json!({ "consumer": consumer, "table": table, "reset": removed }),
+                )?;
             } else if removed {
                 println!("{consumer} / {table}: watermark reset; the next export starts from the beginning");
             } else {

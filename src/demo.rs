@@ -58,7 +58,10 @@ const MARKER: &str = ".tidemark-demo";
 fn reset_dir(dir: &Path, out: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
     let marker = dir.join(MARKER);
-    let ours = marker.exists() || std::fs::read_dir(dir).map(|mut d| d.next().is_none()).unwrap_or(false);
+    let ours = marker.exists()
+        || std::fs::read_dir(dir)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false);
     if !ours {
         return Err(Error::input(format!(
             "{} is not empty and was not made by tidemark demo; pass --dir with a new directory",
@@ -70,9 +73,14 @@ fn reset_dir(dir: &Path, out: &Path) -> Result<()> {
     }
     let _ = std::fs::remove_dir_all(dir.join("demo.db.tidemark-locks"));
     if out.exists() {
-        for entry in std::fs::read_dir(out).map_err(|e| Error::io("read", out, e))?.flatten() {
+        for entry in std::fs::read_dir(out)
+            .map_err(|e| Error::io("read", out, e))?
+            .flatten()
+        {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let exported = ["full_", "incremental_", "delta_"].iter().any(|p| name.starts_with(p));
+            let exported = ["full_", "incremental_", "delta_"]
+                .iter()
+                .any(|p| name.starts_with(p));
             if exported || name.starts_with(crate::sink::file::TMP_PREFIX) {
                 let _ = std::fs::remove_file(entry.path());
             }
@@ -110,7 +118,12 @@ pub async fn run(opts: &DemoOptions, observer: &dyn Observer) -> Result<DemoRepo
     };
 
     let t = Instant::now();
-    let seeded = seed::seed_users(db.as_ref(), opts.rows, Some(&|n| observer.progress("seed", n))).await?;
+    let seeded = seed::seed_users(
+        db.as_ref(),
+        opts.rows,
+        Some(&|n| observer.progress("seed", n)),
+    )
+    .await?;
     done("seed", format!("{} users", seeded.rows), t);
 
     let t = Instant::now();
@@ -121,7 +134,10 @@ pub async fn run(opts: &DemoOptions, observer: &dyn Observer) -> Result<DemoRepo
     state.save_table_config(&table, &report.config).await?;
     done(
         "setup",
-        format!("timestamp capture on {table} ({})", report.installed.join(", ")),
+        format!(
+            "timestamp capture on {table} ({})",
+            report.installed.join(", ")
+        ),
         t,
     );
 
@@ -136,7 +152,11 @@ pub async fn run(opts: &DemoOptions, observer: &dyn Observer) -> Result<DemoRepo
         };
         let exporter = exporter.clone();
         async move {
-            let step = if mode == Mode::Full { "full export" } else { "delta export" };
+            let step = if mode == Mode::Full {
+                "full export"
+            } else {
+                "delta export"
+            };
             exporter
                 .export(&req, Some(&|n| observer.progress(step, n)))
                 .await
@@ -178,7 +198,11 @@ pub async fn run(opts: &DemoOptions, observer: &dyn Observer) -> Result<DemoRepo
         return Err(Error::Verify(verified.problems.join("; ")));
     }
     let files: usize = verified.chains.iter().map(|c| c.files).sum();
-    done("verify", format!("{files} files: chain, checksums, row counts ok"), t);
+    done(
+        "verify",
+        format!("{files} files: chain, checksums, row counts ok"),
+        t,
+    );
 
     let t = Instant::now();
     let replayed = replay::replay(&out, &consumer, &table, &info.primary_key)?;
@@ -192,7 +216,10 @@ pub async fn run(opts: &DemoOptions, observer: &dyn Observer) -> Result<DemoRepo
     }
     done(
         "replay",
-        format!("full + delta = table: {} live rows, identical", live.rows.len()),
+        format!(
+            "full + delta = table: {} live rows, identical",
+            live.rows.len()
+        ),
         t,
     );
 

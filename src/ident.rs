@@ -112,7 +112,14 @@ mod tests {
             assert!(ConsumerId::new(ok).is_ok(), "{ok}");
         }
         for bad in [
-            "", ".hidden", "a/b", "..", "a b", "é", "a\0b", &"x".repeat(129),
+            "",
+            ".hidden",
+            "a/b",
+            "..",
+            "a b",
+            "é",
+            "a\0b",
+            &"x".repeat(129),
         ] {
             assert!(ConsumerId::new(bad).is_err(), "{bad:?}");
         }

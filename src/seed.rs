@@ -14,14 +14,60 @@ use crate::error::Result;
 use crate::ident::Ident;
 
 const FIRST: &[&str] = &[
-    "Ada", "Alan", "Barbara", "Claude", "Donald", "Edsger", "Frances", "Grace", "Hedy", "Ivan",
-    "John", "Katherine", "Linus", "Margaret", "Niklaus", "Olga", "Peter", "Radia", "Sophie",
-    "Tim", "Ursula", "Vint", "Whitfield", "Xiao", "Yukihiro", "Zoë",
+    "Ada",
+    "Alan",
+    "Barbara",
+    "Claude",
+    "Donald",
+    "Edsger",
+    "Frances",
+    "Grace",
+    "Hedy",
+    "Ivan",
+    "John",
+    "Katherine",
+    "Linus",
+    "Margaret",
+    "Niklaus",
+    "Olga",
+    "Peter",
+    "Radia",
+    "Sophie",
+    "Tim",
+    "Ursula",
+    "Vint",
+    "Whitfield",
+    "Xiao",
+    "Yukihiro",
+    "Zoë",
 ];
 const LAST: &[&str] = &[
-    "Lovelace", "Turing", "Liskov", "Shannon", "Knuth", "Dijkstra", "Allen", "Hopper", "Lamarr",
-    "Sutherland", "Backus", "Johnson", "Torvalds", "Hamilton", "Wirth", "Taussky", "Naur",
-    "Perlman", "Wilson", "Berners-Lee", "Franklin", "Cerf", "Diffie", "Li", "Matsumoto", "O'Neil",
+    "Lovelace",
+    "Turing",
+    "Liskov",
+    "Shannon",
+    "Knuth",
+    "Dijkstra",
+    "Allen",
+    "Hopper",
+    "Lamarr",
+    "Sutherland",
+    "Backus",
+    "Johnson",
+    "Torvalds",
+    "Hamilton",
+    "Wirth",
+    "Taussky",
+    "Naur",
+    "Perlman",
+    "Wilson",
+    "Berners-Lee",
+    "Franklin",
+    "Cerf",
+    "Diffie",
+    "Li",
+    "Matsumoto",
+    "O'Neil",
 ];
 
 /// The demo table's name.
@@ -91,11 +137,18 @@ pub async fn seed_users(
     let table = create_users_table(db).await?;
     let max = db
         .query(
-            &format!("SELECT COALESCE(MAX(id), 0) FROM {}", db.dialect().quote(&table)),
+            &format!(
+                "SELECT COALESCE(MAX(id), 0) FROM {}",
+                db.dialect().quote(&table)
+            ),
             &[],
         )
         .await?;
-    let start: i64 = max[0][0].as_deref().and_then(|s| s.parse().ok()).unwrap_or(0) + 1;
+    let start: i64 = max[0][0]
+        .as_deref()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+        + 1;
     let now = db.now().await?;
     let columns: Vec<Ident> = ["id", "name", "email", "created_at", "is_deleted"]
         .iter()
@@ -154,7 +207,10 @@ pub async fn apply_burst(db: &dyn Database, burst: &Burst) -> Result<()> {
     let max = db
         .query(&format!("SELECT COALESCE(MAX(id), 0) FROM {t}"), &[])
         .await?;
-    let max: i64 = max[0][0].as_deref().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let max: i64 = max[0][0]
+        .as_deref()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let mut rng = ChaCha8Rng::seed_from_u64(burst.seed);
     let now = d.now_expr();
     if max > 0 {
@@ -163,7 +219,10 @@ pub async fn apply_burst(db: &dyn Database, burst: &Burst) -> Result<()> {
             let id = rng.random_range(1..=max);
             stmts.push(Stmt::new(
                 format!("UPDATE {t} SET name = ?, updated_at = {now} WHERE id = ?"),
-                vec![format!("{} v{}", mock_user(id).0, burst.seed * 1_000_000 + i).into(), id.into()],
+                vec![
+                    format!("{} v{}", mock_user(id).0, burst.seed * 1_000_000 + i).into(),
+                    id.into(),
+                ],
             ));
         }
         for _ in 0..burst.soft_deletes {
@@ -182,7 +241,12 @@ pub async fn apply_burst(db: &dyn Database, burst: &Burst) -> Result<()> {
     let count = i64::try_from(burst.inserts).unwrap_or(i64::MAX);
     let mut rows = (max + 1..max + 1 + count).map(|id| {
         let (name, email, _, _) = mock_user(id);
-        vec![Some(id.to_string()), Some(name), Some(email), Some("0".to_string())]
+        vec![
+            Some(id.to_string()),
+            Some(name),
+            Some(email),
+            Some("0".to_string()),
+        ]
     });
     db.bulk_insert(&table, &columns, &mut rows).await?;
     Ok(())

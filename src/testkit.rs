@@ -19,7 +19,9 @@ fn fail(what: &str, detail: impl std::fmt::Display) -> Error {
 
 fn free_port() -> Result<u16> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| fail("find a free port", e))?;
-    Ok(l.local_addr().map_err(|e| fail("find a free port", e))?.port())
+    Ok(l.local_addr()
+        .map_err(|e| fail("find a free port", e))?
+        .port())
 }
 
 fn is_root() -> bool {
@@ -99,10 +101,12 @@ impl PgServer {
             })
             .collect();
         versions.sort();
-        versions
-            .pop()
-            .map(|(_, b)| b)
-            .ok_or_else(|| fail("find PostgreSQL", "no initdb under /usr/lib/postgresql/*/bin"))
+        versions.pop().map(|(_, b)| b).ok_or_else(|| {
+            fail(
+                "find PostgreSQL",
+                "no initdb under /usr/lib/postgresql/*/bin",
+            )
+        })
     }
 
     /// Initializes and starts a server.
@@ -121,10 +125,20 @@ impl PgServer {
         }
         let mut server = PgServer { dir, bin, port: 0 };
         run(
-            &mut server.as_owner(&server.bin.join("initdb"))
+            &mut server
+                .as_owner(&server.bin.join("initdb"))
                 .arg("-D")
                 .arg(server.dir.join("data"))
-                .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"]),
+                .args([
+                    "-U",
+                    "postgres",
+                    "-A",
+                    "trust",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                    "--no-sync",
+                ]),
             "initdb",
         )?;
         watchdog(&format!(
@@ -155,7 +169,11 @@ impl PgServer {
 
     fn stop_command(&self) -> String {
         let pg_ctl = self.bin.join("pg_ctl");
-        let prefix = if is_root() { "runuser -u postgres -- " } else { "" };
+        let prefix = if is_root() {
+            "runuser -u postgres -- "
+        } else {
+            ""
+        };
         format!(
             "{prefix}{} -D '{}' -m immediate -w stop >/dev/null 2>&1",
             pg_ctl.display(),
@@ -204,8 +222,14 @@ impl PgServer {
     /// Creates a fresh empty database and returns its URL.
     pub async fn fresh_database(&self) -> Result<DbUrl> {
         let name = fresh_name("t");
-        let admin = connect(&DbUrl::parse(&self.url("postgres"))?, ConnectOptions::default()).await?;
-        admin.execute(&format!("CREATE DATABASE {name}"), &[]).await?;
+        let admin = connect(
+            &DbUrl::parse(&self.url("postgres"))?,
+            ConnectOptions::default(),
+        )
+        .await?;
+        admin
+            .execute(&format!("CREATE DATABASE {name}"), &[])
+            .await?;
         DbUrl::parse(&self.url(&name))
     }
 }
@@ -304,8 +328,14 @@ impl MariaDbServer {
     /// Creates a fresh empty database and returns its URL.
     pub async fn fresh_database(&self) -> Result<DbUrl> {
         let name = fresh_name("t");
-        let admin = connect(&DbUrl::parse(&self.url("mysql"))?, ConnectOptions::default()).await?;
-        admin.execute(&format!("CREATE DATABASE {name}"), &[]).await?;
+        let admin = connect(
+            &DbUrl::parse(&self.url("mysql"))?,
+            ConnectOptions::default(),
+        )
+        .await?;
+        admin
+            .execute(&format!("CREATE DATABASE {name}"), &[])
+            .await?;
         DbUrl::parse(&self.url(&name))
     }
 }
@@ -328,7 +358,10 @@ impl SqliteFile {
     /// Creates the directory; the file is created by the first connection that asks for it.
     pub fn new() -> Result<Self> {
         let dir = tempfile::tempdir().map_err(|e| fail("create temporary directory", e))?;
-        let url = DbUrl::parse(&format!("sqlite://{}", dir.path().join("test.db").display()))?;
+        let url = DbUrl::parse(&format!(
+            "sqlite://{}",
+            dir.path().join("test.db").display()
+        ))?;
         Ok(SqliteFile { dir, url })
     }
 }

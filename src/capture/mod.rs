@@ -139,7 +139,11 @@ pub async fn setup(
 }
 
 /// Removes what `setup` installed for `config`.
-pub async fn teardown(db: &dyn Database, info: &TableInfo, config: &TableConfig) -> Result<Vec<String>> {
+pub async fn teardown(
+    db: &dyn Database,
+    info: &TableInfo,
+    config: &TableConfig,
+) -> Result<Vec<String>> {
     match config.strategy.as_str() {
         "timestamp" => timestamp::teardown(db, info, config).await,
         _ => Ok(Vec::new()),

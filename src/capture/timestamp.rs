@@ -93,7 +93,10 @@ impl TimestampCapture {
             if !c.kind.is_timestamp() {
                 return Err(unfit(
                     info,
-                    format!("creation time column {:?} is not a timestamp", c.name.as_str()),
+                    format!(
+                        "creation time column {:?} is not a timestamp",
+                        c.name.as_str()
+                    ),
                 ));
             }
         }
@@ -200,7 +203,11 @@ impl CaptureStrategy for TimestampCapture {
 }
 
 /// Checks the table, makes sure the cursor index exists and returns the registration.
-pub async fn setup(db: &dyn Database, info: &TableInfo, options: &SetupOptions) -> Result<SetupReport> {
+pub async fn setup(
+    db: &dyn Database,
+    info: &TableInfo,
+    options: &SetupOptions,
+) -> Result<SetupReport> {
     let config = TimestampCapture::default_config(info, options)?;
     let capture = TimestampCapture::new(info, &config)?;
     let d = db.dialect();
@@ -230,7 +237,11 @@ pub async fn setup(db: &dyn Database, info: &TableInfo, options: &SetupOptions) 
 }
 
 /// Drops the cursor index `setup` created.
-pub async fn teardown(db: &dyn Database, info: &TableInfo, config: &TableConfig) -> Result<Vec<String>> {
+pub async fn teardown(
+    db: &dyn Database,
+    info: &TableInfo,
+    config: &TableConfig,
+) -> Result<Vec<String>> {
     let capture = TimestampCapture::new(info, config)?;
     let index = capture.index_name()?;
     db.execute(&db.dialect().drop_index(&index, &info.name), &[])
@@ -281,11 +292,17 @@ mod tests {
             .select(&PostgresDialect, Mode::Delta, Some(&before), &after)
             .unwrap();
         assert_eq!(s.header[0], "operation");
-        assert!(s.sql.contains("\"updated_at\" >= '2026-01-01T00:00:00.000000Z'::timestamptz"));
-        assert!(s.sql.contains("\"updated_at\" < '2026-01-02T00:00:00.000000Z'::timestamptz"));
+        assert!(s
+            .sql
+            .contains("\"updated_at\" >= '2026-01-01T00:00:00.000000Z'::timestamptz"));
+        assert!(s
+            .sql
+            .contains("\"updated_at\" < '2026-01-02T00:00:00.000000Z'::timestamptz"));
         assert!(s.sql.contains("THEN 'DELETE'"));
         assert!(s.sql.ends_with("ORDER BY \"updated_at\", \"id\""));
-        let full = cap.select(&PostgresDialect, Mode::Full, None, &after).unwrap();
+        let full = cap
+            .select(&PostgresDialect, Mode::Full, None, &after)
+            .unwrap();
         assert!(!full.sql.contains("updated_at\" <"));
         assert!(full.sql.contains("NOT COALESCE(\"is_deleted\", false)"));
     }

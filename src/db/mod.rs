@@ -104,8 +104,8 @@ impl DbUrl {
         redact(&self.url)
     }
 
-    /// The URL as given (with credentials): only for connecting.
-    pub(crate) fn as_str(&self) -> &str {
+    /// The URL as given, credentials included: for connecting, never for messages.
+    pub fn as_str(&self) -> &str {
         &self.url
     }
 }
@@ -477,7 +477,10 @@ mod tests {
 
     #[test]
     fn urls() {
-        assert_eq!(DbUrl::parse("sqlite://a.db").unwrap().kind(), DbKind::Sqlite);
+        assert_eq!(
+            DbUrl::parse("sqlite://a.db").unwrap().kind(),
+            DbKind::Sqlite
+        );
         assert_eq!(
             DbUrl::parse("postgresql://u:p@h:5/d").unwrap().kind(),
             DbKind::Postgres
@@ -508,7 +511,9 @@ mod tests {
         assert_eq!(t.to_string(), "2026-11-21T03:37:00.123456Z");
         assert_eq!(Timestamp::parse(&t.to_string()).unwrap(), t);
         assert_eq!(
-            Timestamp::parse("2026-11-21 03:37:00.5").unwrap().to_string(),
+            Timestamp::parse("2026-11-21 03:37:00.5")
+                .unwrap()
+                .to_string(),
             "2026-11-21T03:37:00.500000Z"
         );
         assert_eq!(t.to_sql_naive(), "2026-11-21 03:37:00.123456");

@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlPoolOptions};
-use sqlx::{AssertSqlSafe, Connection, MySql};
+use sqlx::{AssertSqlSafe, ConnectOptions as _, Connection, MySql};
 
 use super::{
     classify_type, common, Column, ColumnKind, ConnectOptions, Database, DbKind, DbUrl, Dialect,
@@ -109,7 +109,8 @@ impl MysqlDb {
                 url: url.redacted(),
                 reason: e.to_string(),
             })?
-            .timezone(Some("+00:00".to_string()));
+            .timezone(Some("+00:00".to_string()))
+            .disable_statement_logging();
         let pool = MySqlPoolOptions::new()
             .max_connections(options.max_connections.unwrap_or(8))
             .acquire_timeout(Duration::from_secs(10))
@@ -182,7 +183,9 @@ impl Database for MysqlDb {
     }
 
     async fn ping(&self) -> Result<()> {
-        self.query("SELECT CAST(1 AS SIGNED)", &[]).await.map(|_| ())
+        self.query("SELECT CAST(1 AS SIGNED)", &[])
+            .await
+            .map(|_| ())
     }
 
     async fn execute(&self, sql: &str, params: &[Param]) -> Result<u64> {
@@ -297,7 +300,11 @@ impl Database for MysqlDb {
         let d = MysqlDialect;
         let cols: Vec<String> = columns.iter().map(|c| d.quote(c)).collect();
         let one = format!("({})", vec!["?"; columns.len()].join(", "));
-        let head = format!("INSERT INTO {} ({}) VALUES ", d.quote(table), cols.join(", "));
+        let head = format!(
+            "INSERT INTO {} ({}) VALUES ",
+            d.quote(table),
+            cols.join(", ")
+        );
         let mut tx = self
             .pool
             .begin_with("START TRANSACTION WITH CONSISTENT SNAPSHOT")

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use futures_util::TryStreamExt;
 use sha2::{Digest, Sha256};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
-use sqlx::{Connection, Postgres};
+use sqlx::{ConnectOptions as _, Connection, Postgres};
 
 use super::{
     classify_type, common, Column, ColumnKind, ConnectOptions, Database, DbKind, DbUrl, Dialect,
@@ -125,7 +125,8 @@ impl PostgresDb {
                 url: url.redacted(),
                 reason: e.to_string(),
             })?
-            .options([("TimeZone", "UTC"), ("DateStyle", "ISO")]);
+            .options([("TimeZone", "UTC"), ("DateStyle", "ISO")])
+            .disable_statement_logging();
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.unwrap_or(8))
             .acquire_timeout(Duration::from_secs(10))
@@ -236,8 +237,8 @@ impl Database for PostgresDb {
             .query(
                 "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), \
                         CASE WHEN a.attnotnull THEN '1' ELSE '0' END, \
-                        COALESCE((SELECT array_position(i.indkey::int2[], a.attnum) FROM pg_index i \
-                                  WHERE i.indrelid = a.attrelid AND i.indisprimary), 0)::bigint \
+                        COALESCE((SELECT k.ord FROM pg_index i, unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
+                                  WHERE i.indrelid = a.attrelid AND i.indisprimary AND k.attnum = a.attnum), 0)::bigint \
                  FROM pg_attribute a \
                  WHERE a.attrelid = to_regclass(?) AND a.attnum > 0 AND NOT a.attisdropped \
                  ORDER BY a.attnum",

@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
-use sqlx::{AssertSqlSafe, Sqlite};
+use sqlx::{AssertSqlSafe, ConnectOptions as _, Sqlite};
 
 use super::{
     classify_type, common, Column, ColumnKind, ConnectOptions, Database, DbKind, DbUrl, Dialect,
@@ -126,7 +126,8 @@ impl SqliteDb {
         let opts = opts
             .create_if_missing(options.create_if_missing)
             .busy_timeout(Duration::from_secs(30))
-            .foreign_keys(false);
+            .foreign_keys(false)
+            .disable_statement_logging();
         let pool = SqlitePoolOptions::new()
             .max_connections(options.max_connections.unwrap_or(4).max(2))
             .acquire_timeout(Duration::from_secs(30))
@@ -267,7 +268,10 @@ impl Database for SqliteDb {
         dir.push(".tidemark-locks");
         let dir = PathBuf::from(dir);
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("create lock directory", &dir, e))?;
-        let file_name = format!("{}.lock", &hex::encode(Sha256::digest(name.as_bytes()))[..32]);
+        let file_name = format!(
+            "{}.lock",
+            &hex::encode(Sha256::digest(name.as_bytes()))[..32]
+        );
         let path = dir.join(file_name);
         let file = OpenOptions::new()
             .create(true)
@@ -292,7 +296,11 @@ impl Database for SqliteDb {
         let d = SqliteDialect;
         let cols: Vec<String> = columns.iter().map(|c| d.quote(c)).collect();
         let one = format!("({})", vec!["?"; columns.len()].join(", "));
-        let head = format!("INSERT INTO {} ({}) VALUES ", d.quote(table), cols.join(", "));
+        let head = format!(
+            "INSERT INTO {} ({}) VALUES ",
+            d.quote(table),
+            cols.join(", ")
+        );
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let mut total = 0u64;
         loop {

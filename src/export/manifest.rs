@@ -47,7 +47,9 @@ pub fn chains(dir: &Path) -> Result<BTreeMap<(String, String), Chain>> {
     let entries = std::fs::read_dir(dir).map_err(|e| Error::io("read directory", dir, e))?;
     let mut out: BTreeMap<(String, String), Chain> = BTreeMap::new();
     for entry in entries {
-        let path = entry.map_err(|e| Error::io("read directory", dir, e))?.path();
+        let path = entry
+            .map_err(|e| Error::io("read directory", dir, e))?
+            .path();
         let is_manifest = path
             .file_name()
             .and_then(|n| n.to_str())
@@ -56,8 +58,9 @@ pub fn chains(dir: &Path) -> Result<BTreeMap<(String, String), Chain>> {
             continue;
         }
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io("read", &path, e))?;
-        let m: Manifest = serde_json::from_str(&text)
-            .map_err(|e| Error::Verify(format!("{}: not a tidemark manifest: {e}", path.display())))?;
+        let m: Manifest = serde_json::from_str(&text).map_err(|e| {
+            Error::Verify(format!("{}: not a tidemark manifest: {e}", path.display()))
+        })?;
         out.entry((m.consumer.clone(), m.table.clone()))
             .or_default()
             .push((path, m));
@@ -160,7 +163,10 @@ fn check_file(dir: &Path, m: &Manifest) -> std::result::Result<(), String> {
         ));
     }
     if bytes != m.bytes {
-        return Err(format!("{}: {bytes} bytes, the manifest says {}", m.file, m.bytes));
+        return Err(format!(
+            "{}: {bytes} bytes, the manifest says {}",
+            m.file, m.bytes
+        ));
     }
     let file = File::open(&path).map_err(|e| format!("{}: {e}", m.file))?;
     let mut rdr = reader(BufReader::new(file));

@@ -92,7 +92,11 @@ impl Exporter {
 
     /// Runs one export. Fails with [`Error::Busy`] if another export of the same consumer and
     /// table is running.
-    pub async fn export(&self, req: &ExportRequest, progress: Option<Progress<'_>>) -> Result<ExportOutcome> {
+    pub async fn export(
+        &self,
+        req: &ExportRequest,
+        progress: Option<Progress<'_>>,
+    ) -> Result<ExportOutcome> {
         prepare_out_dir(&req.out_dir)?;
         let lock = self.state.lock(&req.consumer, &req.table).await?;
         let result = self.export_locked(req, progress).await;
@@ -102,7 +106,11 @@ impl Exporter {
         Ok(outcome)
     }
 
-    async fn export_locked(&self, req: &ExportRequest, progress: Option<Progress<'_>>) -> Result<ExportOutcome> {
+    async fn export_locked(
+        &self,
+        req: &ExportRequest,
+        progress: Option<Progress<'_>>,
+    ) -> Result<ExportOutcome> {
         let t0 = Instant::now();
         let repaired = self.repair(&req.consumer, &req.table).await?;
         sweep_stale_temporaries(&req.out_dir);
@@ -175,6 +183,7 @@ impl Exporter {
             });
         }
         let written = writer.into_inner().finish()?;
+        fault("after-write");
 
         let manifest = Manifest {
             format: 1,
@@ -217,12 +226,14 @@ impl Exporter {
             let _ = std::fs::remove_file(&written.tmp);
             return Err(e);
         }
+        fault("after-prepare");
         if let Err(e) = publish_pair(&written.tmp, &csv_path, &manifest_path, &manifest_json) {
             let _ = std::fs::remove_file(&written.tmp);
             let _ = std::fs::remove_file(&csv_path);
             let _ = self.state.abort_export(&export_id, &e.to_string()).await;
             return Err(e);
         }
+        fault("after-publish");
         self.state.commit_export(&record).await.map_err(|e| {
             Error::Runtime(format!(
                 "{} was written but the watermark could not be moved ({e}); \
@@ -289,6 +300,14 @@ impl Exporter {
             }
         }
         Ok(done)
+    }
+}
+
+/// Crash tests set `TIDEMARK_FAULT` to one of `after-write`, `after-prepare` or
+/// `after-publish` to make the process die at that instant of an export, as `kill -9` would.
+fn fault(point: &str) {
+    if std::env::var("TIDEMARK_FAULT").is_ok_and(|v| v == point) {
+        std::process::abort();
     }
 }
 

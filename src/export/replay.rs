@@ -39,7 +39,12 @@ pub fn replay(dir: &Path, consumer: &ConsumerId, table: &Ident, key: &[Ident]) -
     let chains = super::manifest::chains(dir)?;
     let chain = chains
         .get(&(consumer.to_string(), table.to_string()))
-        .ok_or_else(|| Error::Verify(format!("no exports of {consumer} for {table} in {}", dir.display())))?;
+        .ok_or_else(|| {
+            Error::Verify(format!(
+                "no exports of {consumer} for {table} in {}",
+                dir.display()
+            ))
+        })?;
     let mut image = Image::default();
     for (_, m) in chain {
         let path = dir.join(&m.file);
@@ -138,7 +143,10 @@ pub async fn table_image(db: &dyn Database, state: &StateStore, table: &Ident) -
 pub fn differences(expected: &Image, got: &Image, limit: usize) -> Vec<String> {
     let mut out = Vec::new();
     if expected.columns != got.columns {
-        out.push(format!("columns {:?} vs {:?}", expected.columns, got.columns));
+        out.push(format!(
+            "columns {:?} vs {:?}",
+            expected.columns, got.columns
+        ));
     }
     for (k, row) in &expected.rows {
         match got.rows.get(k) {

@@ -184,8 +184,14 @@ mod tests {
         assert_eq!(std::fs::read(&dest).unwrap(), b"hello");
         assert!(!w.tmp.exists());
         let again = write_aside(dir.path(), "a.csv", b"other").unwrap();
-        assert!(publish(&again.tmp, &dest).is_err(), "must not replace a file");
+        assert!(
+            publish(&again.tmp, &dest).is_err(),
+            "must not replace a file"
+        );
         assert_eq!(std::fs::read(&dest).unwrap(), b"hello");
-        assert_eq!(free_name(dir.path(), "a", "csv"), dir.path().join("a_1.csv"));
+        assert_eq!(
+            free_name(dir.path(), "a", "csv"),
+            dir.path().join("a_1.csv")
+        );
     }
 }

@@ -96,6 +96,15 @@ const EXPORT_COLUMNS: &str = "export_id, consumer_id, table_name, mode, status, 
 impl StateStore {
     /// Opens the store on `db`, creating its tables if they are missing.
     pub async fn open(db: Arc<dyn Database>) -> Result<Self> {
+        // Reading first keeps opening write-free (and so never waiting for SQLite's writer)
+        // once the tables exist; the last table created is the one probed.
+        if db
+            .query("SELECT count(*) FROM tidemark_exports WHERE 1 = 0", &[])
+            .await
+            .is_ok()
+        {
+            return Ok(StateStore { db });
+        }
         let d = db.dialect();
         let (k, t) = (d.key_type(), d.text_type());
         for sql in [
@@ -146,9 +155,9 @@ impl StateStore {
             .await?;
         match rows.first().and_then(|r| r[0].as_deref()) {
             None => Ok(None),
-            Some(json) => serde_json::from_str(json).map(Some).map_err(|e| {
-                Error::Runtime(format!("corrupt registration of table {table}: {e}"))
-            }),
+            Some(json) => serde_json::from_str(json)
+                .map(Some)
+                .map_err(|e| Error::Runtime(format!("corrupt registration of table {table}: {e}"))),
         }
     }
 
@@ -189,7 +198,11 @@ impl StateStore {
     }
 
     /// The watermark of (consumer, table), if any.
-    pub async fn watermark(&self, consumer: &ConsumerId, table: &Ident) -> Result<Option<Watermark>> {
+    pub async fn watermark(
+        &self,
+        consumer: &ConsumerId,
+        table: &Ident,
+    ) -> Result<Option<Watermark>> {
         let rows = self
             .db
             .query(
@@ -312,7 +325,12 @@ impl StateStore {
             None => Stmt::new(
                 "INSERT INTO tidemark_watermarks (consumer_id, table_name, position, updated_at) \
                  VALUES (?, ?, ?, ?)",
-                vec![c.into(), t.into(), after.to_json().into(), now.as_str().into()],
+                vec![
+                    c.into(),
+                    t.into(),
+                    after.to_json().into(),
+                    now.as_str().into(),
+                ],
             ),
         };
         let result = self

@@ -1,0 +1,221 @@
+//! Shared test harness: one throwaway PostgreSQL and one MariaDB server per test binary (started
+//! on first use, stopped by their watchdogs when the binary exits), a fresh database per test,
+//! and helpers to run the real `tidemark` binary.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tidemark::capture::{self, Mode, SetupOptions};
+use tidemark::db::{connect, ConnectOptions, Database, DbKind, DbUrl};
+use tidemark::export::{manifest, replay, ExportOutcome, ExportRequest, Exporter};
+use tidemark::ident::{ConsumerId, Ident};
+use tidemark::seed;
+use tidemark::state::StateStore;
+use tidemark::testkit::{MariaDbServer, PgServer, SqliteFile};
+
+static PG: OnceLock<PgServer> = OnceLock::new();
+static MARIADB: OnceLock<MariaDbServer> = OnceLock::new();
+
+/// The capture margin tests use on servers; waits before a final export exceed it.
+pub const MARGIN: Duration = Duration::from_millis(30);
+
+pub fn pg() -> &'static PgServer {
+    PG.get_or_init(|| PgServer::start().expect("start PostgreSQL"))
+}
+
+pub fn mariadb() -> &'static MariaDbServer {
+    MARIADB.get_or_init(|| MariaDbServer::start().expect("start MariaDB"))
+}
+
+/// A fresh database of one kind, with an output directory.
+pub struct TestDb {
+    pub kind: DbKind,
+    pub url: DbUrl,
+    pub db: Arc<dyn Database>,
+    pub out: tempfile::TempDir,
+    _sqlite: Option<SqliteFile>,
+}
+
+impl TestDb {
+    pub async fn new(kind: DbKind) -> TestDb {
+        let (url, sqlite) = match kind {
+            DbKind::Sqlite => {
+                let f = SqliteFile::new().expect("temp dir");
+                (f.url.clone(), Some(f))
+            }
+            DbKind::Postgres => (pg().fresh_database().await.expect("database"), None),
+            DbKind::Mysql => (mariadb().fresh_database().await.expect("database"), None),
+        };
+        let db = connect(
+            &url,
+            ConnectOptions {
+                create_if_missing: true,
+                max_connections: None,
+            },
+        )
+        .await
+        .expect("connect");
+        if kind == DbKind::Sqlite {
+            db.execute("PRAGMA journal_mode=WAL", &[])
+                .await
+                .expect("wal");
+        }
+        TestDb {
+            kind,
+            url,
+            db,
+            out: tempfile::tempdir().expect("out dir"),
+            _sqlite: sqlite,
+        }
+    }
+
+    pub async fn state(&self) -> StateStore {
+        StateStore::open(Arc::clone(&self.db)).await.expect("state")
+    }
+
+    pub async fn exporter(&self) -> Exporter {
+        Exporter::new(Arc::clone(&self.db), self.state().await).with_margin(MARGIN)
+    }
+
+    /// Seeds `rows` users and registers the table for timestamp capture.
+    pub async fn users(&self, rows: u64) -> Ident {
+        seed::seed_users(self.db.as_ref(), rows, None)
+            .await
+            .expect("seed");
+        let table = Ident::new("users").unwrap();
+        let info = self.db.describe(&table).await.expect("describe");
+        let report = capture::setup(
+            self.db.as_ref(),
+            &info,
+            "timestamp",
+            &SetupOptions::default(),
+        )
+        .await
+        .expect("setup");
+        self.state()
+            .await
+            .save_table_config(&table, &report.config)
+            .await
+            .expect("register");
+        table
+    }
+
+    pub fn request(&self, consumer: &str, mode: Mode) -> ExportRequest {
+        ExportRequest {
+            consumer: ConsumerId::new(consumer).unwrap(),
+            table: Ident::new("users").unwrap(),
+            mode,
+            out_dir: self.out.path().to_path_buf(),
+        }
+    }
+
+    pub async fn export(&self, consumer: &str, mode: Mode) -> ExportOutcome {
+        self.exporter()
+            .await
+            .export(&self.request(consumer, mode), None)
+            .await
+            .unwrap_or_else(|e| panic!("{mode} export on {}: {e}", self.kind))
+    }
+
+    /// Asserts that the manifest chains verify and that replaying `consumer`'s files gives
+    /// exactly the live table.
+    pub async fn assert_replay_equals_table(&self, consumer: &str) {
+        let report = manifest::verify(self.out.path()).expect("verify");
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        let table = Ident::new("users").unwrap();
+        let key = vec![Ident::new("id").unwrap()];
+        let replayed = replay::replay(
+            self.out.path(),
+            &ConsumerId::new(consumer).unwrap(),
+            &table,
+            &key,
+        )
+        .expect("replay");
+        let live = replay::table_image(self.db.as_ref(), &self.state().await, &table)
+            .await
+            .expect("table image");
+        let diff = replay::differences(&live, &replayed, 10);
+        assert!(
+            diff.is_empty(),
+            "{} replay differs from table: {diff:#?}",
+            self.kind
+        );
+        assert!(!live.rows.is_empty());
+    }
+
+    /// Runs the real binary against this database.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        tidemark_cmd(args)
+            .arg("--source")
+            .arg(self.url.as_str())
+            .output()
+            .expect("run tidemark")
+    }
+
+    pub fn count_files(&self) -> usize {
+        csv_files(self.out.path()).len()
+    }
+}
+
+pub fn tidemark_cmd(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tidemark"));
+    c.args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("TIDEMARK_SOURCE");
+    c
+}
+
+pub fn csv_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "csv"))
+                .filter(|p| {
+                    !p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+pub fn all_files(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Generates one `#[tokio::test]` per database kind calling `$body(kind)`.
+#[macro_export]
+macro_rules! on_each_db {
+    ($name:ident) => {
+        mod $name {
+            use tidemark::db::DbKind;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(DbKind::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name(DbKind::Postgres).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mariadb() {
+                super::$name(DbKind::Mysql).await
+            }
+        }
+    };
+}
