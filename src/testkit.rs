@@ -292,6 +292,8 @@ impl MariaDbServer {
                 "--sync-binlog=0",
                 "--skip-name-resolve",
                 "--max-connections=300",
+                "--character-set-server=utf8mb4",
+                "--collation-server=utf8mb4_unicode_ci",
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -149,19 +149,27 @@ impl CaptureStrategy for TimestampCapture {
         let before_lit = before.map(|p| d.timestamp_literal(&Self::cursor_at(p), &self.cursor));
         if mode == Mode::Delta {
             header.push("operation".into());
-            let mut op = String::from("CASE");
+            let mut whens: Vec<String> = Vec::new();
             if let Some(del) = &deleted {
-                op.push_str(&format!(" WHEN {del} THEN 'DELETE'"));
+                whens.push(format!("WHEN {del} THEN 'DELETE'"));
             }
-            match (before, &self.created) {
-                (None, _) => op.push_str(" ELSE 'INSERT' END"),
-                (Some(p), Some(created)) => op.push_str(&format!(
-                    " WHEN {} >= {} THEN 'INSERT' ELSE 'UPDATE' END",
-                    d.quote(&created.name),
-                    d.timestamp_literal(&Self::cursor_at(p), created)
-                )),
-                (Some(_), None) => op.push_str(" ELSE 'UPDATE' END"),
-            }
+            let otherwise = match (before, &self.created) {
+                (None, _) => "'INSERT'",
+                (Some(p), Some(created)) => {
+                    whens.push(format!(
+                        "WHEN {} >= {} THEN 'INSERT'",
+                        d.quote(&created.name),
+                        d.timestamp_literal(&Self::cursor_at(p), created)
+                    ));
+                    "'UPDATE'"
+                }
+                (Some(_), None) => "'UPDATE'",
+            };
+            let op = if whens.is_empty() {
+                otherwise.to_string()
+            } else {
+                format!("CASE {} ELSE {otherwise} END", whens.join(" "))
+            };
             exprs.push(op);
         }
         for c in &self.info.columns {
