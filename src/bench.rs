@@ -1,6 +1,6 @@
 //! `tidemark bench`: the project's benchmark. Runs the real binary as a child process and the
 //! tools users would otherwise run (`psql \copy`, `sqlite3 -csv`) on the same data and the same
-//! SELECT, and reports wall time and peak memory (from `wait4`) as ratios: full export from
+//! SELECT, and reports wall time and peak memory (from GNU `time`) as ratios: full export from
 //! PostgreSQL, memory at two table sizes, incremental export cost against the number of changes
 //! and against the table size, full export from SQLite.
 
@@ -130,33 +130,49 @@ impl BenchReport {
     }
 }
 
-/// Runs `cmd` to completion and measures it.
+/// Runs `cmd` to completion under GNU time and measures it. (Measuring with `wait4` from this
+/// process would not do: a child spawned here carries this process's RSS high-water mark into
+/// its own `ru_maxrss` through `exec`; `time` is small, so its child's figure is the target's.)
 fn measure_once(cmd: &mut Command) -> Result<Measured> {
+    const TIME: &str = "/usr/bin/time";
+    if !Path::new(TIME).exists() {
+        return Err(Error::Runtime(
+            "bench needs GNU time at /usr/bin/time (Debian package `time`)".into(),
+        ));
+    }
+    let mut timed = Command::new(TIME);
+    timed
+        .arg("-f")
+        .arg("tidemark-bench-rss %M")
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => timed.env(k, v),
+            None => timed.env_remove(k),
+        };
+    }
     let t0 = Instant::now();
-    let child = cmd
+    let out = timed
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .spawn()
+        .output()
         .map_err(|e| Error::Runtime(format!("bench: cannot run {cmd:?}: {e}")))?;
-    let pid = i32::try_from(child.id()).map_err(|_| Error::Runtime("bench: pid".into()))?;
-    let mut status = 0;
-    // SAFETY: rusage is plain data; wait4 fills it for our own child, which we reap here
-    // (the Child handle is not waited on afterwards).
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     let seconds = t0.elapsed().as_secs_f64();
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr {
-        use std::io::Read;
-        let _ = e.read_to_string(&mut err);
-    }
-    if rc != pid || !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+    let err = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
         return Err(Error::Runtime(format!("bench: {cmd:?} failed: {err}")));
     }
+    let kb: f64 = err
+        .lines()
+        .filter_map(|l| l.strip_prefix("tidemark-bench-rss "))
+        .next_back()
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| Error::Runtime(format!("bench: no peak RSS from time: {err}")))?;
     Ok(Measured {
         seconds,
-        peak_rss_mb: usage.ru_maxrss as f64 / 1024.0,
+        peak_rss_mb: kb / 1024.0,
     })
 }
 

@@ -161,7 +161,7 @@ pub async fn seed_users(
         let (name, email, age, deleted) = mock_user(id);
         let created = now.minus(Duration::from_secs(age));
         produced += 1;
-        if produced % 50_000 == 0 {
+        if produced.is_multiple_of(50_000) {
             if let Some(p) = progress {
                 p(produced);
             }

@@ -125,7 +125,7 @@ impl PgServer {
         }
         let mut server = PgServer { dir, bin, port: 0 };
         run(
-            &mut server
+            server
                 .as_owner(&server.bin.join("initdb"))
                 .arg("-D")
                 .arg(server.dir.join("data"))

@@ -56,7 +56,7 @@ async fn csv_format_is_exact(kind: DbKind) {
     let lit = d.timestamp_literal(&at, info.column("at").unwrap());
     let values = [
         format!("1, 'plain', TRUE, {lit}"),
-        format!("2, 'comma, \"quote\"', FALSE, NULL"),
+        "2, 'comma, \"quote\"', FALSE, NULL".to_string(),
         format!("3, '', NULL, {lit}"),
         format!("4, NULL, TRUE, {lit}"),
         format!("5, 'line\nbreak ünïcödé ✓', FALSE, {lit}"),

@@ -320,7 +320,7 @@ struct Counting<'a> {
 impl Counting<'_> {
     fn tick(&mut self) {
         self.rows += 1;
-        if self.rows % 8192 == 0 {
+        if self.rows.is_multiple_of(8192) {
             if let Some(p) = self.progress {
                 p(self.rows);
             }

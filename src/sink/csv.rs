@@ -26,7 +26,7 @@ pub fn encode_field(out: &mut impl Write, field: Option<&str>) -> io::Result<()>
             out.write_all(b"\"")?;
             let mut rest = f;
             while let Some(i) = rest.find('"') {
-                out.write_all(rest[..=i].as_bytes())?;
+                out.write_all(&rest.as_bytes()[..=i])?;
                 out.write_all(b"\"")?;
                 rest = &rest[i + 1..];
             }
