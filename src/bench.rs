@@ -177,10 +177,10 @@ fn measure_once(cmd: &mut Command) -> Result<Measured> {
 }
 
 /// Median time and largest peak RSS of `runs` runs of the command `make` builds.
-fn measure(runs: usize, mut make: impl FnMut(usize) -> Command) -> Result<Measured> {
+fn measure(runs: usize, mut make: impl FnMut(usize) -> Result<Command>) -> Result<Measured> {
     let mut all = Vec::new();
     for i in 0..runs {
-        all.push(measure_once(&mut make(i))?);
+        all.push(measure_once(&mut make(i)?)?);
     }
     let mut times: Vec<f64> = all.iter().map(|m| m.seconds).collect();
     times.sort_by(f64::total_cmp);
@@ -196,6 +196,25 @@ fn tidemark(source: &DbUrl, args: &[&str]) -> Result<Command> {
     c.arg("--source").arg(source.as_str()).args(args);
     c.env("RUST_LOG", "error");
     Ok(c)
+}
+
+/// Three full exports of `source` by the binary, each for a new consumer.
+fn full_exports(source: &DbUrl, out: &str) -> Result<Measured> {
+    measure(3, |i| {
+        let consumer = format!("full-{i}");
+        tidemark(
+            source,
+            &[
+                "export",
+                "--consumer",
+                &consumer,
+                "--mode",
+                "full",
+                "--out",
+                out,
+            ],
+        )
+    })
 }
 
 async fn full_select(db: &dyn Database, state: &StateStore) -> Result<String> {
@@ -358,42 +377,11 @@ pub async fn run(opts: &BenchOptions, log: &(dyn Fn(&str) + Sync)) -> Result<Ben
             "\\copy ({select}) TO '{}' WITH CSV HEADER",
             psql_file.display()
         ));
-        c
+        Ok(c)
     })?;
     log("tidemark full export from PostgreSQL, 3 runs");
-    let mut cmds = Vec::new();
-    for i in 0..3 {
-        cmds.push(tidemark(
-            &big_url,
-            &[
-                "export",
-                "--consumer",
-                &format!("full-{i}"),
-                "--mode",
-                "full",
-                "--out",
-                &out_s,
-            ],
-        )?);
-    }
-    let pg_full_export = measure(3, |i| std::mem::replace(&mut cmds[i], Command::new("true")))?;
-    let mut cmds = Vec::new();
-    for i in 0..3 {
-        cmds.push(tidemark(
-            &small_url,
-            &[
-                "export",
-                "--consumer",
-                &format!("full-{i}"),
-                "--mode",
-                "full",
-                "--out",
-                &out_s,
-            ],
-        )?);
-    }
-    let pg_full_export_tenth =
-        measure(3, |i| std::mem::replace(&mut cmds[i], Command::new("true")))?;
+    let pg_full_export = full_exports(&big_url, &out_s)?;
+    let pg_full_export_tenth = full_exports(&small_url, &out_s)?;
 
     log("incremental exports");
     let pg_incremental_1pct = incremental(&big_url, big.as_ref(), &out, 100, "inc1").await?;
@@ -421,24 +409,9 @@ pub async fn run(opts: &BenchOptions, log: &(dyn Fn(&str) + Sync)) -> Result<Ben
             sqlite_file.display()
         ));
         c.arg(&sqlite_select);
-        c
+        Ok(c)
     })?;
-    let mut cmds = Vec::new();
-    for i in 0..3 {
-        cmds.push(tidemark(
-            &sqlite_url,
-            &[
-                "export",
-                "--consumer",
-                &format!("full-{i}"),
-                "--mode",
-                "full",
-                "--out",
-                &out_s,
-            ],
-        )?);
-    }
-    let sqlite_full_export = measure(3, |i| std::mem::replace(&mut cmds[i], Command::new("true")))?;
+    let sqlite_full_export = full_exports(&sqlite_url, &out_s)?;
 
     Ok(BenchReport {
         rows,
