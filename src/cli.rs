@@ -15,7 +15,7 @@ use crate::capture::{self, Mode, SetupOptions};
 use crate::db::{connect, ConnectOptions, Database, DbUrl, Timestamp};
 use crate::demo::{self, DemoOptions, Observer, Step};
 use crate::error::Error;
-use crate::export::{manifest, ExportRequest, Exporter};
+use crate::export::{manifest, ExportRequest, Exporter, DEFAULT_MARGIN};
 use crate::ident::{ConsumerId, Ident};
 use crate::seed;
 use crate::state::{Position, StateStore};
@@ -110,7 +110,7 @@ enum Command {
         #[arg(long, env = "TIDEMARK_OUTPUT_DIR", default_value = "output")]
         out: PathBuf,
         /// How far behind the server clock capture stays, in milliseconds (PostgreSQL, MySQL)
-        #[arg(long, default_value_t = 100)]
+        #[arg(long, default_value_t = DEFAULT_MARGIN.as_millis() as u64)]
         margin_ms: u64,
     },
     /// Read, set or reset a consumer's watermark

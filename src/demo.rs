@@ -40,7 +40,6 @@ pub struct DemoReport {
     pub out_dir: PathBuf,
     pub steps: Vec<Step>,
     pub live_rows: usize,
-    pub replay_matches: bool,
     pub seconds: f64,
 }
 
@@ -228,7 +227,6 @@ pub async fn run(opts: &DemoOptions, observer: &dyn Observer) -> Result<DemoRepo
         out_dir: out,
         steps,
         live_rows: live.rows.len(),
-        replay_matches: true,
         seconds: t0.elapsed().as_secs_f64(),
     })
 }

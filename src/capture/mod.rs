@@ -6,7 +6,6 @@
 pub mod timestamp;
 
 use std::fmt;
-use std::str::FromStr;
 
 use crate::db::{Database, Dialect, TableInfo, Timestamp};
 use crate::error::{Error, Result};
@@ -38,20 +37,6 @@ impl Mode {
 impl fmt::Display for Mode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Mode {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "full" => Ok(Mode::Full),
-            "incremental" => Ok(Mode::Incremental),
-            "delta" => Ok(Mode::Delta),
-            other => Err(Error::input(format!(
-                "unknown export mode {other:?}: expected full, incremental or delta"
-            ))),
-        }
     }
 }
 

@@ -117,10 +117,6 @@ impl TimestampCapture {
             Ident::new(&format!("tidemark_{}_idx", &h[..24]))
         }
     }
-
-    fn cursor_at(position: &Position) -> Timestamp {
-        position.time()
-    }
 }
 
 impl CaptureStrategy for TimestampCapture {
@@ -129,7 +125,7 @@ impl CaptureStrategy for TimestampCapture {
     }
 
     fn position_after(&self, bound: Timestamp, before: Option<&Position>) -> Position {
-        let floor = before.map(Self::cursor_at);
+        let floor = before.map(Position::time);
         Position::Timestamp {
             cursor: floor.map_or(bound, |f| f.max(bound)),
         }
@@ -146,7 +142,7 @@ impl CaptureStrategy for TimestampCapture {
         let mut exprs: Vec<String> = Vec::new();
         let deleted = self.deleted.as_ref().map(|c| d.is_true(&d.quote(&c.name)));
         let cursor = d.quote(&self.cursor.name);
-        let before_lit = before.map(|p| d.timestamp_literal(&Self::cursor_at(p), &self.cursor));
+        let before_lit = before.map(|p| d.timestamp_literal(&p.time(), &self.cursor));
         if mode == Mode::Delta {
             header.push("operation".into());
             let mut whens: Vec<String> = Vec::new();
@@ -159,7 +155,7 @@ impl CaptureStrategy for TimestampCapture {
                     whens.push(format!(
                         "WHEN {} >= {} THEN 'INSERT'",
                         d.quote(&created.name),
-                        d.timestamp_literal(&Self::cursor_at(p), created)
+                        d.timestamp_literal(&p.time(), created)
                     ));
                     "'UPDATE'"
                 }
@@ -183,7 +179,7 @@ impl CaptureStrategy for TimestampCapture {
             }
             conditions.push(format!(
                 "{cursor} < {}",
-                d.timestamp_literal(&Self::cursor_at(after), &self.cursor)
+                d.timestamp_literal(&after.time(), &self.cursor)
             ));
         }
         if mode != Mode::Delta {

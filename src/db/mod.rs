@@ -454,11 +454,7 @@ pub fn classify_type(sql_type: &str) -> ColumnKind {
         ColumnKind::Date
     } else if t.contains("int") || t == "serial" || t == "bigserial" {
         ColumnKind::Integer
-    } else if t.starts_with("float")
-        || t.starts_with("double")
-        || t.starts_with("real")
-        || t.starts_with("float8")
-    {
+    } else if t.starts_with("float") || t.starts_with("double") || t.starts_with("real") {
         ColumnKind::Float
     } else if t.starts_with("numeric") || t.starts_with("decimal") {
         ColumnKind::Decimal

@@ -143,11 +143,6 @@ impl SqliteDb {
             url: url.clone(),
         })
     }
-
-    /// The database file.
-    pub fn path(&self) -> &std::path::Path {
-        &self.path
-    }
 }
 
 struct SqliteSnapshot {

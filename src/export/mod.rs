@@ -80,16 +80,6 @@ impl Exporter {
         self
     }
 
-    /// The source database.
-    pub fn source(&self) -> &Arc<dyn Database> {
-        &self.source
-    }
-
-    /// The state store.
-    pub fn state(&self) -> &StateStore {
-        &self.state
-    }
-
     /// Runs one export. Fails with [`Error::Busy`] if another export of the same consumer and
     /// table is running.
     pub async fn export(

@@ -130,11 +130,6 @@ impl StateStore {
         Ok(StateStore { db })
     }
 
-    /// The database holding the state.
-    pub fn database(&self) -> &Arc<dyn Database> {
-        &self.db
-    }
-
     /// Takes the export lock of (consumer, table), or fails with [`Error::Busy`].
     pub async fn lock(&self, consumer: &ConsumerId, table: &Ident) -> Result<Box<dyn LockGuard>> {
         let name = format!("tidemark-export\u{1f}{consumer}\u{1f}{table}");
@@ -400,15 +395,6 @@ impl StateStore {
             ],
         )
         .await
-    }
-
-    /// One export record by id.
-    pub async fn export(&self, export_id: &str) -> Result<Option<ExportRecord>> {
-        Ok(self
-            .exports_where("export_id = ?", &[export_id.into()])
-            .await?
-            .into_iter()
-            .next())
     }
 
     async fn exports_where(&self, condition: &str, params: &[Param]) -> Result<Vec<ExportRecord>> {
