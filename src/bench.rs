@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::capture::{self, strategy_for, Mode, SetupOptions};
+use crate::capture::{self, SetupOptions};
 use crate::db::{connect, ConnectOptions, Database, DbUrl};
 use crate::error::{Error, Result};
 use crate::ident::Ident;
@@ -217,17 +217,6 @@ fn full_exports(source: &DbUrl, out: &str) -> Result<Measured> {
     })
 }
 
-async fn full_select(db: &dyn Database, state: &StateStore) -> Result<String> {
-    let table = Ident::new(seed::USERS)?;
-    let info = db.describe(&table).await?;
-    let config = state.table_config(&table).await?;
-    let strategy = strategy_for(&info, config.as_ref())?;
-    let snapshot = db.snapshot(Duration::ZERO).await?;
-    let after = strategy.position_after(snapshot.bound(), None);
-    snapshot.finish().await?;
-    Ok(strategy.select(db.dialect(), Mode::Full, None, &after)?.sql)
-}
-
 async fn prepare(url: &DbUrl, rows: u64) -> Result<(Arc<dyn Database>, StateStore, f64)> {
     let db = connect(
         url,
@@ -320,6 +309,7 @@ pub async fn run(opts: &BenchOptions, log: &(dyn Fn(&str) + Sync)) -> Result<Ben
     let dir = opts.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
     std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
     let out = dir.join("out");
+    let users = Ident::new(seed::USERS)?;
     let rows = opts.rows.max(1000);
 
     let server;
@@ -365,7 +355,10 @@ pub async fn run(opts: &BenchOptions, log: &(dyn Fn(&str) + Sync)) -> Result<Ben
         rows / 10
     ));
     let (small, _small_state, _) = prepare(&small_url, rows / 10).await?;
-    let select = full_select(big.as_ref(), &big_state).await?;
+    let select = crate::export::full_select(big.as_ref(), &big_state, &users)
+        .await?
+        .1
+        .sql;
     let out_s = out.to_string_lossy().into_owned();
     std::fs::create_dir_all(&out).map_err(|e| Error::io("create", &out, e))?;
 
@@ -394,7 +387,10 @@ pub async fn run(opts: &BenchOptions, log: &(dyn Fn(&str) + Sync)) -> Result<Ben
     let _ = std::fs::remove_file(&sqlite_path);
     let sqlite_url = DbUrl::parse(&format!("sqlite://{}", sqlite_path.display()))?;
     let (sqlite, sqlite_state, _) = prepare(&sqlite_url, rows).await?;
-    let sqlite_select = full_select(sqlite.as_ref(), &sqlite_state).await?;
+    let sqlite_select = crate::export::full_select(sqlite.as_ref(), &sqlite_state, &users)
+        .await?
+        .1
+        .sql;
     sqlite
         .execute("PRAGMA wal_checkpoint(TRUNCATE)", &[])
         .await

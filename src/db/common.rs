@@ -5,8 +5,9 @@
 use futures_util::TryStreamExt;
 use sqlx::{AssertSqlSafe, ColumnIndex, Decode, Encode, Executor, IntoArguments, Row, Type};
 
-use super::{Param, RowSink, Stmt, TextRow};
+use super::{Dialect, Param, RowSink, Stmt, TextRow};
 use crate::error::{Error, Result};
+use crate::ident::Ident;
 
 /// The bounds a sqlx driver must meet for the shared helpers.
 pub(crate) trait Driver: sqlx::Database
@@ -103,6 +104,55 @@ where
     }
     tx.commit().await?;
     Ok(true)
+}
+
+/// Inserts text rows with multi-row `INSERT … VALUES (…), (…)` statements of `per_statement`
+/// rows each, in one transaction opened with `begin`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn multi_row_insert<DB>(
+    pool: &sqlx::Pool<DB>,
+    begin: &'static str,
+    dialect: &dyn Dialect,
+    table: &Ident,
+    columns: &[Ident],
+    per_statement: usize,
+    rows: &mut (dyn Iterator<Item = Vec<Option<String>>> + Send),
+) -> Result<u64>
+where
+    DB: Driver,
+    DB::Arguments: IntoArguments<DB>,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'a> String: Encode<'a, DB> + Decode<'a, DB> + Type<DB>,
+    for<'a> Option<String>: Encode<'a, DB> + Type<DB>,
+    for<'a> &'a str: Decode<'a, DB> + Type<DB>,
+    for<'a> i64: Encode<'a, DB> + Decode<'a, DB> + Type<DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    let cols: Vec<String> = columns.iter().map(|c| dialect.quote(c)).collect();
+    let one = format!("({})", vec!["?"; columns.len()].join(", "));
+    let head = format!(
+        "INSERT INTO {} ({}) VALUES ",
+        dialect.quote(table),
+        cols.join(", ")
+    );
+    let mut tx = pool.begin_with(begin).await?;
+    let mut total = 0u64;
+    loop {
+        let chunk: Vec<Vec<Option<String>>> = (&mut *rows).take(per_statement).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        let sql = format!("{head}{}", vec![one.as_str(); chunk.len()].join(", "));
+        let mut q = sqlx::query::<DB>(AssertSqlSafe(sql));
+        for row in chunk {
+            for v in row {
+                q = q.bind(v);
+            }
+        }
+        total += affected::<DB>(&q.execute(&mut *tx).await?);
+    }
+    tx.commit().await?;
+    Ok(total)
 }
 
 /// Runs a small query and decodes every column as text (integers are printed).

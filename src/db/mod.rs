@@ -354,6 +354,10 @@ pub trait Dialect: Send + Sync {
     }
     /// A condition true when the (boolean) column expression is true; NULL counts as false.
     fn is_true(&self, expr: &str) -> String;
+    /// A query listing `table`'s columns in order, one row each: name, type, `'1'` when the
+    /// column is NOT NULL (or part of the primary key), and its position in the primary key
+    /// (0 when not in it); with its one parameter. No rows: the table does not exist.
+    fn catalog_query(&self, table: &Ident) -> (&'static str, Param);
     /// The type for short text keys in tidemark's own tables.
     fn key_type(&self) -> &'static str;
     /// The type for long text in tidemark's own tables.
@@ -417,7 +421,36 @@ pub trait Database: Send + Sync {
     /// Runs a small query; every column must decode as text or an integer.
     async fn query(&self, sql: &str, params: &[Param]) -> Result<Vec<TextRow>>;
     /// Reads a table's columns and primary key from the catalog.
-    async fn describe(&self, table: &Ident) -> Result<TableInfo>;
+    async fn describe(&self, table: &Ident) -> Result<TableInfo> {
+        let (sql, param) = self.dialect().catalog_query(table);
+        let rows = self.query(sql, &[param]).await?;
+        if rows.is_empty() {
+            return Err(Error::UnknownTable(table.to_string()));
+        }
+        let mut columns = Vec::new();
+        let mut key: Vec<(i64, Ident)> = Vec::new();
+        for row in rows {
+            let text = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
+            let name = Ident::new(&text(0))?;
+            let sql_type = text(1);
+            let position: i64 = text(3).parse().unwrap_or(0);
+            if position > 0 {
+                key.push((position, name.clone()));
+            }
+            columns.push(Column {
+                kind: classify_type(&sql_type),
+                nullable: text(2) != "1",
+                name,
+                sql_type,
+            });
+        }
+        key.sort();
+        Ok(TableInfo {
+            name: table.clone(),
+            columns,
+            primary_key: key.into_iter().map(|(_, n)| n).collect(),
+        })
+    }
     /// Takes the capture bound (held back by open write transactions, minus `margin`)
     /// and opens a consistent snapshot right after it.
     async fn snapshot(&self, margin: std::time::Duration) -> Result<Box<dyn Snapshot>>;

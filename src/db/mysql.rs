@@ -10,11 +10,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlPoolOptions};
-use sqlx::{AssertSqlSafe, ConnectOptions as _, Connection, MySql};
+use sqlx::{ConnectOptions as _, Connection, MySql};
 
 use super::{
-    classify_type, common, Column, ColumnKind, ConnectOptions, Database, DbKind, DbUrl, Dialect,
-    LockGuard, Param, RowSink, Snapshot, Stmt, TableInfo, TextRow, Timestamp,
+    common, Column, ColumnKind, ConnectOptions, Database, DbKind, DbUrl, Dialect, LockGuard, Param,
+    RowSink, Snapshot, Stmt, TextRow, Timestamp,
 };
 use crate::error::{Error, Result};
 use crate::ident::Ident;
@@ -82,6 +82,21 @@ impl Dialect for MysqlDialect {
             "DROP INDEX IF EXISTS {} ON {}",
             self.quote(name),
             self.quote(table)
+        )
+    }
+
+    fn catalog_query(&self, table: &Ident) -> (&'static str, Param) {
+        (
+            "SELECT CAST(c.COLUMN_NAME AS CHAR), CAST(c.COLUMN_TYPE AS CHAR), \
+                    CASE WHEN c.IS_NULLABLE = 'YES' THEN '0' ELSE '1' END, \
+                    CAST(COALESCE(k.ORDINAL_POSITION, 0) AS SIGNED) \
+             FROM information_schema.COLUMNS c \
+             LEFT JOIN information_schema.KEY_COLUMN_USAGE k \
+               ON k.TABLE_SCHEMA = c.TABLE_SCHEMA AND k.TABLE_NAME = c.TABLE_NAME \
+              AND k.COLUMN_NAME = c.COLUMN_NAME AND k.CONSTRAINT_NAME = 'PRIMARY' \
+             WHERE c.TABLE_SCHEMA = DATABASE() AND c.TABLE_NAME = ? \
+             ORDER BY c.ORDINAL_POSITION",
+            table.as_str().into(),
         )
     }
 
@@ -202,47 +217,6 @@ impl Database for MysqlDb {
         common::query::<MySql>(&mut conn, sql, params).await
     }
 
-    async fn describe(&self, table: &Ident) -> Result<TableInfo> {
-        let rows = self
-            .query(
-                "SELECT CAST(c.COLUMN_NAME AS CHAR), CAST(c.COLUMN_TYPE AS CHAR), \
-                        CAST(c.IS_NULLABLE AS CHAR), CAST(COALESCE(k.ORDINAL_POSITION, 0) AS SIGNED) \
-                 FROM information_schema.COLUMNS c \
-                 LEFT JOIN information_schema.KEY_COLUMN_USAGE k \
-                   ON k.TABLE_SCHEMA = c.TABLE_SCHEMA AND k.TABLE_NAME = c.TABLE_NAME \
-                  AND k.COLUMN_NAME = c.COLUMN_NAME AND k.CONSTRAINT_NAME = 'PRIMARY' \
-                 WHERE c.TABLE_SCHEMA = DATABASE() AND c.TABLE_NAME = ? \
-                 ORDER BY c.ORDINAL_POSITION",
-                &[table.as_str().into()],
-            )
-            .await?;
-        if rows.is_empty() {
-            return Err(Error::UnknownTable(table.to_string()));
-        }
-        let mut columns = Vec::new();
-        let mut key: Vec<(i64, Ident)> = Vec::new();
-        for row in rows {
-            let name = Ident::new(row[0].as_deref().unwrap_or_default())?;
-            let sql_type = row[1].clone().unwrap_or_default();
-            let pk: i64 = row[3].as_deref().and_then(|s| s.parse().ok()).unwrap_or(0);
-            if pk > 0 {
-                key.push((pk, name.clone()));
-            }
-            columns.push(Column {
-                kind: classify_type(&sql_type),
-                nullable: row[2].as_deref() == Some("YES"),
-                name,
-                sql_type,
-            });
-        }
-        key.sort();
-        Ok(TableInfo {
-            name: table.clone(),
-            columns,
-            primary_key: key.into_iter().map(|(_, n)| n).collect(),
-        })
-    }
-
     async fn snapshot(&self, margin: Duration) -> Result<Box<dyn Snapshot>> {
         let sql = format!(
             "SELECT DATE_FORMAT(NOW(6), {TS_FORMAT}), \
@@ -296,36 +270,19 @@ impl Database for MysqlDb {
         columns: &[Ident],
         rows: &mut (dyn Iterator<Item = Vec<Option<String>>> + Send),
     ) -> Result<u64> {
-        let rows_per_statement = (60_000 / columns.len().max(1)).clamp(1, 2000);
-        let d = MysqlDialect;
-        let cols: Vec<String> = columns.iter().map(|c| d.quote(c)).collect();
-        let one = format!("({})", vec!["?"; columns.len()].join(", "));
-        let head = format!(
-            "INSERT INTO {} ({}) VALUES ",
-            d.quote(table),
-            cols.join(", ")
-        );
-        let mut tx = self
-            .pool
-            .begin_with("START TRANSACTION WITH CONSISTENT SNAPSHOT")
-            .await?;
-        let mut total = 0u64;
-        loop {
-            let chunk: Vec<Vec<Option<String>>> = (&mut *rows).take(rows_per_statement).collect();
-            if chunk.is_empty() {
-                break;
-            }
-            let sql = format!("{head}{}", vec![one.as_str(); chunk.len()].join(", "));
-            let mut q = sqlx::query::<MySql>(AssertSqlSafe(sql));
-            for row in chunk {
-                for v in row {
-                    q = q.bind(v);
-                }
-            }
-            total += q.execute(&mut *tx).await?.rows_affected();
-        }
-        tx.commit().await?;
-        Ok(total)
+        // At most 65,535 parameters per statement.
+        let per_statement = (60_000 / columns.len().max(1)).clamp(1, 2000);
+        let begin = "START TRANSACTION WITH CONSISTENT SNAPSHOT";
+        common::multi_row_insert(
+            &self.pool,
+            begin,
+            &MysqlDialect,
+            table,
+            columns,
+            per_statement,
+            rows,
+        )
+        .await
     }
 
     async fn now(&self) -> Result<Timestamp> {

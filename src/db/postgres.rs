@@ -14,8 +14,8 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions as _, Connection, Postgres};
 
 use super::{
-    classify_type, common, Column, ColumnKind, ConnectOptions, Database, DbKind, DbUrl, Dialect,
-    LockGuard, Param, RowSink, Snapshot, Stmt, TableInfo, TextRow, Timestamp,
+    common, Column, ColumnKind, ConnectOptions, Database, DbKind, DbUrl, Dialect, LockGuard, Param,
+    RowSink, Snapshot, Stmt, TextRow, Timestamp,
 };
 use crate::error::{Error, Result};
 use crate::ident::Ident;
@@ -73,6 +73,19 @@ impl Dialect for PostgresDialect {
 
     fn drop_index(&self, name: &Ident, _table: &Ident) -> String {
         format!("DROP INDEX IF EXISTS {}", self.quote(name))
+    }
+
+    fn catalog_query(&self, table: &Ident) -> (&'static str, Param) {
+        (
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), \
+                    CASE WHEN a.attnotnull THEN '1' ELSE '0' END, \
+                    COALESCE((SELECT k.ord FROM pg_index i, unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
+                              WHERE i.indrelid = a.attrelid AND i.indisprimary AND k.attnum = a.attnum), 0)::bigint \
+             FROM pg_attribute a \
+             WHERE a.attrelid = to_regclass(?) AND a.attnum > 0 AND NOT a.attisdropped \
+             ORDER BY a.attnum",
+            table.quote_double().into(),
+        )
     }
 
     fn key_type(&self) -> &'static str {
@@ -230,46 +243,6 @@ impl Database for PostgresDb {
     async fn query(&self, sql: &str, params: &[Param]) -> Result<Vec<TextRow>> {
         let mut conn = self.pool.acquire().await?;
         common::query::<Postgres>(&mut conn, &numbered(sql), params).await
-    }
-
-    async fn describe(&self, table: &Ident) -> Result<TableInfo> {
-        let rows = self
-            .query(
-                "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), \
-                        CASE WHEN a.attnotnull THEN '1' ELSE '0' END, \
-                        COALESCE((SELECT k.ord FROM pg_index i, unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
-                                  WHERE i.indrelid = a.attrelid AND i.indisprimary AND k.attnum = a.attnum), 0)::bigint \
-                 FROM pg_attribute a \
-                 WHERE a.attrelid = to_regclass(?) AND a.attnum > 0 AND NOT a.attisdropped \
-                 ORDER BY a.attnum",
-                &[table.quote_double().into()],
-            )
-            .await?;
-        if rows.is_empty() {
-            return Err(Error::UnknownTable(table.to_string()));
-        }
-        let mut columns = Vec::new();
-        let mut key: Vec<(i64, Ident)> = Vec::new();
-        for row in rows {
-            let name = Ident::new(row[0].as_deref().unwrap_or_default())?;
-            let sql_type = row[1].clone().unwrap_or_default();
-            let pk: i64 = row[3].as_deref().and_then(|s| s.parse().ok()).unwrap_or(0);
-            if pk > 0 {
-                key.push((pk, name.clone()));
-            }
-            columns.push(Column {
-                kind: classify_type(&sql_type),
-                nullable: row[2].as_deref() != Some("1"),
-                name,
-                sql_type,
-            });
-        }
-        key.sort();
-        Ok(TableInfo {
-            name: table.clone(),
-            columns,
-            primary_key: key.into_iter().map(|(_, n)| n).collect(),
-        })
     }
 
     async fn snapshot(&self, margin: Duration) -> Result<Box<dyn Snapshot>> {

@@ -11,11 +11,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
-use sqlx::{AssertSqlSafe, ConnectOptions as _, Sqlite};
+use sqlx::{ConnectOptions as _, Sqlite};
 
 use super::{
-    classify_type, common, Column, ColumnKind, ConnectOptions, Database, DbKind, DbUrl, Dialect,
-    LockGuard, Param, RowSink, Snapshot, Stmt, TableInfo, TextRow, Timestamp,
+    common, Column, ColumnKind, ConnectOptions, Database, DbKind, DbUrl, Dialect, LockGuard, Param,
+    RowSink, Snapshot, Stmt, TextRow, Timestamp,
 };
 use crate::error::{Error, Result};
 use crate::ident::Ident;
@@ -91,6 +91,14 @@ impl Dialect for SqliteDialect {
             "SELECT CAST({c} AS TEXT) FROM {} WHERE {c} IS NOT NULL AND NOT ({c} GLOB '{CANONICAL_GLOB}') LIMIT 1",
             self.quote(table)
         ))
+    }
+
+    fn catalog_query(&self, table: &Ident) -> (&'static str, Param) {
+        (
+            "SELECT name, type, CASE WHEN \"notnull\" = 1 OR pk > 0 THEN '1' ELSE '0' END, pk \
+             FROM pragma_table_info(?) ORDER BY cid",
+            table.as_str().into(),
+        )
     }
 
     fn key_type(&self) -> &'static str {
@@ -212,40 +220,6 @@ impl Database for SqliteDb {
         common::query::<Sqlite>(&mut conn, sql, params).await
     }
 
-    async fn describe(&self, table: &Ident) -> Result<TableInfo> {
-        let rows = self
-            .query(
-                "SELECT name, type, \"notnull\", pk FROM pragma_table_info(?) ORDER BY cid",
-                &[table.as_str().into()],
-            )
-            .await?;
-        if rows.is_empty() {
-            return Err(Error::UnknownTable(table.to_string()));
-        }
-        let mut columns = Vec::new();
-        let mut key: Vec<(i64, Ident)> = Vec::new();
-        for row in rows {
-            let name = Ident::new(row[0].as_deref().unwrap_or_default())?;
-            let sql_type = row[1].clone().unwrap_or_default();
-            let pk: i64 = row[3].as_deref().and_then(|s| s.parse().ok()).unwrap_or(0);
-            if pk > 0 {
-                key.push((pk, name.clone()));
-            }
-            columns.push(Column {
-                kind: classify_type(&sql_type),
-                nullable: row[2].as_deref() != Some("1") && pk == 0,
-                name,
-                sql_type,
-            });
-        }
-        key.sort();
-        Ok(TableInfo {
-            name: table.clone(),
-            columns,
-            primary_key: key.into_iter().map(|(_, n)| n).collect(),
-        })
-    }
-
     async fn snapshot(&self, _margin: Duration) -> Result<Box<dyn Snapshot>> {
         // The write lock waits for any writer in flight and keeps new ones out while the
         // clock is read and the read snapshot is pinned; no margin is needed.
@@ -287,33 +261,17 @@ impl Database for SqliteDb {
         columns: &[Ident],
         rows: &mut (dyn Iterator<Item = Vec<Option<String>>> + Send),
     ) -> Result<u64> {
-        const ROWS_PER_STATEMENT: usize = 500;
-        let d = SqliteDialect;
-        let cols: Vec<String> = columns.iter().map(|c| d.quote(c)).collect();
-        let one = format!("({})", vec!["?"; columns.len()].join(", "));
-        let head = format!(
-            "INSERT INTO {} ({}) VALUES ",
-            d.quote(table),
-            cols.join(", ")
-        );
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let mut total = 0u64;
-        loop {
-            let chunk: Vec<Vec<Option<String>>> = (&mut *rows).take(ROWS_PER_STATEMENT).collect();
-            if chunk.is_empty() {
-                break;
-            }
-            let sql = format!("{head}{}", vec![one.as_str(); chunk.len()].join(", "));
-            let mut q = sqlx::query::<Sqlite>(AssertSqlSafe(sql));
-            for row in chunk {
-                for v in row {
-                    q = q.bind(v);
-                }
-            }
-            total += q.execute(&mut *tx).await?.rows_affected();
-        }
-        tx.commit().await?;
-        Ok(total)
+        // SQLite allows 32,766 parameters per statement.
+        common::multi_row_insert(
+            &self.pool,
+            "BEGIN IMMEDIATE",
+            &SqliteDialect,
+            table,
+            columns,
+            500,
+            rows,
+        )
+        .await
     }
 
     async fn now(&self) -> Result<Timestamp> {

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::capture::{strategy_for, Mode};
-use crate::db::{Database, RowSink, Timestamp};
+use crate::capture::{strategy_for, Mode, Select};
+use crate::db::{Database, RowSink, TableInfo, Timestamp};
 use crate::error::{Error, Result};
 use crate::ident::{ConsumerId, Ident};
 use crate::sink::csv::CsvWriter;
@@ -342,6 +342,21 @@ fn publish_pair(csv_tmp: &Path, csv: &Path, manifest: &Path, json: &str) -> Resu
         return Err(e);
     }
     Ok(())
+}
+
+/// The table's description and the SELECT a full export of it runs now (its registration, or
+/// the timestamp defaults). For checking and measuring; exports build theirs in a snapshot.
+pub async fn full_select(
+    db: &dyn Database,
+    state: &StateStore,
+    table: &Ident,
+) -> Result<(TableInfo, Select)> {
+    let info = db.describe(table).await?;
+    let config = state.table_config(table).await?;
+    let strategy = strategy_for(&info, config.as_ref())?;
+    let after = strategy.position_after(Timestamp::now(), None);
+    let select = strategy.select(db.dialect(), Mode::Full, None, &after)?;
+    Ok((info, select))
 }
 
 /// `X.csv` → `X.csv.manifest.json`.

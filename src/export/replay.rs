@@ -8,7 +8,7 @@ use std::fs::File;
 use std::io::BufReader;
 use std::path::Path;
 
-use crate::capture::{strategy_for, Mode};
+use crate::capture::Mode;
 use crate::db::{Database, RowSink};
 use crate::error::{Error, Result};
 use crate::ident::{ConsumerId, Ident};
@@ -116,12 +116,8 @@ impl RowSink for Collect {
 
 /// Reads the live rows of `table` now, rendered exactly as a full export renders them.
 pub async fn table_image(db: &dyn Database, state: &StateStore, table: &Ident) -> Result<Image> {
-    let info = db.describe(table).await?;
-    let config = state.table_config(table).await?;
-    let strategy = strategy_for(&info, config.as_ref())?;
+    let (info, select) = super::full_select(db, state, table).await?;
     let mut snapshot = db.snapshot(std::time::Duration::ZERO).await?;
-    let after = strategy.position_after(snapshot.bound(), None);
-    let select = strategy.select(db.dialect(), Mode::Full, None, &after)?;
     let mut sink = Collect {
         columns: select.header.clone(),
         key: info.primary_key.clone(),
