@@ -176,18 +176,39 @@ fn measure_once(cmd: &mut Command) -> Result<Measured> {
     })
 }
 
-/// Median time and largest peak RSS of `runs` runs of the command `make` builds.
-fn measure(runs: usize, mut make: impl FnMut(usize) -> Result<Command>) -> Result<Measured> {
-    let mut all = Vec::new();
-    for i in 0..runs {
-        all.push(measure_once(&mut make(i)?)?);
-    }
+/// Median time and largest peak RSS of several runs.
+fn summarize(all: &[Measured]) -> Measured {
     let mut times: Vec<f64> = all.iter().map(|m| m.seconds).collect();
     times.sort_by(f64::total_cmp);
-    Ok(Measured {
-        seconds: times[times.len() / 2],
+    Measured {
+        seconds: times.get(times.len() / 2).copied().unwrap_or(0.0),
         peak_rss_mb: all.iter().map(|m| m.peak_rss_mb).fold(0.0, f64::max),
-    })
+    }
+}
+
+/// `runs` runs of the command `make` builds.
+fn measure(runs: usize, mut make: impl FnMut(usize) -> Result<Command>) -> Result<Measured> {
+    let all = (0..runs)
+        .map(|i| measure_once(&mut make(i)?))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(summarize(&all))
+}
+
+/// `tidemark export` of consumer `consumer` in `mode` into `out`.
+fn export_cmd(source: &DbUrl, consumer: &str, mode: &str, out: &Path) -> Result<Command> {
+    let out = out.to_string_lossy();
+    tidemark(
+        source,
+        &[
+            "export",
+            "--consumer",
+            consumer,
+            "--mode",
+            mode,
+            "--out",
+            &out,
+        ],
+    )
 }
 
 fn tidemark(source: &DbUrl, args: &[&str]) -> Result<Command> {
@@ -199,22 +220,8 @@ fn tidemark(source: &DbUrl, args: &[&str]) -> Result<Command> {
 }
 
 /// Three full exports of `source` by the binary, each for a new consumer.
-fn full_exports(source: &DbUrl, out: &str) -> Result<Measured> {
-    measure(3, |i| {
-        let consumer = format!("full-{i}");
-        tidemark(
-            source,
-            &[
-                "export",
-                "--consumer",
-                &consumer,
-                "--mode",
-                "full",
-                "--out",
-                out,
-            ],
-        )
-    })
+fn full_exports(source: &DbUrl, out: &Path) -> Result<Measured> {
+    measure(3, |i| export_cmd(source, &format!("full-{i}"), "full", out))
 }
 
 async fn prepare(url: &DbUrl, rows: u64) -> Result<(Arc<dyn Database>, StateStore, f64)> {
@@ -264,40 +271,17 @@ async fn incremental(
     let mut all = Vec::new();
     for run in 0..3 {
         let consumer = format!("{tag}-{run}");
-        let out_s = out.to_string_lossy().into_owned();
-        measure_once(&mut tidemark(
-            url,
-            &[
-                "export",
-                "--consumer",
-                &consumer,
-                "--mode",
-                "full",
-                "--out",
-                &out_s,
-            ],
-        )?)?;
+        measure_once(&mut export_cmd(url, &consumer, "full", out)?)?;
         change_every(db, every).await?;
         tokio::time::sleep(Duration::from_millis(200)).await;
-        all.push(measure_once(&mut tidemark(
+        all.push(measure_once(&mut export_cmd(
             url,
-            &[
-                "export",
-                "--consumer",
-                &consumer,
-                "--mode",
-                "incremental",
-                "--out",
-                &out_s,
-            ],
+            &consumer,
+            "incremental",
+            out,
         )?)?);
     }
-    let mut times: Vec<f64> = all.iter().map(|m| m.seconds).collect();
-    times.sort_by(f64::total_cmp);
-    Ok(Measured {
-        seconds: times[1],
-        peak_rss_mb: all.iter().map(|m| m.peak_rss_mb).fold(0.0, f64::max),
-    })
+    Ok(summarize(&all))
 }
 
 /// Runs the benchmark; `log` receives progress lines.
@@ -359,7 +343,6 @@ pub async fn run(opts: &BenchOptions, log: &(dyn Fn(&str) + Sync)) -> Result<Ben
         .await?
         .1
         .sql;
-    let out_s = out.to_string_lossy().into_owned();
     std::fs::create_dir_all(&out).map_err(|e| Error::io("create", &out, e))?;
 
     log("psql \\copy, 3 runs");
@@ -373,8 +356,8 @@ pub async fn run(opts: &BenchOptions, log: &(dyn Fn(&str) + Sync)) -> Result<Ben
         Ok(c)
     })?;
     log("tidemark full export from PostgreSQL, 3 runs");
-    let pg_full_export = full_exports(&big_url, &out_s)?;
-    let pg_full_export_tenth = full_exports(&small_url, &out_s)?;
+    let pg_full_export = full_exports(&big_url, &out)?;
+    let pg_full_export_tenth = full_exports(&small_url, &out)?;
 
     log("incremental exports");
     let pg_incremental_1pct = incremental(&big_url, big.as_ref(), &out, 100, "inc1").await?;
@@ -407,7 +390,7 @@ pub async fn run(opts: &BenchOptions, log: &(dyn Fn(&str) + Sync)) -> Result<Ben
         c.arg(&sqlite_select);
         Ok(c)
     })?;
-    let sqlite_full_export = full_exports(&sqlite_url, &out_s)?;
+    let sqlite_full_export = full_exports(&sqlite_url, &out)?;
 
     Ok(BenchReport {
         rows,

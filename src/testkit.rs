@@ -81,6 +81,17 @@ fn fresh_name(prefix: &str) -> String {
     )
 }
 
+/// Creates a database with a new name through the server at `admin_url`; `url_of` gives the
+/// new database's URL.
+async fn fresh_database(admin_url: &str, url_of: impl Fn(&str) -> String) -> Result<DbUrl> {
+    let name = fresh_name("t");
+    let admin = connect(&DbUrl::parse(admin_url)?, ConnectOptions::default()).await?;
+    admin
+        .execute(&format!("CREATE DATABASE {name}"), &[])
+        .await?;
+    DbUrl::parse(&url_of(&name))
+}
+
 /// A PostgreSQL server of its own.
 pub struct PgServer {
     dir: PathBuf,
@@ -221,16 +232,7 @@ impl PgServer {
 
     /// Creates a fresh empty database and returns its URL.
     pub async fn fresh_database(&self) -> Result<DbUrl> {
-        let name = fresh_name("t");
-        let admin = connect(
-            &DbUrl::parse(&self.url("postgres"))?,
-            ConnectOptions::default(),
-        )
-        .await?;
-        admin
-            .execute(&format!("CREATE DATABASE {name}"), &[])
-            .await?;
-        DbUrl::parse(&self.url(&name))
+        fresh_database(&self.url("postgres"), |name| self.url(name)).await
     }
 }
 
@@ -329,16 +331,7 @@ impl MariaDbServer {
 
     /// Creates a fresh empty database and returns its URL.
     pub async fn fresh_database(&self) -> Result<DbUrl> {
-        let name = fresh_name("t");
-        let admin = connect(
-            &DbUrl::parse(&self.url("mysql"))?,
-            ConnectOptions::default(),
-        )
-        .await?;
-        admin
-            .execute(&format!("CREATE DATABASE {name}"), &[])
-            .await?;
-        DbUrl::parse(&self.url(&name))
+        fresh_database(&self.url("mysql"), |name| self.url(name)).await
     }
 }
 

@@ -9,6 +9,13 @@ use tidemark::capture::Mode;
 use tidemark::db::{ColumnKind, DbKind, Timestamp};
 use tidemark::ident::Ident;
 
+/// `tidemark export --consumer c1 --mode full` with extra arguments, run to completion.
+fn export_c1(extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["export", "--consumer", "c1", "--mode", "full"];
+    args.extend_from_slice(extra);
+    tidemark_cmd(&args).output().unwrap()
+}
+
 fn ok(out: &std::process::Output) -> String {
     assert!(
         out.status.success(),
@@ -312,55 +319,15 @@ async fn bad_input_changes_nothing() {
     ]);
     assert_eq!(usage.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&usage.stderr).starts_with("error: invalid value 'sideways'"));
+    fails(&export_c1(&["--source", "oracle://x"]), 2, "unknown scheme");
     fails(
-        &tidemark_cmd(&[
-            "export",
-            "--consumer",
-            "c1",
-            "--mode",
-            "full",
-            "--source",
-            "oracle://x",
-        ])
-        .output()
-        .unwrap(),
-        2,
-        "unknown scheme",
-    );
-    fails(
-        &tidemark_cmd(&[
-            "export",
-            "--consumer",
-            "c1",
-            "--mode",
-            "full",
-            "--source",
-            "sqlite:///nonexistent/x.db",
-        ])
-        .output()
-        .unwrap(),
+        &export_c1(&["--source", "sqlite:///nonexistent/x.db"]),
         2,
         "does not exist",
     );
+    fails(&export_c1(&[]), 2, "no source database");
     fails(
-        &tidemark_cmd(&["export", "--consumer", "c1", "--mode", "full"])
-            .output()
-            .unwrap(),
-        2,
-        "no source database",
-    );
-    fails(
-        &tidemark_cmd(&[
-            "export",
-            "--consumer",
-            "c1",
-            "--mode",
-            "full",
-            "--source",
-            "postgres://nobody@127.0.0.1:1/none",
-        ])
-        .output()
-        .unwrap(),
+        &export_c1(&["--source", "postgres://nobody@127.0.0.1:1/none"]),
         1,
         "cannot connect",
     );

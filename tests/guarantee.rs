@@ -213,8 +213,8 @@ async fn killed_mid_export_is_repaired(kind: DbKind) {
     let t = TestDb::new(kind).await;
     t.users(200).await;
     let out = t.out.path().to_string_lossy().into_owned();
-    let export_cli = |fault: Option<&str>| {
-        let mut c = common::tidemark_cmd(&[
+    let delta_cmd = || {
+        common::tidemark_cmd(&[
             "export",
             "--consumer",
             "crashy",
@@ -226,7 +226,10 @@ async fn killed_mid_export_is_repaired(kind: DbKind) {
             "30",
             "--source",
             t.url.as_str(),
-        ]);
+        ])
+    };
+    let export_cli = |fault: Option<&str>| {
+        let mut c = delta_cmd();
         if let Some(f) = fault {
             c.env("TIDEMARK_FAULT", f);
         }
@@ -290,23 +293,11 @@ async fn killed_mid_export_is_repaired(kind: DbKind) {
             .await
             .unwrap();
         settle().await;
-        let mut child = common::tidemark_cmd(&[
-            "export",
-            "--consumer",
-            "crashy",
-            "--mode",
-            "delta",
-            "--out",
-            &out,
-            "--margin-ms",
-            "30",
-            "--source",
-            t.url.as_str(),
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+        let mut child = delta_cmd()
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(5 + (i * 37) % 60)).await;
         let _ = child.kill();
         let _ = child.wait();

@@ -9,7 +9,8 @@ use super::{Dialect, Param, RowSink, Stmt, TextRow};
 use crate::error::{Error, Result};
 use crate::ident::Ident;
 
-/// The bounds a sqlx driver must meet for the shared helpers.
+/// A sqlx driver with the shared helpers. The bounds are stated once, here: inside the trait
+/// they hold for `Self`, so the helpers need no `where` clauses of their own.
 pub(crate) trait Driver: sqlx::Database
 where
     Self::Arguments: IntoArguments<Self>,
@@ -20,53 +21,123 @@ where
     for<'a> i64: Encode<'a, Self> + Decode<'a, Self> + Type<Self>,
     usize: ColumnIndex<Self::Row>,
 {
+    fn build(sql: &str, params: &[Param]) -> sqlx::query::Query<'static, Self, Self::Arguments> {
+        let mut q = sqlx::query::<Self>(AssertSqlSafe(sql.to_string()));
+        for p in params {
+            q = match p {
+                Param::Text(s) => q.bind(s.clone()),
+                Param::Int(v) => q.bind(*v),
+                Param::Null => q.bind(None::<String>),
+            };
+        }
+        q
+    }
+
+    /// Runs one statement on `conn`; returns the affected rows.
+    async fn execute(conn: &mut Self::Connection, sql: &str, params: &[Param]) -> Result<u64> {
+        let done = Self::build(sql, params).execute(&mut *conn).await?;
+        Ok(affected::<Self>(&done))
+    }
+
+    /// Runs statements in one transaction on a pool connection.
+    async fn transaction(pool: &sqlx::Pool<Self>, stmts: &[Stmt]) -> Result<bool> {
+        let mut tx = pool.begin().await?;
+        for stmt in stmts {
+            let n = Self::execute(&mut tx, &stmt.sql, &stmt.params).await?;
+            if stmt.expect_rows.is_some_and(|want| want != n) {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Inserts text rows with multi-row `INSERT … VALUES (…), (…)` statements of `per_statement`
+    /// rows each, in one transaction opened with `begin`.
+    #[allow(clippy::too_many_arguments)]
+    async fn multi_row_insert(
+        pool: &sqlx::Pool<Self>,
+        begin: &'static str,
+        dialect: &dyn Dialect,
+        table: &Ident,
+        columns: &[Ident],
+        per_statement: usize,
+        rows: &mut (dyn Iterator<Item = Vec<Option<String>>> + Send),
+    ) -> Result<u64> {
+        let cols: Vec<String> = columns.iter().map(|c| dialect.quote(c)).collect();
+        let one = format!("({})", vec!["?"; columns.len()].join(", "));
+        let head = format!(
+            "INSERT INTO {} ({}) VALUES ",
+            dialect.quote(table),
+            cols.join(", ")
+        );
+        let mut tx = pool.begin_with(begin).await?;
+        let mut total = 0u64;
+        loop {
+            let chunk: Vec<Vec<Option<String>>> = (&mut *rows).take(per_statement).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            let sql = format!("{head}{}", vec![one.as_str(); chunk.len()].join(", "));
+            let mut q = sqlx::query::<Self>(AssertSqlSafe(sql));
+            for row in chunk {
+                for v in row {
+                    q = q.bind(v);
+                }
+            }
+            total += affected::<Self>(&q.execute(&mut *tx).await?);
+        }
+        tx.commit().await?;
+        Ok(total)
+    }
+
+    /// Runs a small query and decodes every column as text (integers are printed).
+    async fn query(
+        conn: &mut Self::Connection,
+        sql: &str,
+        params: &[Param],
+    ) -> Result<Vec<TextRow>> {
+        let rows = Self::build(sql, params).fetch_all(&mut *conn).await?;
+        rows.iter()
+            .map(|row| {
+                (0..row.len())
+                    .map(|i| match row.try_get::<Option<String>, usize>(i) {
+                        Ok(v) => Ok(v),
+                        Err(_) => row
+                            .try_get::<Option<i64>, usize>(i)
+                            .map(|v| v.map(|n| n.to_string()))
+                            .map_err(Error::from),
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Streams a select whose columns are all text (or NULL) into `sink`; returns the row count.
+    async fn stream_text_rows(
+        conn: &mut Self::Connection,
+        select: &str,
+        sink: &mut dyn RowSink,
+    ) -> Result<u64> {
+        let mut rows = sqlx::query::<Self>(AssertSqlSafe(select.to_string())).fetch(&mut *conn);
+        let mut n = 0u64;
+        while let Some(row) = rows.try_next().await? {
+            let mut fields: Vec<Option<&str>> = Vec::with_capacity(row.len());
+            for i in 0..row.len() {
+                fields.push(row.try_get_unchecked::<Option<&str>, usize>(i)?);
+            }
+            sink.write_fields(&fields)
+                .map_err(|e| Error::io("write export row", "<sink>", e))?;
+            n += 1;
+        }
+        Ok(n)
+    }
 }
 
 impl Driver for sqlx::Postgres {}
 impl Driver for sqlx::MySql {}
 impl Driver for sqlx::Sqlite {}
-
-fn build<DB>(sql: &str, params: &[Param]) -> sqlx::query::Query<'static, DB, DB::Arguments>
-where
-    DB: Driver,
-    DB::Arguments: IntoArguments<DB>,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'a> String: Encode<'a, DB> + Decode<'a, DB> + Type<DB>,
-    for<'a> Option<String>: Encode<'a, DB> + Type<DB>,
-    for<'a> &'a str: Decode<'a, DB> + Type<DB>,
-    for<'a> i64: Encode<'a, DB> + Decode<'a, DB> + Type<DB>,
-    usize: ColumnIndex<DB::Row>,
-{
-    let mut q = sqlx::query::<DB>(AssertSqlSafe(sql.to_string()));
-    for p in params {
-        q = match p {
-            Param::Text(s) => q.bind(s.clone()),
-            Param::Int(v) => q.bind(*v),
-            Param::Null => q.bind(None::<String>),
-        };
-    }
-    q
-}
-
-/// Runs one statement on `conn`; returns the affected rows.
-pub(crate) async fn execute<DB>(
-    conn: &mut DB::Connection,
-    sql: &str,
-    params: &[Param],
-) -> Result<u64>
-where
-    DB: Driver,
-    DB::Arguments: IntoArguments<DB>,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'a> String: Encode<'a, DB> + Decode<'a, DB> + Type<DB>,
-    for<'a> Option<String>: Encode<'a, DB> + Type<DB>,
-    for<'a> &'a str: Decode<'a, DB> + Type<DB>,
-    for<'a> i64: Encode<'a, DB> + Decode<'a, DB> + Type<DB>,
-    usize: ColumnIndex<DB::Row>,
-{
-    let done = build::<DB>(sql, params).execute(&mut *conn).await?;
-    Ok(affected::<DB>(&done))
-}
 
 fn affected<DB: sqlx::Database>(done: &DB::QueryResult) -> u64 {
     // Every sqlx QueryResult has rows_affected(), but not through a shared trait.
@@ -80,139 +151,4 @@ fn affected<DB: sqlx::Database>(done: &DB::QueryResult) -> u64 {
     } else {
         0
     }
-}
-
-/// Runs statements in one transaction on a pool connection.
-pub(crate) async fn transaction<DB>(pool: &sqlx::Pool<DB>, stmts: &[Stmt]) -> Result<bool>
-where
-    DB: Driver,
-    DB::Arguments: IntoArguments<DB>,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'a> String: Encode<'a, DB> + Decode<'a, DB> + Type<DB>,
-    for<'a> Option<String>: Encode<'a, DB> + Type<DB>,
-    for<'a> &'a str: Decode<'a, DB> + Type<DB>,
-    for<'a> i64: Encode<'a, DB> + Decode<'a, DB> + Type<DB>,
-    usize: ColumnIndex<DB::Row>,
-{
-    let mut tx = pool.begin().await?;
-    for stmt in stmts {
-        let n = execute::<DB>(&mut tx, &stmt.sql, &stmt.params).await?;
-        if stmt.expect_rows.is_some_and(|want| want != n) {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-    }
-    tx.commit().await?;
-    Ok(true)
-}
-
-/// Inserts text rows with multi-row `INSERT … VALUES (…), (…)` statements of `per_statement`
-/// rows each, in one transaction opened with `begin`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn multi_row_insert<DB>(
-    pool: &sqlx::Pool<DB>,
-    begin: &'static str,
-    dialect: &dyn Dialect,
-    table: &Ident,
-    columns: &[Ident],
-    per_statement: usize,
-    rows: &mut (dyn Iterator<Item = Vec<Option<String>>> + Send),
-) -> Result<u64>
-where
-    DB: Driver,
-    DB::Arguments: IntoArguments<DB>,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'a> String: Encode<'a, DB> + Decode<'a, DB> + Type<DB>,
-    for<'a> Option<String>: Encode<'a, DB> + Type<DB>,
-    for<'a> &'a str: Decode<'a, DB> + Type<DB>,
-    for<'a> i64: Encode<'a, DB> + Decode<'a, DB> + Type<DB>,
-    usize: ColumnIndex<DB::Row>,
-{
-    let cols: Vec<String> = columns.iter().map(|c| dialect.quote(c)).collect();
-    let one = format!("({})", vec!["?"; columns.len()].join(", "));
-    let head = format!(
-        "INSERT INTO {} ({}) VALUES ",
-        dialect.quote(table),
-        cols.join(", ")
-    );
-    let mut tx = pool.begin_with(begin).await?;
-    let mut total = 0u64;
-    loop {
-        let chunk: Vec<Vec<Option<String>>> = (&mut *rows).take(per_statement).collect();
-        if chunk.is_empty() {
-            break;
-        }
-        let sql = format!("{head}{}", vec![one.as_str(); chunk.len()].join(", "));
-        let mut q = sqlx::query::<DB>(AssertSqlSafe(sql));
-        for row in chunk {
-            for v in row {
-                q = q.bind(v);
-            }
-        }
-        total += affected::<DB>(&q.execute(&mut *tx).await?);
-    }
-    tx.commit().await?;
-    Ok(total)
-}
-
-/// Runs a small query and decodes every column as text (integers are printed).
-pub(crate) async fn query<DB>(
-    conn: &mut DB::Connection,
-    sql: &str,
-    params: &[Param],
-) -> Result<Vec<TextRow>>
-where
-    DB: Driver,
-    DB::Arguments: IntoArguments<DB>,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'a> String: Encode<'a, DB> + Decode<'a, DB> + Type<DB>,
-    for<'a> Option<String>: Encode<'a, DB> + Type<DB>,
-    for<'a> &'a str: Decode<'a, DB> + Type<DB>,
-    for<'a> i64: Encode<'a, DB> + Decode<'a, DB> + Type<DB>,
-    usize: ColumnIndex<DB::Row>,
-{
-    let rows = build::<DB>(sql, params).fetch_all(&mut *conn).await?;
-    rows.iter()
-        .map(|row| {
-            (0..row.len())
-                .map(|i| match row.try_get::<Option<String>, usize>(i) {
-                    Ok(v) => Ok(v),
-                    Err(_) => row
-                        .try_get::<Option<i64>, usize>(i)
-                        .map(|v| v.map(|n| n.to_string()))
-                        .map_err(Error::from),
-                })
-                .collect()
-        })
-        .collect()
-}
-
-/// Streams a select whose columns are all text (or NULL) into `sink`; returns the row count.
-pub(crate) async fn stream_text_rows<DB>(
-    conn: &mut DB::Connection,
-    select: &str,
-    sink: &mut dyn RowSink,
-) -> Result<u64>
-where
-    DB: Driver,
-    DB::Arguments: IntoArguments<DB>,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'a> String: Encode<'a, DB> + Decode<'a, DB> + Type<DB>,
-    for<'a> Option<String>: Encode<'a, DB> + Type<DB>,
-    for<'a> &'a str: Decode<'a, DB> + Type<DB>,
-    for<'a> i64: Encode<'a, DB> + Decode<'a, DB> + Type<DB>,
-    usize: ColumnIndex<DB::Row>,
-{
-    let mut rows = sqlx::query::<DB>(AssertSqlSafe(select.to_string())).fetch(&mut *conn);
-    let mut n = 0u64;
-    while let Some(row) = rows.try_next().await? {
-        let mut fields: Vec<Option<&str>> = Vec::with_capacity(row.len());
-        for i in 0..row.len() {
-            fields.push(row.try_get_unchecked::<Option<&str>, usize>(i)?);
-        }
-        sink.write_fields(&fields)
-            .map_err(|e| Error::io("write export row", "<sink>", e))?;
-        n += 1;
-    }
-    Ok(n)
 }

@@ -13,8 +13,8 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlPoolOpti
 use sqlx::{ConnectOptions as _, Connection, MySql};
 
 use super::{
-    common, Column, ColumnKind, ConnectOptions, Database, DbKind, DbUrl, Dialect, LockGuard, Param,
-    RowSink, Snapshot, Stmt, TextRow, Timestamp,
+    common::Driver, Column, ColumnKind, ConnectOptions, Database, DbKind, DbUrl, Dialect,
+    LockGuard, Param, RowSink, Snapshot, Stmt, TextRow, Timestamp,
 };
 use crate::error::{Error, Result};
 use crate::ident::Ident;
@@ -155,7 +155,7 @@ impl Snapshot for MysqlSnapshot {
     }
 
     async fn stream(&mut self, select: &str, sink: &mut dyn RowSink) -> Result<u64> {
-        common::stream_text_rows::<MySql>(&mut self.tx, select, sink).await
+        MySql::stream_text_rows(&mut self.tx, select, sink).await
     }
 
     async fn finish(self: Box<Self>) -> Result<()> {
@@ -172,7 +172,7 @@ struct NamedLock {
 #[async_trait]
 impl LockGuard for NamedLock {
     async fn release(mut self: Box<Self>) -> Result<()> {
-        common::execute::<MySql>(
+        MySql::execute(
             &mut self.conn,
             "SELECT RELEASE_LOCK(?)",
             &[self.name.as_str().into()],
@@ -205,16 +205,16 @@ impl Database for MysqlDb {
 
     async fn execute(&self, sql: &str, params: &[Param]) -> Result<u64> {
         let mut conn = self.pool.acquire().await?;
-        common::execute::<MySql>(&mut conn, sql, params).await
+        MySql::execute(&mut conn, sql, params).await
     }
 
     async fn transaction(&self, stmts: &[Stmt]) -> Result<bool> {
-        common::transaction(&self.pool, stmts).await
+        MySql::transaction(&self.pool, stmts).await
     }
 
     async fn query(&self, sql: &str, params: &[Param]) -> Result<Vec<TextRow>> {
         let mut conn = self.pool.acquire().await?;
-        common::query::<MySql>(&mut conn, sql, params).await
+        MySql::query(&mut conn, sql, params).await
     }
 
     async fn snapshot(&self, margin: Duration) -> Result<Box<dyn Snapshot>> {
@@ -250,7 +250,7 @@ impl Database for MysqlDb {
             &hex::encode(Sha256::digest(name.as_bytes()))[..32]
         );
         let mut conn = MySqlConnection::connect_with(&self.options).await?;
-        let got = common::query::<MySql>(
+        let got = MySql::query(
             &mut conn,
             "SELECT CAST(COALESCE(GET_LOCK(?, 0), 0) AS SIGNED)",
             &[name.as_str().into()],
@@ -273,7 +273,7 @@ impl Database for MysqlDb {
         // At most 65,535 parameters per statement.
         let per_statement = (60_000 / columns.len().max(1)).clamp(1, 2000);
         let begin = "START TRANSACTION WITH CONSISTENT SNAPSHOT";
-        common::multi_row_insert(
+        MySql::multi_row_insert(
             &self.pool,
             begin,
             &MysqlDialect,

@@ -14,8 +14,8 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions as _, Connection, Postgres};
 
 use super::{
-    common, Column, ColumnKind, ConnectOptions, Database, DbKind, DbUrl, Dialect, LockGuard, Param,
-    RowSink, Snapshot, Stmt, TextRow, Timestamp,
+    common::Driver, Column, ColumnKind, ConnectOptions, Database, DbKind, DbUrl, Dialect,
+    LockGuard, Param, RowSink, Snapshot, Stmt, TextRow, Timestamp,
 };
 use crate::error::{Error, Result};
 use crate::ident::Ident;
@@ -195,7 +195,7 @@ struct AdvisoryLock {
 #[async_trait]
 impl LockGuard for AdvisoryLock {
     async fn release(mut self: Box<Self>) -> Result<()> {
-        common::execute::<Postgres>(
+        Postgres::execute(
             &mut self.conn,
             "SELECT pg_advisory_unlock($1)",
             &[Param::Int(self.key)],
@@ -226,7 +226,7 @@ impl Database for PostgresDb {
 
     async fn execute(&self, sql: &str, params: &[Param]) -> Result<u64> {
         let mut conn = self.pool.acquire().await?;
-        common::execute::<Postgres>(&mut conn, &numbered(sql), params).await
+        Postgres::execute(&mut conn, &numbered(sql), params).await
     }
 
     async fn transaction(&self, stmts: &[Stmt]) -> Result<bool> {
@@ -237,12 +237,12 @@ impl Database for PostgresDb {
                 ..s.clone()
             })
             .collect();
-        common::transaction(&self.pool, &stmts).await
+        Postgres::transaction(&self.pool, &stmts).await
     }
 
     async fn query(&self, sql: &str, params: &[Param]) -> Result<Vec<TextRow>> {
         let mut conn = self.pool.acquire().await?;
-        common::query::<Postgres>(&mut conn, &numbered(sql), params).await
+        Postgres::query(&mut conn, &numbered(sql), params).await
     }
 
     async fn snapshot(&self, margin: Duration) -> Result<Box<dyn Snapshot>> {
@@ -263,7 +263,7 @@ impl Database for PostgresDb {
             .pool
             .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await?;
-        common::execute::<Postgres>(&mut tx, "SELECT 1", &[]).await?;
+        Postgres::execute(&mut tx, "SELECT 1", &[]).await?;
         Ok(Box::new(PgSnapshot { bound, tx }))
     }
 
@@ -273,7 +273,7 @@ impl Database for PostgresDb {
         first.copy_from_slice(&digest[..8]);
         let key = i64::from_be_bytes(first);
         let mut conn = PgConnection::connect_with(&self.options).await?;
-        let got = common::query::<Postgres>(
+        let got = Postgres::query(
             &mut conn,
             "SELECT CASE WHEN pg_try_advisory_lock($1) THEN 1::bigint ELSE 0::bigint END",
             &[Param::Int(key)],

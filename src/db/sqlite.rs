@@ -14,8 +14,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use sqlx::{ConnectOptions as _, Sqlite};
 
 use super::{
-    common, Column, ColumnKind, ConnectOptions, Database, DbKind, DbUrl, Dialect, LockGuard, Param,
-    RowSink, Snapshot, Stmt, TextRow, Timestamp,
+    common::Driver, Column, ColumnKind, ConnectOptions, Database, DbKind, DbUrl, Dialect,
+    LockGuard, Param, RowSink, Snapshot, Stmt, TextRow, Timestamp,
 };
 use crate::error::{Error, Result};
 use crate::ident::Ident;
@@ -165,7 +165,7 @@ impl Snapshot for SqliteSnapshot {
     }
 
     async fn stream(&mut self, select: &str, sink: &mut dyn RowSink) -> Result<u64> {
-        common::stream_text_rows::<Sqlite>(&mut self.tx, select, sink).await
+        Sqlite::stream_text_rows(&mut self.tx, select, sink).await
     }
 
     async fn finish(self: Box<Self>) -> Result<()> {
@@ -202,32 +202,32 @@ impl Database for SqliteDb {
 
     async fn ping(&self) -> Result<()> {
         let mut conn = self.pool.acquire().await?;
-        common::query::<Sqlite>(&mut conn, "SELECT count(*) FROM sqlite_schema", &[]).await?;
+        Sqlite::query(&mut conn, "SELECT count(*) FROM sqlite_schema", &[]).await?;
         Ok(())
     }
 
     async fn execute(&self, sql: &str, params: &[Param]) -> Result<u64> {
         let mut conn = self.pool.acquire().await?;
-        common::execute::<Sqlite>(&mut conn, sql, params).await
+        Sqlite::execute(&mut conn, sql, params).await
     }
 
     async fn transaction(&self, stmts: &[Stmt]) -> Result<bool> {
-        common::transaction(&self.pool, stmts).await
+        Sqlite::transaction(&self.pool, stmts).await
     }
 
     async fn query(&self, sql: &str, params: &[Param]) -> Result<Vec<TextRow>> {
         let mut conn = self.pool.acquire().await?;
-        common::query::<Sqlite>(&mut conn, sql, params).await
+        Sqlite::query(&mut conn, sql, params).await
     }
 
     async fn snapshot(&self, _margin: Duration) -> Result<Box<dyn Snapshot>> {
         // The write lock waits for any writer in flight and keeps new ones out while the
         // clock is read and the read snapshot is pinned; no margin is needed.
         let mut writer = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let now = common::query::<Sqlite>(&mut writer, &format!("SELECT {NOW_EXPR}"), &[]).await?;
+        let now = Sqlite::query(&mut writer, &format!("SELECT {NOW_EXPR}"), &[]).await?;
         let bound = Timestamp::parse(now[0][0].as_deref().unwrap_or_default())?;
         let mut tx = self.pool.begin().await?;
-        common::query::<Sqlite>(&mut tx, "SELECT count(*) FROM sqlite_schema", &[]).await?;
+        Sqlite::query(&mut tx, "SELECT count(*) FROM sqlite_schema", &[]).await?;
         writer.rollback().await?;
         Ok(Box::new(SqliteSnapshot { bound, tx }))
     }
@@ -262,7 +262,7 @@ impl Database for SqliteDb {
         rows: &mut (dyn Iterator<Item = Vec<Option<String>>> + Send),
     ) -> Result<u64> {
         // SQLite allows 32,766 parameters per statement.
-        common::multi_row_insert(
+        Sqlite::multi_row_insert(
             &self.pool,
             "BEGIN IMMEDIATE",
             &SqliteDialect,
