@@ -381,13 +381,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if cli.json {
                 print_json(&report)?;
             } else {
+                let mut did: Vec<String> = report
+                    .installed
+                    .iter()
+                    .map(|i| format!("installed {i}"))
+                    .collect();
+                did.extend(report.reused.iter().map(|i| format!("uses existing {i}")));
                 println!(
-                    "{table}: {} capture on cursor {} (soft deletes: {}, creation time: {}); installed {}",
+                    "{table}: {} capture on cursor {} (soft deletes: {}, creation time: {}); {}",
                     report.config.strategy,
                     report.config.cursor_column,
                     report.config.deleted_column.as_deref().unwrap_or("none"),
                     report.config.created_column.as_deref().unwrap_or("none"),
-                    report.installed.join(", ")
+                    did.join(", ")
                 );
             }
         }

@@ -135,7 +135,13 @@ pub async fn run(opts: &DemoOptions, observer: &dyn Observer) -> Result<DemoRepo
         "setup",
         format!(
             "timestamp capture on {table} ({})",
-            report.installed.join(", ")
+            report
+                .installed
+                .iter()
+                .map(|i| format!("installed {i}"))
+                .chain(report.reused.iter().map(|i| format!("uses existing {i}")))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
         t,
     );

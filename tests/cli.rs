@@ -412,3 +412,70 @@ async fn concurrent_processes() {
     assert_eq!(t.count_files(), succeeded);
     ok(&tidemark_cmd(&["verify", &out]).output().unwrap());
 }
+
+/// `setup` uses an index that already leads with the cursor instead of adding a second one,
+/// is idempotent, and `teardown` removes only what `setup` added.
+async fn setup_reuses_index_and_teardown_removes_only_its_own(kind: DbKind) {
+    let t = TestDb::new(kind).await;
+    ok(&t.cli(&["seed", "--rows", "10"]));
+    let updated_at = Ident::new("updated_at").unwrap();
+    let indexes = |table: &'static str| {
+        let db = std::sync::Arc::clone(&t.db);
+        let column = updated_at.clone();
+        async move {
+            let mut v = db
+                .indexes_leading_with(&Ident::new(table).unwrap(), &column)
+                .await
+                .unwrap();
+            v.sort();
+            v
+        }
+    };
+    let seeded = indexes("users").await;
+    assert_eq!(seeded, vec!["users_updated_at_idx".to_string()]);
+    for _ in 0..2 {
+        let said = ok(&t.cli(&["setup", "--strategy", "timestamp"]));
+        assert!(
+            said.contains("uses existing index users_updated_at_idx"),
+            "{said}"
+        );
+    }
+    assert_eq!(indexes("users").await, seeded);
+
+    let d = t.db.dialect();
+    t.db.execute(
+        &format!(
+            "CREATE TABLE plain (id {} PRIMARY KEY, updated_at {} NOT NULL)",
+            d.column_type(ColumnKind::Integer, true),
+            d.column_type(ColumnKind::TimestampTz, false)
+        ),
+        &[],
+    )
+    .await
+    .unwrap();
+    let first = ok(&t.cli(&["setup", "--table", "plain", "--strategy", "timestamp"]));
+    assert!(
+        first.contains("installed index tidemark_plain_updated_at_idx"),
+        "{first}"
+    );
+    let again = ok(&t.cli(&["setup", "--table", "plain", "--strategy", "timestamp"]));
+    assert!(
+        again.contains("uses existing index tidemark_plain_updated_at_idx"),
+        "{again}"
+    );
+    assert_eq!(
+        indexes("plain").await,
+        vec!["tidemark_plain_updated_at_idx".to_string()]
+    );
+    ok(&t.cli(&["teardown", "--table", "plain"]));
+    assert!(indexes("plain").await.is_empty());
+    let gone = ok(&t.cli(&["teardown", "--table", "plain"]));
+    assert!(gone.contains("nothing to remove"), "{gone}");
+    ok(&t.cli(&["teardown", "--table", "users"]));
+    assert_eq!(
+        indexes("users").await,
+        seeded,
+        "teardown dropped an index it did not make"
+    );
+}
+on_each_db!(setup_reuses_index_and_teardown_removes_only_its_own);

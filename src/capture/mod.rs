@@ -80,7 +80,10 @@ pub struct SetupOptions {
 pub struct SetupReport {
     pub table: String,
     pub config: TableConfig,
+    /// What setup added.
     pub installed: Vec<String>,
+    /// What the table already had that setup uses (an index leading with the cursor).
+    pub reused: Vec<String>,
 }
 
 /// The strategy for a table, from its registration (or the `timestamp` defaults if it has

@@ -228,19 +228,31 @@ pub async fn setup(
             ));
         }
     }
-    let index = capture.index_name()?;
-    let mut columns = vec![&capture.cursor.name];
-    columns.extend(info.primary_key.iter());
-    db.execute(&d.create_index(&index, &info.name, &columns), &[])
+    // An index that already leads with the cursor serves the range scans; a second one would
+    // only make every write to the table slower.
+    let existing = db
+        .indexes_leading_with(&info.name, &capture.cursor.name)
         .await?;
-    Ok(SetupReport {
+    let mut report = SetupReport {
         table: info.name.to_string(),
         config,
-        installed: vec![format!("index {index}")],
-    })
+        installed: Vec::new(),
+        reused: Vec::new(),
+    };
+    if existing.is_empty() {
+        let index = capture.index_name()?;
+        let mut columns = vec![&capture.cursor.name];
+        columns.extend(info.primary_key.iter());
+        db.execute(&d.create_index(&index, &info.name, &columns), &[])
+            .await?;
+        report.installed.push(format!("index {index}"));
+    } else {
+        report.reused = existing.iter().map(|i| format!("index {i}")).collect();
+    }
+    Ok(report)
 }
 
-/// Drops the cursor index `setup` created.
+/// Drops the cursor index `setup` created (if it created one).
 pub async fn teardown(
     db: &dyn Database,
     info: &TableInfo,

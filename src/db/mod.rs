@@ -358,6 +358,9 @@ pub trait Dialect: Send + Sync {
     /// column is NOT NULL (or part of the primary key), and its position in the primary key
     /// (0 when not in it); with its one parameter. No rows: the table does not exist.
     fn catalog_query(&self, table: &Ident) -> (&'static str, Param);
+    /// A query naming the indexes of `table` whose first column is `column` (one per row), with
+    /// its parameters.
+    fn leading_index_query(&self, table: &Ident, column: &Ident) -> (&'static str, Vec<Param>);
     /// The type for short text keys in tidemark's own tables.
     fn key_type(&self) -> &'static str;
     /// The type for long text in tidemark's own tables.
@@ -450,6 +453,15 @@ pub trait Database: Send + Sync {
             columns,
             primary_key: key.into_iter().map(|(_, n)| n).collect(),
         })
+    }
+    /// The names of the indexes of `table` whose first column is `column`.
+    async fn indexes_leading_with(&self, table: &Ident, column: &Ident) -> Result<Vec<String>> {
+        let (sql, params) = self.dialect().leading_index_query(table, column);
+        let rows = self.query(sql, &params).await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| r.into_iter().next().flatten())
+            .collect())
     }
     /// Takes the capture bound (held back by open write transactions, minus `margin`)
     /// and opens a consistent snapshot right after it.

@@ -100,6 +100,15 @@ impl Dialect for MysqlDialect {
         )
     }
 
+    fn leading_index_query(&self, table: &Ident, column: &Ident) -> (&'static str, Vec<Param>) {
+        (
+            "SELECT CAST(INDEX_NAME AS CHAR) FROM information_schema.STATISTICS \
+             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? AND COLUMN_NAME = ? \
+             AND SEQ_IN_INDEX = 1",
+            vec![table.as_str().into(), column.as_str().into()],
+        )
+    }
+
     fn key_type(&self) -> &'static str {
         "VARCHAR(191)"
     }

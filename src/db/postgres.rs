@@ -88,6 +88,17 @@ impl Dialect for PostgresDialect {
         )
     }
 
+    fn leading_index_query(&self, table: &Ident, column: &Ident) -> (&'static str, Vec<Param>) {
+        // indkey is an int2vector, subscripted from 0.
+        (
+            "SELECT c.relname::text FROM pg_index i \
+             JOIN pg_class c ON c.oid = i.indexrelid \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] \
+             WHERE i.indrelid = to_regclass(?) AND a.attname = ?",
+            vec![table.quote_double().into(), column.as_str().into()],
+        )
+    }
+
     fn key_type(&self) -> &'static str {
         "TEXT"
     }

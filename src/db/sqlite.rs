@@ -101,6 +101,14 @@ impl Dialect for SqliteDialect {
         )
     }
 
+    fn leading_index_query(&self, table: &Ident, column: &Ident) -> (&'static str, Vec<Param>) {
+        (
+            "SELECT l.name FROM pragma_index_list(?) l JOIN pragma_index_info(l.name) i \
+             WHERE i.seqno = 0 AND i.name = ?",
+            vec![table.as_str().into(), column.as_str().into()],
+        )
+    }
+
     fn key_type(&self) -> &'static str {
         "TEXT"
     }
