@@ -214,11 +214,14 @@ pub async fn apply_burst(db: &dyn Database, burst: &Burst) -> Result<()> {
     let mut rng = ChaCha8Rng::seed_from_u64(burst.seed);
     let now = d.now_expr();
     if max > 0 {
+        let rename = format!("UPDATE {t} SET name = ?, updated_at = {now} WHERE id = ?");
+        let soft_delete =
+            format!("UPDATE {t} SET is_deleted = TRUE, updated_at = {now} WHERE id = ?");
         let mut stmts = Vec::new();
         for i in 0..burst.updates {
             let id = rng.random_range(1..=max);
             stmts.push(Stmt::new(
-                format!("UPDATE {t} SET name = ?, updated_at = {now} WHERE id = ?"),
+                rename.as_str(),
                 vec![
                     format!("{} v{}", mock_user(id).0, burst.seed * 1_000_000 + i).into(),
                     id.into(),
@@ -227,10 +230,7 @@ pub async fn apply_burst(db: &dyn Database, burst: &Burst) -> Result<()> {
         }
         for _ in 0..burst.soft_deletes {
             let id = rng.random_range(1..=max);
-            stmts.push(Stmt::new(
-                format!("UPDATE {t} SET is_deleted = TRUE, updated_at = {now} WHERE id = ?"),
-                vec![id.into()],
-            ));
+            stmts.push(Stmt::new(soft_delete.as_str(), vec![id.into()]));
         }
         db.transaction(&stmts).await?;
     }

@@ -137,64 +137,181 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
     })
 }
 
+/// Hashes and counts the bytes read through it.
+struct Hashing<R> {
+    inner: R,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+/// Checks one CSV against its manifest in a single read: checksum, size, header, row count.
 fn check_file(dir: &Path, m: &Manifest) -> std::result::Result<(), String> {
     if m.file.contains('/') || m.file.contains('\\') || m.file.starts_with('.') {
         return Err(format!("file name {:?} is not a plain name", m.file));
     }
-    let path = dir.join(&m.file);
-    let file = File::open(&path).map_err(|e| format!("{}: {e}", m.file))?;
-    let mut hasher = Sha256::new();
-    let mut bytes = 0u64;
-    let mut r = BufReader::with_capacity(256 * 1024, file);
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = r.read(&mut buf).map_err(|e| format!("{}: {e}", m.file))?;
-        if n == 0 {
-            break;
+    let fail = |e: &dyn std::fmt::Display| format!("{}: {e}", m.file);
+    let file = File::open(dir.join(&m.file)).map_err(|e| fail(&e))?;
+    let mut rdr = reader(Hashing {
+        inner: BufReader::with_capacity(256 * 1024, file),
+        hasher: Sha256::new(),
+        bytes: 0,
+    });
+    // Parse first, but report a checksum mismatch before any parse problem it explains.
+    let parsed = (|| -> Result<(Vec<String>, u64), csv::Error> {
+        let header = rdr.headers()?.iter().map(str::to_string).collect();
+        let mut record = csv::ByteRecord::new();
+        let mut rows = 0u64;
+        while rdr.read_byte_record(&mut record)? {
+            rows += 1;
         }
-        hasher.update(&buf[..n]);
-        bytes += n as u64;
-    }
-    let sha = hex::encode(hasher.finalize());
+        Ok((header, rows))
+    })();
+    let mut hashing = rdr.into_inner();
+    std::io::copy(&mut hashing, &mut std::io::sink()).map_err(|e| fail(&e))?;
+    let sha = hex::encode(hashing.hasher.finalize());
     if sha != m.sha256 {
-        return Err(format!(
-            "{}: sha256 is {sha}, the manifest says {}",
-            m.file, m.sha256
-        ));
+        return Err(fail(&format!(
+            "sha256 is {sha}, the manifest says {}",
+            m.sha256
+        )));
     }
-    if bytes != m.bytes {
-        return Err(format!(
-            "{}: {bytes} bytes, the manifest says {}",
-            m.file, m.bytes
-        ));
+    if hashing.bytes != m.bytes {
+        return Err(fail(&format!(
+            "{} bytes, the manifest says {}",
+            hashing.bytes, m.bytes
+        )));
     }
-    let file = File::open(&path).map_err(|e| format!("{}: {e}", m.file))?;
-    let mut rdr = reader(BufReader::new(file));
-    let header: Vec<String> = rdr
-        .headers()
-        .map_err(|e| format!("{}: {e}", m.file))?
-        .iter()
-        .map(str::to_string)
-        .collect();
+    let (header, rows) = parsed.map_err(|e| fail(&e))?;
     if header != m.columns {
-        return Err(format!(
-            "{}: header {header:?} differs from the manifest's columns {:?}",
-            m.file, m.columns
-        ));
-    }
-    let mut record = csv::ByteRecord::new();
-    let mut rows = 0u64;
-    while rdr
-        .read_byte_record(&mut record)
-        .map_err(|e| format!("{}: {e}", m.file))?
-    {
-        rows += 1;
+        return Err(fail(&format!(
+            "header {header:?} differs from the manifest's columns {:?}",
+            m.columns
+        )));
     }
     if rows != m.rows {
-        return Err(format!(
-            "{}: {rows} rows, the manifest says {}",
-            m.file, m.rows
-        ));
+        return Err(fail(&format!("{rows} rows, the manifest says {}", m.rows)));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> Position {
+        Position::Timestamp {
+            cursor: Timestamp::parse(s).unwrap(),
+        }
+    }
+
+    /// Writes `csv` and its manifest into `dir`; returns the manifest.
+    fn export(
+        dir: &Path,
+        name: &str,
+        mode: Mode,
+        csv: &str,
+        before: Option<Position>,
+        after: Position,
+    ) -> Manifest {
+        std::fs::write(dir.join(name), csv).unwrap();
+        let m = Manifest {
+            format: 1,
+            export_id: name.into(),
+            consumer: "c".into(),
+            table: "t".into(),
+            mode,
+            file: name.into(),
+            rows: csv.matches("\r\n").count() as u64 - 1,
+            bytes: csv.len() as u64,
+            sha256: hex::encode(Sha256::digest(csv.as_bytes())),
+            columns: csv
+                .split("\r\n")
+                .next()
+                .unwrap()
+                .split(',')
+                .map(str::to_string)
+                .collect(),
+            watermark_before: before,
+            watermark_after: after.clone(),
+            started_at: after.time(),
+            finished_at: after.time(),
+            source: "sqlite".into(),
+        };
+        write_manifest(dir, &m);
+        m
+    }
+
+    fn write_manifest(dir: &Path, m: &Manifest) {
+        let path = dir.join(format!("{}{SUFFIX}", m.file));
+        std::fs::write(path, serde_json::to_string(m).unwrap()).unwrap();
+    }
+
+    fn problems(dir: &Path) -> Vec<String> {
+        verify(dir).unwrap().problems
+    }
+
+    #[test]
+    fn finds_broken_chains_counts_and_headers() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let t1 = at("2026-01-01T00:00:00Z");
+        let t2 = at("2026-01-02T00:00:00Z");
+        export(
+            d,
+            "full.csv",
+            Mode::Full,
+            "id,name\r\n1,a\r\n2,b\r\n",
+            None,
+            t1.clone(),
+        );
+        let mut delta = export(
+            d,
+            "delta.csv",
+            Mode::Delta,
+            "operation,id,name\r\nUPDATE,1,c\r\n",
+            Some(t1.clone()),
+            t2.clone(),
+        );
+        assert!(problems(d).is_empty(), "{:?}", problems(d));
+        let report = verify(d).unwrap();
+        assert_eq!((report.chains[0].files, report.chains[0].rows), (2, 3));
+
+        delta.watermark_before = Some(at("2026-01-01T12:00:00Z"));
+        write_manifest(d, &delta);
+        assert!(problems(d)[0].contains("chain broken"), "{:?}", problems(d));
+
+        delta.watermark_before = Some(t1);
+        delta.rows = 5;
+        write_manifest(d, &delta);
+        assert!(
+            problems(d)[0].contains("1 rows, the manifest says 5"),
+            "{:?}",
+            problems(d)
+        );
+
+        delta.rows = 1;
+        delta.columns = vec!["operation".into(), "id".into()];
+        write_manifest(d, &delta);
+        assert!(
+            problems(d)[0].contains("differs from the manifest's columns"),
+            "{:?}",
+            problems(d)
+        );
+
+        delta.columns = vec!["operation".into(), "id".into(), "name".into()];
+        write_manifest(d, &delta);
+        std::fs::write(d.join("delta.csv"), "operation,id,name\r\nUPDATE,1,X\r\n").unwrap();
+        assert!(problems(d)[0].contains("sha256 is"), "{:?}", problems(d));
+        std::fs::remove_file(d.join("delta.csv")).unwrap();
+        assert!(!problems(d).is_empty());
+    }
 }

@@ -61,19 +61,13 @@ pub fn write_copy_record(out: &mut impl Write, record: &[u8]) -> io::Result<()> 
 /// Encodes rows from the database into any writer: the [`RowSink`] of CSV exports.
 pub struct CsvWriter<W: Write> {
     out: W,
-    rows: u64,
 }
 
 impl<W: Write> CsvWriter<W> {
     /// Starts a CSV stream with its header row.
     pub fn new(mut out: W, header: &[&str]) -> io::Result<Self> {
         encode_record(&mut out, header.iter().map(|h| Some(*h)))?;
-        Ok(CsvWriter { out, rows: 0 })
-    }
-
-    /// Data rows written so far.
-    pub fn rows(&self) -> u64 {
-        self.rows
+        Ok(CsvWriter { out })
     }
 
     /// The underlying writer.
@@ -84,12 +78,10 @@ impl<W: Write> CsvWriter<W> {
 
 impl<W: Write + Send> RowSink for CsvWriter<W> {
     fn write_fields(&mut self, fields: &[Option<&str>]) -> io::Result<()> {
-        self.rows += 1;
         encode_record(&mut self.out, fields.iter().copied())
     }
 
     fn write_csv_record(&mut self, record: &[u8]) -> io::Result<()> {
-        self.rows += 1;
         write_copy_record(&mut self.out, record)
     }
 }
