@@ -17,7 +17,9 @@ use crate::demo::{self, DemoOptions, Observer, Step};
 use crate::error::Error;
 use crate::export::{manifest, ExportRequest, Exporter, DEFAULT_MARGIN};
 use crate::ident::{ConsumerId, Ident};
+use crate::monitor::{self, Thresholds};
 use crate::seed;
+use crate::serve::{self, FileConfig, ServeConfig};
 use crate::state::{Position, StateStore};
 
 #[derive(Parser, Debug)]
@@ -120,6 +122,13 @@ enum Command {
     },
     /// Check the manifest chains, checksums and row counts of an output directory
     Verify { dir: PathBuf },
+    /// Per table and consumer: changes by operation, position, pending changes, lag and health
+    Status {
+        #[command(flatten)]
+        thresholds: ThresholdArgs,
+    },
+    /// Run the HTTP service (export API, background jobs, health, stats, metrics)
+    Serve(Box<ServeArgs>),
     /// Measure exports against psql \copy and sqlite3 (starts its own PostgreSQL server)
     Bench {
         /// Rows in the full-export comparisons
@@ -132,6 +141,62 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+}
+
+#[derive(clap::Args, Debug, Clone, Default)]
+struct ThresholdArgs {
+    /// A consumer whose oldest undelivered change is older than this is lagging [default: 3600]
+    #[arg(long, env = "TIDEMARK_MAX_LAG_SECS")]
+    max_lag_secs: Option<f64>,
+    /// A consumer with more pending changes than this is lagging [default: 1000000]
+    #[arg(long, env = "TIDEMARK_MAX_PENDING")]
+    max_pending: Option<u64>,
+}
+
+impl ThresholdArgs {
+    fn resolve(&self) -> Thresholds {
+        let d = Thresholds::default();
+        Thresholds {
+            max_lag_secs: self.max_lag_secs.unwrap_or(d.max_lag_secs),
+            max_pending: self.max_pending.unwrap_or(d.max_pending),
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:8080]
+    #[arg(long, env = "TIDEMARK_LISTEN")]
+    listen: Option<String>,
+    /// Output directory [default: output]
+    #[arg(long, env = "TIDEMARK_OUTPUT_DIR")]
+    out: Option<PathBuf>,
+    /// Configuration file (TOML); flags and environment override it [default: ./tidemark.toml if present]
+    #[arg(long, env = "TIDEMARK_CONFIG")]
+    config: Option<PathBuf>,
+    /// Exports running at once [default: 4]
+    #[arg(long, env = "TIDEMARK_WORKERS")]
+    workers: Option<usize>,
+    /// Jobs pending or running at once before requests get 503 [default: 64]
+    #[arg(long, env = "TIDEMARK_MAX_JOBS")]
+    max_jobs: Option<usize>,
+    /// Seconds running exports may take to finish after SIGTERM before they are abandoned [default: 30]
+    #[arg(long, env = "TIDEMARK_GRACE_SECS")]
+    grace_secs: Option<u64>,
+    /// How long /health waits for the database, in milliseconds [default: 800]
+    #[arg(long, env = "TIDEMARK_HEALTH_TIMEOUT_MS")]
+    health_timeout_ms: Option<u64>,
+    /// Longest time to answer a request, in seconds [default: 300]
+    #[arg(long, env = "TIDEMARK_REQUEST_TIMEOUT_SECS")]
+    request_timeout_secs: Option<u64>,
+    /// How far behind the server clock capture stays, in milliseconds [default: 100]
+    #[arg(long, env = "TIDEMARK_MARGIN_MS")]
+    margin_ms: Option<u64>,
+    /// Connections served at once [default: 1024]
+    #[arg(long, env = "TIDEMARK_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    #[command(flatten)]
+    thresholds: ThresholdArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -174,7 +239,8 @@ pub fn main() -> ExitCode {
             };
         }
     };
-    init_logging();
+    let serving = matches!(cli.command, Command::Serve(_));
+    init_logging(if serving { "info" } else { "warn" });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -208,13 +274,20 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
+/// Logs to stderr, filtered by `RUST_LOG` (default `level`); JSON lines when
+/// `TIDEMARK_LOG_FORMAT=json`.
+fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .try_init();
+        .with_ansi(std::io::stderr().is_terminal());
+    let _ = if std::env::var("TIDEMARK_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 fn source_url(cli: &Cli) -> anyhow::Result<DbUrl> {
@@ -432,12 +505,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let state = open_state(&cli, &db).await?;
             let exporter =
                 Exporter::new(db, state).with_margin(std::time::Duration::from_millis(*margin_ms));
-            let req = ExportRequest {
-                consumer,
-                table,
-                mode: (*mode).into(),
-                out_dir: out.clone(),
-            };
+            let req = ExportRequest::new(consumer, table, (*mode).into(), out.clone());
             let pb = bar(cli.json, &format!("{} export", req.mode));
             let progress = |n: u64| {
                 if let Some(b) = &pb {
@@ -507,6 +575,52 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     dir.display()
                 );
             }
+        }
+        Command::Status { thresholds } => {
+            let db = open_source(&cli, false).await?;
+            let state = open_state(&cli, &db).await?;
+            let report = monitor::collect(db.as_ref(), &state, thresholds.resolve()).await?;
+            if cli.json {
+                print_json(&report)?;
+            } else {
+                print!("{}", monitor::render(&report));
+            }
+        }
+        Command::Serve(args) => {
+            let named = args.config.is_some();
+            let path = args
+                .config
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("tidemark.toml"));
+            let file = FileConfig::load(&path, named)?;
+            let flags = FileConfig {
+                source: cli
+                    .source
+                    .clone()
+                    .or_else(|| std::env::var("DATABASE_URL").ok()),
+                state: cli.state.clone(),
+                listen: args.listen.clone(),
+                out: args.out.clone(),
+                workers: args.workers,
+                max_jobs: args.max_jobs,
+                grace_secs: args.grace_secs,
+                health_timeout_ms: args.health_timeout_ms,
+                request_timeout_secs: args.request_timeout_secs,
+                margin_ms: args.margin_ms,
+                max_connections: args.max_connections,
+                max_lag_secs: args.thresholds.max_lag_secs,
+                max_pending: args.thresholds.max_pending,
+            };
+            let config = ServeConfig::resolve(file, flags)?;
+            let json = cli.json;
+            serve::serve(config, &move |addr: std::net::SocketAddr| {
+                if json {
+                    println!("{}", serde_json::json!({ "listening": addr.to_string() }));
+                } else {
+                    println!("tidemark serve: listening on http://{addr}");
+                }
+            })
+            .await?;
         }
         Command::Bench { rows, pg_url, dir } => {
             let opts = crate::bench::BenchOptions {

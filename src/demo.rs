@@ -149,12 +149,7 @@ pub async fn run(opts: &DemoOptions, observer: &dyn Observer) -> Result<DemoRepo
     let exporter = Exporter::new(Arc::clone(&db), state.clone());
     let consumer = ConsumerId::new("demo")?;
     let export = |mode: Mode| {
-        let req = ExportRequest {
-            consumer: consumer.clone(),
-            table: table.clone(),
-            mode,
-            out_dir: out.clone(),
-        };
+        let req = ExportRequest::new(consumer.clone(), table.clone(), mode, out.clone());
         let exporter = exporter.clone();
         async move {
             let step = if mode == Mode::Full {

@@ -62,6 +62,19 @@ impl Error {
         )
     }
 
+    /// True when the database could not be reached (down, refused, timed out): a retry later
+    /// may succeed. HTTP answers 503 for these.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Error::Connect { .. } => true,
+            Error::Database(e) => matches!(
+                e,
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
+            ),
+            _ => false,
+        }
+    }
+
     /// Shorthand for [`Error::InvalidInput`].
     pub fn input(msg: impl Into<String>) -> Self {
         Error::InvalidInput(msg.into())

@@ -32,6 +32,21 @@ impl Mode {
             Mode::Delta => "delta",
         }
     }
+
+    /// Every mode.
+    pub const ALL: [Mode; 3] = [Mode::Full, Mode::Incremental, Mode::Delta];
+
+    /// Parses a mode name (`full`, `incremental`, `delta`).
+    pub fn parse(s: &str) -> Result<Mode> {
+        Mode::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| {
+                Error::input(format!(
+                    "unknown export mode {s:?}: expected full, incremental or delta"
+                ))
+            })
+    }
 }
 
 impl fmt::Display for Mode {
@@ -62,6 +77,15 @@ pub trait CaptureStrategy: Send + Sync {
         before: Option<&Position>,
         after: &Position,
     ) -> Result<Select>;
+    /// A query counting the changes from `before` (none: from the beginning) to `after` by
+    /// operation: rows of (`INSERT`|`UPDATE`|`DELETE`, count), as a delta export of that
+    /// interval would deliver them.
+    fn count_changes(
+        &self,
+        dialect: &dyn Dialect,
+        before: Option<&Position>,
+        after: &Position,
+    ) -> Result<String>;
 }
 
 /// Strategy names `setup` accepts.

@@ -140,42 +140,91 @@ impl CaptureStrategy for TimestampCapture {
     ) -> Result<Select> {
         let mut header: Vec<String> = Vec::new();
         let mut exprs: Vec<String> = Vec::new();
-        let deleted = self.deleted.as_ref().map(|c| d.is_true(&d.quote(&c.name)));
-        let cursor = d.quote(&self.cursor.name);
-        let before_lit = before.map(|p| d.timestamp_literal(&p.time(), &self.cursor));
         if mode == Mode::Delta {
             header.push("operation".into());
-            let mut whens: Vec<String> = Vec::new();
-            if let Some(del) = &deleted {
-                whens.push(format!("WHEN {del} THEN 'DELETE'"));
-            }
-            let otherwise = match (before, &self.created) {
-                (None, _) => "'INSERT'",
-                (Some(p), Some(created)) => {
-                    whens.push(format!(
-                        "WHEN {} >= {} THEN 'INSERT'",
-                        d.quote(&created.name),
-                        d.timestamp_literal(&p.time(), created)
-                    ));
-                    "'UPDATE'"
-                }
-                (Some(_), None) => "'UPDATE'",
-            };
-            let op = if whens.is_empty() {
-                otherwise.to_string()
-            } else {
-                format!("CASE {} ELSE {otherwise} END", whens.join(" "))
-            };
-            exprs.push(op);
+            exprs.push(self.operation(d, before));
         }
         for c in &self.info.columns {
             header.push(c.name.to_string());
             exprs.push(d.render(c));
         }
+        let mut sql = format!(
+            "SELECT {} FROM {}{}",
+            exprs.join(", "),
+            d.quote(&self.info.name),
+            self.filter(d, mode, before, after)
+        );
+        if mode != Mode::Full {
+            let mut order = vec![d.quote(&self.cursor.name)];
+            order.extend(self.info.primary_key.iter().map(|k| d.quote(k)));
+            sql.push_str(" ORDER BY ");
+            sql.push_str(&order.join(", "));
+        }
+        Ok(Select { header, sql })
+    }
+
+    fn count_changes(
+        &self,
+        d: &dyn Dialect,
+        before: Option<&Position>,
+        after: &Position,
+    ) -> Result<String> {
+        let op = self.operation(d, before);
+        Ok(format!(
+            "SELECT {op}, count(*) FROM {}{} GROUP BY 1",
+            d.quote(&self.info.name),
+            self.filter(d, Mode::Delta, before, after)
+        ))
+    }
+}
+
+impl TimestampCapture {
+    /// The delta's `operation` expression: DELETE for a soft-deleted row, INSERT for a row
+    /// created since `before` (or any row when there is no `before`), UPDATE otherwise.
+    fn operation(&self, d: &dyn Dialect, before: Option<&Position>) -> String {
+        let mut whens: Vec<String> = Vec::new();
+        if let Some(c) = &self.deleted {
+            whens.push(format!(
+                "WHEN {} THEN 'DELETE'",
+                d.is_true(&d.quote(&c.name))
+            ));
+        }
+        let otherwise = match (before, &self.created) {
+            (None, _) => "'INSERT'",
+            (Some(p), Some(created)) => {
+                whens.push(format!(
+                    "WHEN {} >= {} THEN 'INSERT'",
+                    d.quote(&created.name),
+                    d.timestamp_literal(&p.time(), created)
+                ));
+                "'UPDATE'"
+            }
+            (Some(_), None) => "'UPDATE'",
+        };
+        if whens.is_empty() {
+            otherwise.to_string()
+        } else {
+            format!("CASE {} ELSE {otherwise} END", whens.join(" "))
+        }
+    }
+
+    /// The WHERE clause (with its leading space, or empty) of an export in `mode` of the
+    /// half-open interval `[before, after)`.
+    fn filter(
+        &self,
+        d: &dyn Dialect,
+        mode: Mode,
+        before: Option<&Position>,
+        after: &Position,
+    ) -> String {
+        let cursor = d.quote(&self.cursor.name);
         let mut conditions: Vec<String> = Vec::new();
         if mode != Mode::Full {
-            if let Some(b) = &before_lit {
-                conditions.push(format!("{cursor} >= {b}"));
+            if let Some(p) = before {
+                conditions.push(format!(
+                    "{cursor} >= {}",
+                    d.timestamp_literal(&p.time(), &self.cursor)
+                ));
             }
             conditions.push(format!(
                 "{cursor} < {}",
@@ -183,26 +232,15 @@ impl CaptureStrategy for TimestampCapture {
             ));
         }
         if mode != Mode::Delta {
-            if let Some(del) = &deleted {
-                conditions.push(format!("NOT {del}"));
+            if let Some(c) = &self.deleted {
+                conditions.push(format!("NOT {}", d.is_true(&d.quote(&c.name))));
             }
         }
-        let mut sql = format!(
-            "SELECT {} FROM {}",
-            exprs.join(", "),
-            d.quote(&self.info.name)
-        );
-        if !conditions.is_empty() {
-            sql.push_str(" WHERE ");
-            sql.push_str(&conditions.join(" AND "));
+        if conditions.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", conditions.join(" AND "))
         }
-        if mode != Mode::Full {
-            let mut order = vec![cursor];
-            order.extend(self.info.primary_key.iter().map(|k| d.quote(k)));
-            sql.push_str(" ORDER BY ");
-            sql.push_str(&order.join(", "));
-        }
-        Ok(Select { header, sql })
     }
 }
 

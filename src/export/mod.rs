@@ -27,6 +27,33 @@ pub struct ExportRequest {
     pub table: Ident,
     pub mode: Mode,
     pub out_dir: PathBuf,
+    /// The export's id (the HTTP job id); a fresh one when `None`.
+    pub id: Option<String>,
+    /// The time that names the file (when the export was requested); now when `None`.
+    pub named_at: Option<Timestamp>,
+}
+
+impl ExportRequest {
+    /// A request with a fresh id, named by the time it runs.
+    pub fn new(consumer: ConsumerId, table: Ident, mode: Mode, out_dir: PathBuf) -> Self {
+        ExportRequest {
+            consumer,
+            table,
+            mode,
+            out_dir,
+            id: None,
+            named_at: None,
+        }
+    }
+}
+
+/// The file name of an export without its extension: `{mode}_{consumer}_{YYYYMMDDTHHMMSSZ}`
+/// (a suffix is added when that name is taken).
+pub fn file_stem(mode: Mode, consumer: &ConsumerId, at: &Timestamp) -> String {
+    format!(
+        "{mode}_{consumer}_{}",
+        at.as_datetime().format("%Y%m%dT%H%M%SZ")
+    )
 }
 
 /// What an export did.
@@ -113,16 +140,15 @@ impl Exporter {
             .await?
             .map(|w| w.position);
         let started_at = Timestamp::now();
-        let export_id = new_export_id();
+        let export_id = req.id.clone().unwrap_or_else(new_export_id);
 
         let mut snapshot = self.source.snapshot(self.margin).await?;
         let after = strategy.position_after(snapshot.bound(), before.as_ref());
         let select = strategy.select(self.source.dialect(), req.mode, before.as_ref(), &after)?;
-        let stem = format!(
-            "{}_{}_{}",
+        let stem = file_stem(
             req.mode,
-            req.consumer,
-            started_at.as_datetime().format("%Y%m%dT%H%M%SZ")
+            &req.consumer,
+            req.named_at.as_ref().unwrap_or(&started_at),
         );
         let csv_path = free_name(&req.out_dir, &stem, "csv");
         let csv_name = file_name(&csv_path);
@@ -248,6 +274,27 @@ impl Exporter {
             duration_ms: elapsed_ms(t0),
             repaired,
         })
+    }
+
+    /// Takes the export lock of (consumer, table) and repairs what an interrupted export left
+    /// (see [`Exporter::export`]); returns what it did.
+    pub async fn recover(&self, consumer: &ConsumerId, table: &Ident) -> Result<Vec<String>> {
+        let lock = self.state.lock(consumer, table).await?;
+        let result = self.repair(consumer, table).await;
+        let released = lock.release().await;
+        let done = result?;
+        released?;
+        Ok(done)
+    }
+
+    /// The state store this exporter records in.
+    pub fn state(&self) -> &StateStore {
+        &self.state
+    }
+
+    /// The source it exports from.
+    pub fn source(&self) -> &Arc<dyn Database> {
+        &self.source
     }
 
     /// Completes or rolls back exports of (consumer, table) that a dead process left prepared:

@@ -32,10 +32,11 @@ impl Write for Hashing {
     }
 }
 
-/// A file being written aside.
+/// A file being written aside. Dropped before [`AtomicFile::finish`] (an error, or an export
+/// abandoned at shutdown), it removes its temporary file.
 pub struct AtomicFile {
     tmp: PathBuf,
-    out: BufWriter<Hashing>,
+    out: Option<BufWriter<Hashing>>,
 }
 
 /// A finished temporary file, synced to disk but not yet published.
@@ -56,14 +57,14 @@ impl AtomicFile {
         ));
         let file = File::create_new(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
         Ok(AtomicFile {
-            out: BufWriter::with_capacity(
+            out: Some(BufWriter::with_capacity(
                 256 * 1024,
                 Hashing {
                     file,
                     hasher: Sha256::new(),
                     bytes: 0,
                 },
-            ),
+            )),
             tmp,
         })
     }
@@ -74,16 +75,31 @@ impl AtomicFile {
     }
 
     /// Flushes and syncs the file; it stays under its temporary name.
-    pub fn finish(self) -> Result<Written> {
+    pub fn finish(mut self) -> Result<Written> {
         let tmp = self.tmp.clone();
-        let inner = self
-            .out
+        let Some(out) = self.out.take() else {
+            return Err(Error::Runtime(format!(
+                "{} was already finished",
+                tmp.display()
+            )));
+        };
+        let finished = out
             .into_inner()
-            .map_err(|e| Error::io("write", &tmp, e.into_error()))?;
-        inner
-            .file
-            .sync_all()
-            .map_err(|e| Error::io("sync", &tmp, e))?;
+            .map_err(|e| Error::io("write", &tmp, e.into_error()))
+            .and_then(|inner| {
+                inner
+                    .file
+                    .sync_all()
+                    .map_err(|e| Error::io("sync", &tmp, e))?;
+                Ok(inner)
+            });
+        let inner = match finished {
+            Ok(inner) => inner,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
         Ok(Written {
             tmp,
             sha256: hex::encode(inner.hasher.finalize()),
@@ -93,19 +109,32 @@ impl AtomicFile {
 
     /// Removes the temporary file (after a failure).
     pub fn discard(self) {
-        let tmp = self.tmp.clone();
-        drop(self.out);
-        let _ = std::fs::remove_file(tmp);
+        drop(self)
+    }
+
+    fn out(&mut self) -> io::Result<&mut BufWriter<Hashing>> {
+        self.out
+            .as_mut()
+            .ok_or_else(|| io::Error::other("file already finished"))
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if let Some(out) = self.out.take() {
+            drop(out.into_parts());
+            let _ = std::fs::remove_file(&self.tmp);
+        }
     }
 }
 
 impl Write for AtomicFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.out.write(buf)
+        self.out()?.write(buf)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
+        self.out()?.flush()
     }
 }
 

@@ -1,7 +1,10 @@
 //! Durable state: per (consumer, table) watermarks, table registrations made by `setup`, and the
 //! export records that make exports crash-safe (prepared → committed or aborted). Kept in
 //! `tidemark_*` tables of the source database by default, or of any database given as
-//! `--state URL`. Also hands out the per (consumer, table) export lock.
+//! `--state URL`. Also hands out the per (consumer, table) export lock, and keeps the HTTP
+//! service's export jobs ([`jobs`]).
+
+pub mod jobs;
 
 use std::sync::Arc;
 
@@ -99,7 +102,7 @@ impl StateStore {
         // Reading first keeps opening write-free (and so never waiting for SQLite's writer)
         // once the tables exist; the last table created is the one probed.
         if db
-            .query("SELECT count(*) FROM tidemark_exports WHERE 1 = 0", &[])
+            .query("SELECT count(*) FROM tidemark_jobs WHERE 1 = 0", &[])
             .await
             .is_ok()
         {
@@ -123,6 +126,12 @@ impl StateStore {
                  status {k} NOT NULL, position_before {t}, position_after {t}, file {t}, \
                  tmp_file {t}, manifest_file {t}, manifest_json {t}, row_count BIGINT, \
                  started_at {k} NOT NULL, finished_at {k}, error {t})"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS tidemark_jobs (job_id {k} PRIMARY KEY, \
+                 consumer_id {k} NOT NULL, table_name {k} NOT NULL, mode {k} NOT NULL, \
+                 status {k} NOT NULL, output_filename {t}, row_count BIGINT, duration_ms BIGINT, \
+                 error {t}, owner {k} NOT NULL, created_at {k} NOT NULL, finished_at {k})"
             ),
         ] {
             db.execute(&sql, &[]).await?;
@@ -154,6 +163,27 @@ impl StateStore {
                 .map(Some)
                 .map_err(|e| Error::Runtime(format!("corrupt registration of table {table}: {e}"))),
         }
+    }
+
+    /// Every registration, by table name.
+    pub async fn table_configs(&self) -> Result<Vec<(Ident, TableConfig)>> {
+        let rows = self
+            .db
+            .query(
+                "SELECT table_name, config FROM tidemark_tables ORDER BY table_name",
+                &[],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let table = Ident::new(r[0].as_deref().unwrap_or_default())?;
+                let config =
+                    serde_json::from_str(r[1].as_deref().unwrap_or_default()).map_err(|e| {
+                        Error::Runtime(format!("corrupt registration of table {table}: {e}"))
+                    })?;
+                Ok((table, config))
+            })
+            .collect()
     }
 
     /// Registers (or re-registers) `table`.
@@ -395,6 +425,15 @@ impl StateStore {
             ],
         )
         .await
+    }
+
+    /// The export record with this id, if it exists.
+    pub async fn export_record(&self, export_id: &str) -> Result<Option<ExportRecord>> {
+        Ok(self
+            .exports_where("export_id = ?", &[export_id.into()])
+            .await?
+            .into_iter()
+            .next())
     }
 
     async fn exports_where(&self, condition: &str, params: &[Param]) -> Result<Vec<ExportRecord>> {

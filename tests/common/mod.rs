@@ -105,12 +105,12 @@ impl TestDb {
     }
 
     pub fn request(&self, consumer: &str, mode: Mode) -> ExportRequest {
-        ExportRequest {
-            consumer: ConsumerId::new(consumer).unwrap(),
-            table: Ident::new("users").unwrap(),
+        ExportRequest::new(
+            ConsumerId::new(consumer).unwrap(),
+            Ident::new("users").unwrap(),
             mode,
-            out_dir: self.out.path().to_path_buf(),
-        }
+            self.out.path().to_path_buf(),
+        )
     }
 
     pub async fn export(&self, consumer: &str, mode: Mode) -> ExportOutcome {

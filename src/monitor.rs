@@ -1,0 +1,264 @@
+//! Monitoring: what `/stats`, `/metrics` and `tidemark status` report — per captured table its
+//! strategy and changes by operation, per consumer its position, pending changes and lag, and a
+//! health verdict against thresholds. One collector, read-only.
+
+use std::collections::BTreeSet;
+
+use crate::capture::strategy_for;
+use crate::db::{Database, Timestamp};
+use crate::error::{Error, Result};
+use crate::ident::{ConsumerId, Ident};
+use crate::state::{Position, StateStore, Watermark};
+
+/// When a consumer counts as lagging.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Thresholds {
+    /// Lag in seconds above which a consumer is lagging.
+    pub max_lag_secs: f64,
+    /// Pending changes above which a consumer is lagging.
+    pub max_pending: u64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            max_lag_secs: 3600.0,
+            max_pending: 1_000_000,
+        }
+    }
+}
+
+/// Changes by operation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counts {
+    pub total: u64,
+    #[serde(rename = "INSERT")]
+    pub insert: u64,
+    #[serde(rename = "UPDATE")]
+    pub update: u64,
+    #[serde(rename = "DELETE")]
+    pub delete: u64,
+}
+
+/// One consumer of one table.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsumerStatus {
+    pub consumer_id: ConsumerId,
+    /// The time the watermark stands for.
+    pub watermark: Timestamp,
+    pub position: Position,
+    /// When the watermark last moved.
+    pub updated_at: Timestamp,
+    /// Changes not yet delivered to this consumer.
+    pub pending: Counts,
+    /// Seconds since the oldest change this consumer has not been given could have been made
+    /// (0 when nothing is pending).
+    pub lag_seconds: f64,
+    /// `ok` or `lagging`.
+    pub health: &'static str,
+}
+
+/// One captured table.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TableStatus {
+    pub table: Ident,
+    /// The registered strategy (`timestamp` defaults when not set up).
+    pub strategy: String,
+    pub registered: bool,
+    /// Every change the strategy can still see, by operation.
+    pub changes: Counts,
+    pub consumers: Vec<ConsumerStatus>,
+    /// Why the table could not be inspected, if it could not.
+    pub error: Option<String>,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusReport {
+    pub timestamp: Timestamp,
+    pub source: String,
+    /// `ok`, `warning` (a consumer lags or a table cannot be read) or `error`.
+    pub health: &'static str,
+    pub thresholds: Thresholds,
+    pub tables: Vec<TableStatus>,
+}
+
+/// Collects the report: every registered table and every table that has a watermark.
+pub async fn collect(
+    source: &dyn Database,
+    state: &StateStore,
+    thresholds: Thresholds,
+) -> Result<StatusReport> {
+    let now = source.now().await?;
+    let configs = state.table_configs().await?;
+    let watermarks = state.watermarks().await?;
+    let names: BTreeSet<Ident> = configs
+        .iter()
+        .map(|(t, _)| t.clone())
+        .chain(watermarks.iter().map(|w| w.table.clone()))
+        .collect();
+    let mut tables = Vec::new();
+    for name in names {
+        let config = configs.iter().find(|(t, _)| *t == name).map(|(_, c)| c);
+        let mine: Vec<&Watermark> = watermarks.iter().filter(|w| w.table == name).collect();
+        let mut status = TableStatus {
+            table: name.clone(),
+            strategy: config.map_or_else(|| "timestamp".into(), |c| c.strategy.clone()),
+            registered: config.is_some(),
+            changes: Counts::default(),
+            consumers: Vec::new(),
+            error: None,
+        };
+        match inspect(source, &name, config, &mine, now, thresholds).await {
+            Ok((changes, consumers)) => {
+                status.changes = changes;
+                status.consumers = consumers;
+            }
+            Err(e) if e.is_unavailable() => return Err(e),
+            Err(e) => status.error = Some(e.to_string()),
+        }
+        tables.push(status);
+    }
+    let health = if tables
+        .iter()
+        .any(|t| t.error.is_some() || t.consumers.iter().any(|c| c.health != "ok"))
+    {
+        "warning"
+    } else {
+        "ok"
+    };
+    Ok(StatusReport {
+        timestamp: now,
+        source: source.kind().to_string(),
+        health,
+        thresholds,
+        tables,
+    })
+}
+
+async fn inspect(
+    source: &dyn Database,
+    table: &Ident,
+    config: Option<&crate::state::TableConfig>,
+    watermarks: &[&Watermark],
+    now: Timestamp,
+    thresholds: Thresholds,
+) -> Result<(Counts, Vec<ConsumerStatus>)> {
+    let info = source.describe(table).await?;
+    let strategy = strategy_for(&info, config)?;
+    let count = |before: Option<Position>| {
+        let after = strategy.position_after(now, before.as_ref());
+        let sql = strategy.count_changes(source.dialect(), before.as_ref(), &after);
+        async move {
+            let mut counts = Counts::default();
+            for row in source.query(&sql?, &[]).await? {
+                let n: u64 = row
+                    .get(1)
+                    .cloned()
+                    .flatten()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                match row.first().cloned().flatten().as_deref() {
+                    Some("INSERT") => counts.insert += n,
+                    Some("UPDATE") => counts.update += n,
+                    Some("DELETE") => counts.delete += n,
+                    _ => {}
+                }
+                counts.total += n;
+            }
+            Ok::<_, Error>(counts)
+        }
+    };
+    let changes = count(None).await?;
+    let mut consumers = Vec::new();
+    for w in watermarks {
+        let pending = count(Some(w.position.clone())).await?;
+        let lag_seconds = if pending.total == 0 {
+            0.0
+        } else {
+            let ms = (now.as_datetime() - w.position.time().as_datetime()).num_milliseconds();
+            (ms.max(0) as f64) / 1000.0
+        };
+        let lagging =
+            lag_seconds > thresholds.max_lag_secs || pending.total > thresholds.max_pending;
+        consumers.push(ConsumerStatus {
+            consumer_id: w.consumer.clone(),
+            watermark: w.position.time(),
+            position: w.position.clone(),
+            updated_at: w.updated_at,
+            pending,
+            lag_seconds,
+            health: if lagging { "lagging" } else { "ok" },
+        });
+    }
+    Ok((changes, consumers))
+}
+
+/// The report as text for people.
+pub fn render(report: &StatusReport) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "tidemark status at {} ({} source): {}",
+        report.timestamp,
+        report.source,
+        report.health.to_uppercase()
+    );
+    if report.tables.is_empty() {
+        out.push_str("  no tables set up and no consumers yet (run `tidemark setup`)\n");
+    }
+    for t in &report.tables {
+        let c = &t.changes;
+        let _ = writeln!(
+            out,
+            "\n{} — {} capture{}",
+            t.table,
+            t.strategy,
+            if t.registered {
+                ""
+            } else {
+                " (defaults; not set up)"
+            }
+        );
+        if let Some(e) = &t.error {
+            let _ = writeln!(out, "  cannot inspect: {e}");
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "  changes visible: {} ({} INSERT, {} UPDATE, {} DELETE)",
+            c.total, c.insert, c.update, c.delete
+        );
+        if t.consumers.is_empty() {
+            out.push_str("  no consumers yet\n");
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "  {:<24} {:<28} {:>10} {:>10}  health",
+            "consumer", "watermark", "pending", "lag (s)"
+        );
+        for k in &t.consumers {
+            let _ = writeln!(
+                out,
+                "  {:<24} {:<28} {:>10} {:>10.1}  {}",
+                k.consumer_id.as_str(),
+                k.watermark.to_string(),
+                k.pending.total,
+                k.lag_seconds,
+                k.health
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\nthresholds: lag > {} s or pending > {} is lagging",
+        report.thresholds.max_lag_secs, report.thresholds.max_pending
+    );
+    out
+}

@@ -1,0 +1,200 @@
+//! The service's Prometheus metrics: exports by mode and outcome, rows exported, export
+//! durations, HTTP requests by route and status, and — refreshed on each scrape from the
+//! monitor — pending changes and lag per table and consumer.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+use crate::capture::Mode;
+use crate::monitor::StatusReport;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ExportLabels {
+    mode: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModeLabels {
+    mode: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpLabels {
+    route: String,
+    method: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConsumerLabels {
+    table: String,
+    consumer: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// The registry and its metrics.
+pub struct Metrics {
+    registry: Registry,
+    exports: Family<ExportLabels, Counter>,
+    rows: Family<ModeLabels, Counter>,
+    duration: HistogramFamily<ModeLabels>,
+    http: Family<HttpLabels, Counter>,
+    http_duration: HistogramFamily<RouteLabels>,
+    pending: Family<ConsumerLabels, Gauge>,
+    lag: Family<ConsumerLabels, Gauge<f64, AtomicU64>>,
+    database_up: Gauge,
+}
+
+fn export_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.01, 2.0, 14))
+}
+
+fn http_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("tidemark");
+        let exports = Family::<ExportLabels, Counter>::default();
+        let rows = Family::<ModeLabels, Counter>::default();
+        let duration: HistogramFamily<ModeLabels> = Family::new_with_constructor(export_buckets);
+        let http = Family::<HttpLabels, Counter>::default();
+        let http_duration: HistogramFamily<RouteLabels> =
+            Family::new_with_constructor(http_buckets);
+        let pending = Family::<ConsumerLabels, Gauge>::default();
+        let lag = Family::<ConsumerLabels, Gauge<f64, AtomicU64>>::default();
+        let database_up = Gauge::default();
+        registry.register(
+            "exports",
+            "Exports finished, by mode and outcome (completed, empty, failed)",
+            exports.clone(),
+        );
+        registry.register("rows_exported", "Rows written to CSV exports", rows.clone());
+        registry.register(
+            "export_duration_seconds",
+            "Duration of finished exports",
+            duration.clone(),
+        );
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by route, method and status",
+            http.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "Time to answer HTTP requests (until the response head), by route",
+            http_duration.clone(),
+        );
+        registry.register(
+            "pending_changes",
+            "Changes not yet delivered, per table and consumer",
+            pending.clone(),
+        );
+        registry.register(
+            "lag_seconds",
+            "Age of the oldest undelivered change, per table and consumer",
+            lag.clone(),
+        );
+        registry.register(
+            "database_up",
+            "1 when the source answered the last scrape's queries",
+            database_up.clone(),
+        );
+        Metrics {
+            registry,
+            exports,
+            rows,
+            duration,
+            http,
+            http_duration,
+            pending,
+            lag,
+            database_up,
+        }
+    }
+
+    /// Counts a finished export.
+    pub fn export_finished(&self, mode: Mode, outcome: &str, rows: u64, seconds: f64) {
+        let m = mode.as_str().to_string();
+        self.exports
+            .get_or_create(&ExportLabels {
+                mode: m.clone(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+        self.rows
+            .get_or_create(&ModeLabels { mode: m.clone() })
+            .inc_by(rows);
+        self.duration
+            .get_or_create(&ModeLabels { mode: m })
+            .observe(seconds);
+    }
+
+    /// Counts an answered request.
+    pub fn request(&self, route: &str, method: &str, status: u16, seconds: f64) {
+        self.http
+            .get_or_create(&HttpLabels {
+                route: route.to_string(),
+                method: method.to_string(),
+                status: status.to_string(),
+            })
+            .inc();
+        self.http_duration
+            .get_or_create(&RouteLabels {
+                route: route.to_string(),
+            })
+            .observe(seconds);
+    }
+
+    /// Replaces the per-consumer gauges with a fresh report (or marks the database down).
+    pub fn refresh(&self, report: Option<&StatusReport>) {
+        self.pending.clear();
+        self.lag.clear();
+        let Some(report) = report else {
+            self.database_up.set(0);
+            return;
+        };
+        self.database_up.set(1);
+        for t in &report.tables {
+            for c in &t.consumers {
+                let labels = ConsumerLabels {
+                    table: t.table.to_string(),
+                    consumer: c.consumer_id.to_string(),
+                };
+                self.pending
+                    .get_or_create(&labels)
+                    .set(i64::try_from(c.pending.total).unwrap_or(i64::MAX));
+                self.lag.get_or_create(&labels).set(c.lag_seconds);
+            }
+        }
+    }
+
+    /// The OpenMetrics text of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

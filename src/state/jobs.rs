@@ -1,0 +1,133 @@
+//! Export jobs of the HTTP service, kept in `tidemark_jobs` so that a restarted server still
+//! answers for earlier jobs. A job's id is also the id of the export it runs, which ties a job
+//! that was running when its server died to what its export left behind.
+
+use crate::capture::Mode;
+use crate::db::{Param, Stmt, Timestamp};
+use crate::error::Result;
+use crate::ident::{ConsumerId, Ident};
+
+use super::StateStore;
+
+/// Job states.
+pub mod job_status {
+    pub const PENDING: &str = "pending";
+    pub const RUNNING: &str = "running";
+    pub const COMPLETED: &str = "completed";
+    pub const FAILED: &str = "failed";
+}
+
+/// One export job.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct JobRecord {
+    pub job_id: String,
+    pub consumer: ConsumerId,
+    pub table: Ident,
+    pub mode: Mode,
+    /// One of [`job_status`].
+    pub status: String,
+    /// The CSV's file name in the output directory (the expected one until the job ends; none
+    /// when it ended with no changes to export).
+    pub output_filename: Option<String>,
+    pub rows: Option<u64>,
+    pub duration_ms: Option<u64>,
+    pub error: Option<String>,
+    /// The process running it: `host:pid`.
+    pub owner: String,
+    pub created_at: Timestamp,
+    pub finished_at: Option<Timestamp>,
+}
+
+impl JobRecord {
+    /// True once the job is completed or failed.
+    pub fn is_finished(&self) -> bool {
+        self.status == job_status::COMPLETED || self.status == job_status::FAILED
+    }
+}
+
+const JOB_COLUMNS: &str = "job_id, consumer_id, table_name, mode, status, output_filename, \
+    row_count, duration_ms, error, owner, created_at, finished_at";
+
+impl StateStore {
+    /// Stores the job (insert or replace).
+    pub async fn save_job(&self, job: &JobRecord) -> Result<()> {
+        let int = |v: Option<u64>| Param::from(v.map(|n| i64::try_from(n).unwrap_or(i64::MAX)));
+        self.db
+            .transaction(&[
+                Stmt::new(
+                    "DELETE FROM tidemark_jobs WHERE job_id = ?",
+                    vec![job.job_id.as_str().into()],
+                ),
+                Stmt::new(
+                    format!(
+                        "INSERT INTO tidemark_jobs ({JOB_COLUMNS}) \
+                         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    ),
+                    vec![
+                        job.job_id.as_str().into(),
+                        job.consumer.as_str().into(),
+                        job.table.as_str().into(),
+                        job.mode.as_str().into(),
+                        job.status.as_str().into(),
+                        job.output_filename.clone().into(),
+                        int(job.rows),
+                        int(job.duration_ms),
+                        job.error.clone().into(),
+                        job.owner.as_str().into(),
+                        job.created_at.to_string().into(),
+                        job.finished_at.map(|t| t.to_string()).into(),
+                    ],
+                ),
+            ])
+            .await?;
+        Ok(())
+    }
+
+    /// The job with this id.
+    pub async fn job(&self, job_id: &str) -> Result<Option<JobRecord>> {
+        Ok(self
+            .jobs_where("job_id = ?", &[job_id.into()])
+            .await?
+            .into_iter()
+            .next())
+    }
+
+    /// Jobs not finished (pending or running), oldest first.
+    pub async fn unfinished_jobs(&self) -> Result<Vec<JobRecord>> {
+        self.jobs_where(
+            "status IN (?, ?) ORDER BY created_at",
+            &[job_status::PENDING.into(), job_status::RUNNING.into()],
+        )
+        .await
+    }
+
+    async fn jobs_where(&self, condition: &str, params: &[Param]) -> Result<Vec<JobRecord>> {
+        let rows = self
+            .db
+            .query(
+                &format!("SELECT {JOB_COLUMNS} FROM tidemark_jobs WHERE {condition}"),
+                params,
+            )
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                let text = |i: usize| r[i].clone();
+                let int = |i: usize| r[i].as_deref().and_then(|s| s.parse::<u64>().ok());
+                Ok(JobRecord {
+                    job_id: text(0).unwrap_or_default(),
+                    consumer: ConsumerId::new(r[1].as_deref().unwrap_or_default())?,
+                    table: Ident::new(r[2].as_deref().unwrap_or_default())?,
+                    mode: Mode::parse(r[3].as_deref().unwrap_or_default())?,
+                    status: text(4).unwrap_or_default(),
+                    output_filename: text(5),
+                    rows: int(6),
+                    duration_ms: int(7),
+                    error: text(8),
+                    owner: text(9).unwrap_or_default(),
+                    created_at: Timestamp::parse(r[10].as_deref().unwrap_or_default())?,
+                    finished_at: r[11].as_deref().map(Timestamp::parse).transpose()?,
+                })
+            })
+            .collect()
+    }
+}
