@@ -195,6 +195,9 @@ struct ServeArgs {
     /// Connections served at once [default: 1024]
     #[arg(long, env = "TIDEMARK_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
+    /// How long a client may take to send a request head, in milliseconds [default: 10000]
+    #[arg(long, env = "TIDEMARK_HEADER_TIMEOUT_MS")]
+    header_timeout_ms: Option<u64>,
     #[command(flatten)]
     thresholds: ThresholdArgs,
 }
@@ -608,6 +611,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 request_timeout_secs: args.request_timeout_secs,
                 margin_ms: args.margin_ms,
                 max_connections: args.max_connections,
+                header_timeout_ms: args.header_timeout_ms,
                 max_lag_secs: args.thresholds.max_lag_secs,
                 max_pending: args.thresholds.max_pending,
             };

@@ -309,7 +309,8 @@ impl Jobs {
                 mode = %job.mode, error = %e, "export job failed")
             }
         }
-        self.update(&live, |r| {
+        let record = {
+            let mut r = lock(&live.record);
             r.duration_ms = Some(duration_ms);
             r.finished_at = Some(Timestamp::now());
             match outcome {
@@ -325,28 +326,36 @@ impl Jobs {
                     r.error = Some(e);
                 }
             }
-        })
-        .await;
+            r.clone()
+        };
+        // The job is over: the next one for this consumer and table may start while its
+        // record is written (with retries when the state database is the one that is down).
         inner
             .active
             .lock()
             .await
             .remove(&(job.consumer.clone(), job.table.clone()));
         live.done.send_replace(true);
+        self.save(&record).await;
     }
 
-    /// Applies `change` to the job and records it; a state store that is down is retried a few
-    /// times for the final record, then the job is reported from memory.
+    /// Applies `change` to the job and records it.
     async fn update(&self, live: &Live, change: impl FnOnce(&mut JobRecord)) {
         let record = {
             let mut r = lock(&live.record);
             change(&mut r);
             r.clone()
         };
+        self.save(&record).await;
+    }
+
+    /// Records the job in state; a final record is retried a few times when the state database
+    /// is down, then the job is reported from memory (and settled by the next start).
+    async fn save(&self, record: &JobRecord) {
         let attempts = if record.is_finished() { 4 } else { 1 };
-        let mut delay = Duration::from_millis(100);
+        let mut delay = Duration::from_millis(200);
         for attempt in 1..=attempts {
-            match self.inner.exporter.state().save_job(&record).await {
+            match self.inner.exporter.state().save_job(record).await {
                 Ok(()) => return,
                 Err(e) if attempt == attempts => {
                     tracing::warn!(job = %record.job_id, error = %e, "cannot record the job in state");

@@ -50,6 +50,7 @@ pub struct FileConfig {
     pub request_timeout_secs: Option<u64>,
     pub margin_ms: Option<u64>,
     pub max_connections: Option<usize>,
+    pub header_timeout_ms: Option<u64>,
     pub max_lag_secs: Option<f64>,
     pub max_pending: Option<u64>,
 }
@@ -145,7 +146,12 @@ impl ServeConfig {
                     .or(file.request_timeout_secs)
                     .unwrap_or(300),
             ),
-            header_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_millis(
+                flags
+                    .header_timeout_ms
+                    .or(file.header_timeout_ms)
+                    .unwrap_or(10_000),
+            ),
             margin: Duration::from_millis(
                 flags
                     .margin_ms
@@ -251,6 +257,7 @@ pub async fn serve(config: ServeConfig, ready: &dyn Ready) -> Result<()> {
                     ),
             )
             .layer(PropagateRequestIdLayer::new(request_id))
+            .layer(axum::middleware::map_response(json_errors))
             .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
                 (
                     StatusCode::REQUEST_TIMEOUT,
@@ -331,6 +338,21 @@ pub async fn serve(config: ServeConfig, ready: &dyn Ready) -> Result<()> {
     tracing::info!("stopped");
     let _ = TokioExecutor::new();
     Ok(())
+}
+
+/// Gives error answers made below the handlers (body too large, timeouts) the JSON shape every
+/// other error has.
+async fn json_errors(resp: axum::response::Response) -> axum::response::Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let reason = status.canonical_reason().unwrap_or("error").to_lowercase();
+    (status, Json(serde_json::json!({ "error": reason }))).into_response()
 }
 
 async fn shutdown_signal() {

@@ -51,7 +51,9 @@ const JOB_COLUMNS: &str = "job_id, consumer_id, table_name, mode, status, output
 impl StateStore {
     /// Stores the job (insert or replace).
     pub async fn save_job(&self, job: &JobRecord) -> Result<()> {
-        let int = |v: Option<u64>| Param::from(v.map(|n| i64::try_from(n).unwrap_or(i64::MAX)));
+        // Counts are stored as text: a NULL bound for an integer column is typed text on
+        // PostgreSQL, which it refuses.
+        let int = |v: Option<u64>| Param::from(v.map(|n| n.to_string()));
         self.db
             .transaction(&[
                 Stmt::new(

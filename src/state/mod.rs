@@ -130,7 +130,7 @@ impl StateStore {
             format!(
                 "CREATE TABLE IF NOT EXISTS tidemark_jobs (job_id {k} PRIMARY KEY, \
                  consumer_id {k} NOT NULL, table_name {k} NOT NULL, mode {k} NOT NULL, \
-                 status {k} NOT NULL, output_filename {t}, row_count BIGINT, duration_ms BIGINT, \
+                 status {k} NOT NULL, output_filename {t}, row_count {k}, duration_ms {k}, \
                  error {t}, owner {k} NOT NULL, created_at {k} NOT NULL, finished_at {k})"
             ),
         ] {
