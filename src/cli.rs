@@ -77,6 +77,9 @@ enum Command {
     Seed {
         #[arg(long)]
         rows: u64,
+        /// Do nothing when the users table already has rows (for container start-up)
+        #[arg(long)]
+        if_empty: bool,
     },
     /// Install what a capture strategy needs on a table and register it (idempotent)
     Setup {
@@ -414,8 +417,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Seed { rows } => {
+        Command::Seed { rows, if_empty } => {
             let db = open_source(&cli, true).await?;
+            if *if_empty {
+                let present = db
+                    .query(&format!("SELECT count(*) FROM {}", seed::USERS), &[])
+                    .await
+                    .ok()
+                    .and_then(|r| r.first().and_then(|r| r[0].clone()))
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .unwrap_or(0);
+                if present > 0 {
+                    println!("{} already has {present} rows; not seeding", seed::USERS);
+                    return Ok(());
+                }
+            }
             let pb = bar(cli.json, "seeding");
             let progress = |n: u64| {
                 if let Some(b) = &pb {

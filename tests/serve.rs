@@ -878,3 +878,98 @@ async fn hostile_input_changes_nothing() {
     );
     assert!(csv_files(&out).is_empty());
 }
+
+/// The commands of docker-compose.yml, run as written but outside a container: the seed
+/// service's shell line (twice: it must not seed again) and the serve service configured by
+/// environment variables only, logging JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compose_commands_run_outside_a_container() {
+    let compose =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docker-compose.yml"))
+            .expect("docker-compose.yml");
+    let seed_line = compose
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("- tidemark seed"))
+        .expect("the seed command")
+        .trim_start_matches("- ")
+        .to_string();
+    let url = pg().fresh_database().await.unwrap();
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_tidemark")).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    for _ in 0..2 {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&seed_line)
+            .env("PATH", &path)
+            .env("DATABASE_URL", url.as_str())
+            .env("SEED_ROWS", "300")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{seed_line}: {out:?}");
+    }
+    let db = connect(&url, ConnectOptions::default()).await.unwrap();
+    let n = db.query("SELECT count(*) FROM users", &[]).await.unwrap();
+    assert_eq!(n[0][0].as_deref(), Some("300"), "seeded once");
+    assert!(StateStore::open(Arc::clone(&db))
+        .await
+        .unwrap()
+        .table_config(&user_table())
+        .await
+        .unwrap()
+        .is_some());
+
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("serve.log");
+    let mut child = tidemark_cmd(&["serve"])
+        .current_dir(dir.path())
+        .env("DATABASE_URL", url.as_str())
+        .env("TIDEMARK_LISTEN", "127.0.0.1:0")
+        .env("TIDEMARK_OUTPUT_DIR", dir.path().join("exports"))
+        .env("TIDEMARK_LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line.trim().rsplit(' ').next().unwrap().to_string();
+    let c = client();
+    assert_eq!(get(&c, &format!("{base}/health")).await.0, 200, "{line}");
+    let (status, body) = call(
+        &c,
+        reqwest::Method::POST,
+        &format!("{base}/export/compose"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(dir
+        .path()
+        .join("exports")
+        .join(body["file"].as_str().unwrap())
+        .exists());
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    assert!(child.wait().unwrap().success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.lines().count() >= 3, "{text}");
+    for l in text.lines() {
+        let v: Value =
+            serde_json::from_str(l).unwrap_or_else(|_| panic!("not a JSON log line: {l}"));
+        assert!(
+            v.get("level").is_some() && v.get("timestamp").is_some(),
+            "{l}"
+        );
+    }
+    assert!(text.contains("request_id"), "{text}");
+}

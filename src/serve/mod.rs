@@ -375,3 +375,57 @@ async fn shutdown_signal() {
         _ = term => {},
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_parses_and_flags_override_it() {
+        let file: FileConfig =
+            toml::from_str(include_str!("../../tidemark.toml.example")).expect("example parses");
+        assert_eq!(file.workers, Some(4));
+        let flags = FileConfig {
+            listen: Some("127.0.0.1:9999".into()),
+            workers: Some(2),
+            ..FileConfig::default()
+        };
+        let c = ServeConfig::resolve(file.clone(), flags).expect("resolves");
+        assert_eq!(c.listen.port(), 9999);
+        assert_eq!(c.workers, 2);
+        assert_eq!(c.grace, Duration::from_secs(30));
+        assert_eq!(c.source.kind(), crate::db::DbKind::Postgres);
+        let c = ServeConfig::resolve(file, FileConfig::default()).expect("resolves");
+        assert_eq!(c.listen.port(), 8080);
+        assert_eq!(c.workers, 4);
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        assert!(toml::from_str::<FileConfig>("bogus = 1").is_err());
+        assert!(toml::from_str::<FileConfig>("workers = \"many\"").is_err());
+        let with = |f: FileConfig| ServeConfig::resolve(FileConfig::default(), f);
+        let src = || Some("sqlite://x.db".to_string());
+        assert!(with(FileConfig::default()).is_err(), "no source");
+        assert!(with(FileConfig {
+            source: src(),
+            listen: Some("nowhere".into()),
+            ..FileConfig::default()
+        })
+        .is_err());
+        assert!(with(FileConfig {
+            source: src(),
+            workers: Some(0),
+            ..FileConfig::default()
+        })
+        .is_err());
+        assert!(with(FileConfig {
+            source: Some("http://x".into()),
+            ..FileConfig::default()
+        })
+        .is_err());
+        let missing = FileConfig::load(Path::new("/nonexistent/tidemark.toml"), false);
+        assert!(missing.is_ok(), "a missing default file is fine");
+        assert!(FileConfig::load(Path::new("/nonexistent/tidemark.toml"), true).is_err());
+    }
+}

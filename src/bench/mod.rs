@@ -2,7 +2,9 @@
 //! tools users would otherwise run (`psql \copy`, `sqlite3 -csv`) on the same data and the same
 //! SELECT, and reports wall time and peak memory (from GNU `time`) as ratios: full export from
 //! PostgreSQL, memory at two table sizes, incremental export cost against the number of changes
-//! and against the table size, full export from SQLite.
+//! and against the table size, full export from SQLite; and the HTTP service ([`http`]).
+
+pub mod http;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -45,6 +47,7 @@ pub struct BenchReport {
     pub pg_incremental_same_changes_tenth_table: Measured,
     pub sqlite_cli: Measured,
     pub sqlite_full_export: Measured,
+    pub http: http::HttpBench,
 }
 
 impl BenchReport {
@@ -126,6 +129,7 @@ impl BenchReport {
             "seeding {n} users into PostgreSQL: {:.2} s\n",
             self.pg_seed_seconds
         );
+        s += &self.http.render();
         s
     }
 }
@@ -391,6 +395,7 @@ pub async fn run(opts: &BenchOptions, log: &(dyn Fn(&str) + Sync)) -> Result<Ben
         Ok(c)
     })?;
     let sqlite_full_export = full_exports(&sqlite_url, &out)?;
+    let http = http::run(&small_url, Arc::clone(&small), &big_url, &dir, log).await?;
 
     Ok(BenchReport {
         rows,
@@ -403,5 +408,6 @@ pub async fn run(opts: &BenchOptions, log: &(dyn Fn(&str) + Sync)) -> Result<Ben
         pg_incremental_same_changes_tenth_table,
         sqlite_cli,
         sqlite_full_export,
+        http,
     })
 }
