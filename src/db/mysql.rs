@@ -13,7 +13,7 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlPoolOpti
 use sqlx::{ConnectOptions as _, Connection, MySql};
 
 use super::{
-    common::Driver, Column, ColumnKind, ConnectOptions, Database, DbKind, DbUrl, Dialect,
+    common::Driver, Bound, Column, ColumnKind, ConnectOptions, Database, DbKind, DbUrl, Dialect,
     LockGuard, Param, RowSink, Snapshot, Stmt, TextRow, Timestamp,
 };
 use crate::error::{Error, Result};
@@ -25,6 +25,10 @@ const TS_FORMAT: &str = "'%Y-%m-%dT%H:%i:%s.%fZ'";
 pub struct MysqlDialect;
 
 impl Dialect for MysqlDialect {
+    fn kind(&self) -> DbKind {
+        DbKind::Mysql
+    }
+
     fn quote(&self, id: &Ident) -> String {
         id.quote_backtick()
     }
@@ -85,6 +89,30 @@ impl Dialect for MysqlDialect {
         )
     }
 
+    fn json_image(&self, row: &str, columns: &[Column]) -> String {
+        // JSON_OBJECT prints integers, decimals and doubles as exact JSON numbers. TIMESTAMP
+        // values are shown in the writer's session zone, so they are converted to UTC;
+        // binary becomes `\x` hex text (the backslash as CHAR(92): no escaping mode matters).
+        let fields: Vec<String> = columns
+            .iter()
+            .map(|c| {
+                let v = format!("{row}.{}", self.quote(&c.name));
+                let value = match c.kind {
+                    ColumnKind::TimestampTz => format!(
+                        "DATE_FORMAT(CONVERT_TZ({v}, @@session.time_zone, '+00:00'), {TS_FORMAT})"
+                    ),
+                    ColumnKind::Timestamp => format!("DATE_FORMAT({v}, {TS_FORMAT})"),
+                    ColumnKind::Bytes => {
+                        format!("CONCAT(CHAR(92 USING utf8mb4), 'x', LOWER(HEX({v})))")
+                    }
+                    _ => v,
+                };
+                format!("{}, {value}", string_literal(c.name.as_str()))
+            })
+            .collect();
+        format!("JSON_OBJECT({})", fields.join(", "))
+    }
+
     fn catalog_query(&self, table: &Ident) -> (&'static str, Param) {
         (
             "SELECT CAST(c.COLUMN_NAME AS CHAR), CAST(c.COLUMN_TYPE AS CHAR), \
@@ -115,6 +143,16 @@ impl Dialect for MysqlDialect {
 
     fn text_type(&self) -> &'static str {
         "LONGTEXT"
+    }
+}
+
+/// A string literal that means the same under every `sql_mode`: names with a quote or a
+/// backslash are written as hex.
+fn string_literal(s: &str) -> String {
+    if s.contains(['\'', '\\']) {
+        format!("CONVERT(X'{}' USING utf8mb4)", hex::encode(s))
+    } else {
+        format!("'{s}'")
     }
 }
 
@@ -153,14 +191,14 @@ impl MysqlDb {
 }
 
 struct MysqlSnapshot {
-    bound: Timestamp,
+    bound: Bound,
     tx: sqlx::Transaction<'static, MySql>,
 }
 
 #[async_trait]
 impl Snapshot for MysqlSnapshot {
-    fn bound(&self) -> Timestamp {
-        self.bound
+    fn bound(&self) -> Bound {
+        self.bound.clone()
     }
 
     async fn stream(&mut self, select: &str, sink: &mut dyn RowSink) -> Result<u64> {
@@ -250,13 +288,22 @@ impl Database for MysqlDb {
             .pool
             .begin_with("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
             .await?;
-        Ok(Box::new(MysqlSnapshot { bound, tx }))
+        Ok(Box::new(MysqlSnapshot {
+            bound: Bound::at(bound),
+            tx,
+        }))
     }
 
     async fn try_lock(&self, name: &str) -> Result<Option<Box<dyn LockGuard>>> {
+        // GET_LOCK names are server-wide: the database is part of the name, or exports of the
+        // same consumer and table in two databases of one server would exclude each other.
+        let scoped = format!(
+            "{}\u{1f}{name}",
+            self.options.get_database().unwrap_or_default()
+        );
         let name = format!(
             "tidemark:{}",
-            &hex::encode(Sha256::digest(name.as_bytes()))[..32]
+            &hex::encode(Sha256::digest(scoped.as_bytes()))[..32]
         );
         let mut conn = MySqlConnection::connect_with(&self.options).await?;
         let got = MySql::query(
