@@ -38,6 +38,7 @@ async fn settle() {
 
 /// Waits until the capture bound can pass every write made so far: MariaDB's bound is held
 /// back by any transaction of the server (other tests' included) that started before now.
+/// Polls slower than every 100 ms, which is what lets InnoDB refresh INNODB_TRX.
 async fn quiesce(t: &TestDb) {
     if t.kind == DbKind::Mysql {
         let now = t.db.now().await.unwrap();
@@ -49,8 +50,10 @@ async fn quiesce(t: &TestDb) {
             if t.count(&older).await == 0 {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(150)).await;
         }
+        // The bound keeps a transaction's whole starting second out.
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
     settle().await;
 }
@@ -133,6 +136,20 @@ async fn transaction_open_across_exports(kind: DbKind, strategy: &str) {
     let t = TestDb::new(kind).await;
     t.users_with(100, strategy).await;
     t.export("long", Mode::Full).await;
+    // Someone polling INNODB_TRX faster than every 100 ms pins InnoDB's cache of it: the
+    // transaction below never shows there, and a bound read from it would pass it.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = (kind == DbKind::Mysql).then(|| {
+        let (db, stop) = (std::sync::Arc::clone(&t.db), std::sync::Arc::clone(&stop));
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                db.query("SELECT count(*) FROM information_schema.INNODB_TRX", &[])
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    });
     let now = t.db.dialect().now_expr();
     let mut raw = Raw::open(&t).await;
     raw.exec(if kind == DbKind::Sqlite {
@@ -176,6 +193,10 @@ async fn transaction_open_across_exports(kind: DbKind, strategy: &str) {
             );
         }
         raw.exec("COMMIT").await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(p) = poller {
+            p.await.unwrap();
+        }
         quiesce(&t).await;
         let late = t.export("long", Mode::Delta).await;
         let text = text_of(&late);

@@ -1,8 +1,11 @@
 //! The MySQL/MariaDB adapter. Sessions run in UTC; rows are streamed with the text of every
 //! column rendered by the select. `NOW()` stamps rows with the statement's start, so the capture
-//! bound is held back both by open InnoDB transactions (`innodb_trx.trx_started`) and by
-//! statements still running (`processlist.TIME_MS`). Locks are `GET_LOCK` on a dedicated
-//! connection, freed if the process dies.
+//! bound is held back both by open InnoDB transactions and by statements still running
+//! (`processlist.TIME_MS`). Open transactions are read from `SHOW ENGINE INNODB STATUS`, which
+//! is made afresh for each call: `information_schema.INNODB_TRX` is a cache that InnoDB
+//! refreshes only after 100 ms without a reader, so exports polling it more often than that
+//! (several consumers, monitoring) would see a stale list forever and pass an open
+//! transaction. Locks are `GET_LOCK` on a dedicated connection, freed if the process dies.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -146,6 +149,20 @@ impl Dialect for MysqlDialect {
     }
 }
 
+/// The age in whole seconds of the oldest transaction listed as `ACTIVE` in the text of
+/// `SHOW ENGINE INNODB STATUS` (`---TRANSACTION 25, ACTIVE 2 sec`, `ACTIVE (PREPARED) 2 sec`).
+fn oldest_active_seconds(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .filter(|l| l.starts_with("---TRANSACTION"))
+        .filter_map(|l| {
+            let rest = l.split_once("ACTIVE ")?.1;
+            let rest = rest.strip_prefix("(PREPARED) ").unwrap_or(rest);
+            rest.split_once(" sec")?.0.parse::<u64>().ok()
+        })
+        .max()
+}
+
 /// A string literal that means the same under every `sql_mode`: names with a quote or a
 /// backslash are written as hex.
 fn string_literal(s: &str) -> String {
@@ -278,11 +295,20 @@ impl Database for MysqlDb {
         let mut bound = now.minus(margin);
         if let Some(started) = row[1].as_deref() {
             // trx_started has whole seconds; the true start is within the second after it.
+            // (A possibly stale cache: the status below is what makes the bound exact.)
             bound = bound.min(Timestamp::parse(started)?);
         }
         if let Some(ms) = row[2].as_deref().and_then(|s| s.parse::<u64>().ok()) {
             // A running statement stamped NOW() when it began, up to TIME_MS (+1 ms) ago.
             bound = bound.min(now.minus(Duration::from_millis(ms + 1)));
+        }
+        // Read after the clock: a transaction missing from it started after `now`.
+        let status = self.query("SHOW ENGINE INNODB STATUS", &[]).await?;
+        let text = status.first().and_then(|r| r.get(2).cloned().flatten());
+        if let Some(secs) = text.as_deref().and_then(oldest_active_seconds) {
+            // "ACTIVE n sec" counts whole seconds of the clock: it started less than n + 1
+            // seconds before the status was made, which was after `now`.
+            bound = bound.min(now.minus(Duration::from_secs(secs + 1)));
         }
         let tx = self
             .pool
@@ -346,5 +372,25 @@ impl Database for MysqlDb {
             .query(&format!("SELECT DATE_FORMAT(NOW(6), {TS_FORMAT})"), &[])
             .await?;
         Timestamp::parse(rows[0][0].as_deref().unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::oldest_active_seconds;
+
+    #[test]
+    fn oldest_active_transaction_is_read_from_innodb_status() {
+        let status = "LIST OF TRANSACTIONS FOR EACH SESSION:\n\
+            ---TRANSACTION 25, ACTIVE 2 sec\n\
+            2 lock struct(s), heap size 1128, 0 row lock(s), undo log entries 2\n\
+            ---TRANSACTION 26, ACTIVE (PREPARED) 17 sec committing\n\
+            ---TRANSACTION (0x7f0c), not started\n\
+            ---TRANSACTION 27, ACTIVE 0 sec inserting\n";
+        assert_eq!(oldest_active_seconds(status), Some(17));
+        assert_eq!(
+            oldest_active_seconds("---TRANSACTION (0x1), not started"),
+            None
+        );
     }
 }
