@@ -324,3 +324,42 @@ impl<'a> TxidSnapshot<'a> {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn txid_snapshots_are_checked_before_they_reach_sql() {
+        let s = TxidSnapshot::parse("724:730:725,727").unwrap();
+        assert_eq!(s.xmin, 724);
+        assert_eq!(
+            s.not_visible("l.txid"),
+            "l.txid >= 724 AND NOT pg_visible_in_snapshot(l.txid::text::xid8, \
+             '724:730:725,727'::pg_snapshot)"
+        );
+        assert!(TxidSnapshot::parse("724:724:").is_ok());
+        for bad in [
+            "",
+            "1:2",
+            "9:3:",
+            "1:2:3:4",
+            "1:2:x",
+            "1:2:3'; DROP TABLE t; --",
+        ] {
+            assert!(TxidSnapshot::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn derived_names_fit_identifiers() {
+        assert_eq!(
+            derived_name("tidemark_log_users", "log").unwrap().as_str(),
+            "tidemark_log_users"
+        );
+        let long = format!("tidemark_log_{}", "x".repeat(60));
+        let name = derived_name(&long, "log").unwrap();
+        assert!(name.as_str().len() <= Ident::MAX_BYTES && name.as_str().ends_with("_log"));
+        assert_ne!(name, derived_name(&format!("{long}y"), "log").unwrap());
+    }
+}
