@@ -85,7 +85,9 @@ enum Command {
     Setup {
         #[arg(long, default_value = "users")]
         table: String,
-        /// Capture strategy (timestamp; trigger and version come later)
+        /// Capture strategy: timestamp (a cursor column), version (a version column tidemark adds
+        /// and stamps by trigger; --cursor-column names it, default tidemark_version) or trigger
+        /// (a change log written by triggers: hard deletes, before/after images)
         #[arg(long)]
         strategy: String,
         /// Cursor column [default: updated_at]

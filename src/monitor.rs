@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use crate::capture::strategy_for;
-use crate::db::{Database, Timestamp};
+use crate::db::{Bound, Database, Timestamp};
 use crate::error::{Error, Result};
 use crate::ident::{ConsumerId, Ident};
 use crate::state::{Position, StateStore, Watermark};
@@ -151,7 +151,7 @@ async fn inspect(
     let info = source.describe(table).await?;
     let strategy = strategy_for(&info, config)?;
     let count = |before: Option<Position>| {
-        let after = strategy.position_after(now, before.as_ref());
+        let after = strategy.position_after(&Bound::at(now), before.as_ref());
         let sql = strategy.count_changes(source.dialect(), before.as_ref(), &after);
         async move {
             let mut counts = Counts::default();

@@ -6,8 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestDb, MARGIN};
-use sqlx::{AssertSqlSafe, Connection};
+use common::{Raw, TestDb, MARGIN};
 use tidemark::capture::Mode;
 use tidemark::db::DbKind;
 use tidemark::ident::{ConsumerId, Ident};
@@ -78,34 +77,6 @@ async fn equal_cursor_value_after_export(kind: DbKind) {
     t.assert_replay_equals_table("tie").await;
 }
 on_each_db!(equal_cursor_value_after_export);
-
-/// A raw connection of the test's own, to hold a transaction open across exports.
-enum Raw {
-    Pg(sqlx::PgConnection),
-    My(sqlx::MySqlConnection),
-    Lite(sqlx::SqliteConnection),
-}
-
-impl Raw {
-    async fn open(t: &TestDb) -> Raw {
-        let url = t.url.as_str();
-        match t.kind {
-            DbKind::Postgres => Raw::Pg(sqlx::PgConnection::connect(url).await.unwrap()),
-            DbKind::Mysql => Raw::My(sqlx::MySqlConnection::connect(url).await.unwrap()),
-            DbKind::Sqlite => Raw::Lite(sqlx::SqliteConnection::connect(url).await.unwrap()),
-        }
-    }
-
-    async fn exec(&mut self, sql: &str) {
-        let q = sqlx::raw_sql(AssertSqlSafe(sql.to_string()));
-        match self {
-            Raw::Pg(c) => q.execute(c).await.map(|_| ()),
-            Raw::My(c) => q.execute(c).await.map(|_| ()),
-            Raw::Lite(c) => q.execute(c).await.map(|_| ()),
-        }
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    }
-}
 
 /// A transaction that stamps a row, stays open across an export and commits after it: the row
 /// is in a later export, never lost. (SQLite has one writer: the export waits for it.)

@@ -1,14 +1,20 @@
 //! Capture strategies: how the changes of a table between two positions are found. A strategy
 //! turns (mode, before, after) into one SELECT whose columns are rendered as CSV text, and knows
-//! what `setup` must install. `timestamp` lives here now; `version` and `trigger` plug in
-//! through the same [`CaptureStrategy`] trait.
+//! what `setup` must install: `timestamp` (a cursor column), `version` (a version column
+//! tidemark maintains) and `trigger` (a change log written by triggers), all behind
+//! [`CaptureStrategy`]. The helpers here are the parts they share.
 
 pub mod timestamp;
+pub mod trigger;
+pub mod version;
 
 use std::fmt;
 
-use crate::db::{Database, Dialect, TableInfo, Timestamp};
+use sha2::{Digest, Sha256};
+
+use crate::db::{Bound, Column, ColumnKind, Database, Dialect, TableInfo};
 use crate::error::{Error, Result};
+use crate::ident::Ident;
 use crate::state::{Position, TableConfig};
 
 /// What an export delivers.
@@ -68,7 +74,7 @@ pub trait CaptureStrategy: Send + Sync {
     fn name(&self) -> &'static str;
     /// The position an export reaches when it reads a snapshot with capture bound `bound`,
     /// starting from `before`. Never earlier than `before`.
-    fn position_after(&self, bound: Timestamp, before: Option<&Position>) -> Position;
+    fn position_after(&self, bound: &Bound, before: Option<&Position>) -> Position;
     /// The query of an export from `before` (none: from the beginning) to `after`.
     fn select(
         &self,
@@ -79,17 +85,23 @@ pub trait CaptureStrategy: Send + Sync {
     ) -> Result<Select>;
     /// A query counting the changes from `before` (none: from the beginning) to `after` by
     /// operation: rows of (`INSERT`|`UPDATE`|`DELETE`, count), as a delta export of that
-    /// interval would deliver them.
+    /// interval would deliver them. Every delta SELECT names its operation `tidemark_op`.
     fn count_changes(
         &self,
         dialect: &dyn Dialect,
         before: Option<&Position>,
         after: &Position,
-    ) -> Result<String>;
+    ) -> Result<String> {
+        let delta = self.select(dialect, Mode::Delta, before, after)?;
+        Ok(format!(
+            "SELECT tidemark_op, count(*) FROM ({}) tidemark_delta GROUP BY tidemark_op",
+            delta.sql
+        ))
+    }
 }
 
 /// Strategy names `setup` accepts.
-pub const STRATEGIES: &[&str] = &["timestamp"];
+pub const STRATEGIES: &[&str] = &["timestamp", "trigger", "version"];
 
 /// Options of `tidemark setup`.
 #[derive(Debug, Clone, Default)]
@@ -126,6 +138,8 @@ pub fn strategy_for(
     };
     match config.strategy.as_str() {
         "timestamp" => Ok(Box::new(timestamp::TimestampCapture::new(info, config)?)),
+        "trigger" => Ok(Box::new(trigger::TriggerCapture::new(info, config)?)),
+        "version" => Ok(Box::new(version::VersionCapture::new(info, config)?)),
         other => Err(Error::input(format!(
             "table {}: strategy {other:?} is not available in this version (available: {})",
             info.name,
@@ -143,6 +157,8 @@ pub async fn setup(
 ) -> Result<SetupReport> {
     match strategy {
         "timestamp" => timestamp::setup(db, info, options).await,
+        "trigger" => trigger::setup(db, info, options).await,
+        "version" => version::setup(db, info, options).await,
         other => Err(Error::input(format!(
             "unknown strategy {other:?}: expected one of {}",
             STRATEGIES.join(", ")
@@ -158,6 +174,230 @@ pub async fn teardown(
 ) -> Result<Vec<String>> {
     match config.strategy.as_str() {
         "timestamp" => timestamp::teardown(db, info, config).await,
+        "trigger" => trigger::teardown(db, info, config).await,
+        "version" => version::teardown(db, info, config).await,
         _ => Ok(Vec::new()),
+    }
+}
+
+pub(crate) fn unfit(info: &TableInfo, reason: String) -> Error {
+    Error::UnfitTable {
+        table: info.name.to_string(),
+        reason,
+    }
+}
+
+/// The name of an object tidemark creates: `plain`, or if that is too long for an identifier,
+/// `tidemark_{hash of plain}_{suffix}`.
+pub(crate) fn derived_name(plain: &str, suffix: &str) -> Result<Ident> {
+    if plain.len() <= Ident::MAX_BYTES {
+        Ident::new(plain)
+    } else {
+        let h = hex::encode(Sha256::digest(plain.as_bytes()));
+        Ident::new(&format!("tidemark_{}_{suffix}", &h[..24]))
+    }
+}
+
+/// Checks that the table has a primary key.
+pub(crate) fn require_key(info: &TableInfo) -> Result<()> {
+    if info.primary_key.is_empty() {
+        return Err(unfit(info, "it has no primary key".into()));
+    }
+    Ok(())
+}
+
+/// The column called `name` of the table, or an error naming it as the `what` column.
+pub(crate) fn column_of(info: &TableInfo, name: &str, what: &str) -> Result<Column> {
+    info.column(name)
+        .cloned()
+        .ok_or_else(|| unfit(info, format!("{what} column {name:?} does not exist")))
+}
+
+/// The registered soft-delete column, checked to be boolean.
+pub(crate) fn soft_delete_column(info: &TableInfo, config: &TableConfig) -> Result<Option<Column>> {
+    let deleted = config
+        .deleted_column
+        .as_deref()
+        .map(|n| column_of(info, n, "soft-delete"))
+        .transpose()?;
+    if let Some(d) = &deleted {
+        if !matches!(d.kind, ColumnKind::Bool | ColumnKind::Integer) {
+            return Err(unfit(
+                info,
+                format!("soft-delete column {:?} is not boolean", d.name.as_str()),
+            ));
+        }
+    }
+    Ok(deleted)
+}
+
+/// The soft-delete column `setup` registers: the one given, or `is_deleted` if the table has it.
+pub(crate) fn default_deleted_column(info: &TableInfo, options: &SetupOptions) -> Option<String> {
+    options
+        .deleted_column
+        .clone()
+        .or_else(|| info.column("is_deleted").map(|c| c.name.to_string()))
+}
+
+/// Which live rows a delta export calls `INSERT` (the others are `UPDATE`).
+pub(crate) enum Inserted {
+    /// Every row (there is no previous watermark).
+    All,
+    /// Rows for which this condition holds.
+    When(String),
+    /// None: the strategy cannot tell.
+    Unknown,
+}
+
+/// A SELECT over the table itself, the shape `timestamp` and `version` exports and every full
+/// export share: `full` gives every live row; `incremental` the live rows meeting `interval`;
+/// `delta` every row meeting it with a leading operation (`DELETE` when soft-deleted). Rows are
+/// ordered by `order` except in full exports.
+pub(crate) fn table_select(
+    d: &dyn Dialect,
+    info: &TableInfo,
+    mode: Mode,
+    deleted: Option<&Column>,
+    inserted: Inserted,
+    interval: &[String],
+    order: &[String],
+) -> Select {
+    let mut header: Vec<String> = Vec::new();
+    let mut exprs: Vec<String> = Vec::new();
+    let deleted = deleted.map(|c| d.is_true(&d.quote(&c.name)));
+    if mode == Mode::Delta {
+        header.push("operation".into());
+        let mut whens: Vec<String> = Vec::new();
+        if let Some(del) = &deleted {
+            whens.push(format!("WHEN {del} THEN 'DELETE'"));
+        }
+        let otherwise = match inserted {
+            Inserted::All => "'INSERT'",
+            Inserted::When(cond) => {
+                whens.push(format!("WHEN {cond} THEN 'INSERT'"));
+                "'UPDATE'"
+            }
+            Inserted::Unknown => "'UPDATE'",
+        };
+        let op = if whens.is_empty() {
+            otherwise.to_string()
+        } else {
+            format!("CASE {} ELSE {otherwise} END", whens.join(" "))
+        };
+        exprs.push(format!("{op} AS tidemark_op"));
+    }
+    header.extend(info.columns.iter().map(|c| c.name.to_string()));
+    exprs.extend(rendered_columns(d, info));
+    let mut conditions: Vec<String> = Vec::new();
+    if mode != Mode::Full {
+        conditions.extend(interval.iter().cloned());
+    }
+    if mode != Mode::Delta {
+        if let Some(del) = &deleted {
+            conditions.push(format!("NOT {del}"));
+        }
+    }
+    let mut sql = format!("SELECT {} FROM {}", exprs.join(", "), d.quote(&info.name));
+    if !conditions.is_empty() {
+        sql.push_str(" WHERE ");
+        sql.push_str(&conditions.join(" AND "));
+    }
+    if mode != Mode::Full && !order.is_empty() {
+        sql.push_str(" ORDER BY ");
+        sql.push_str(&order.join(", "));
+    }
+    Select { header, sql }
+}
+
+/// The table's columns rendered as CSV text, each under a distinct alias (`tidemark_c0`, …) so
+/// that a SELECT of them can be wrapped as a derived table (MySQL refuses duplicate names).
+pub(crate) fn rendered_columns(d: &dyn Dialect, info: &TableInfo) -> Vec<String> {
+    info.columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{} AS tidemark_c{i}", d.render(c)))
+        .collect()
+}
+
+/// A PostgreSQL transaction-id snapshot (`xmin:xmax:xip,…`), checked to be only that, so
+/// that it can be written into SQL as a literal.
+pub(crate) struct TxidSnapshot<'a> {
+    pub text: &'a str,
+    pub xmin: u64,
+}
+
+impl<'a> TxidSnapshot<'a> {
+    pub(crate) fn parse(text: &'a str) -> Result<Self> {
+        let bad = || {
+            Error::Runtime(format!(
+                "corrupt transaction snapshot {text:?} in watermark"
+            ))
+        };
+        let mut parts = text.split(':');
+        let (Some(xmin), Some(xmax), Some(xip), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad());
+        };
+        let xmin: u64 = xmin.parse().map_err(|_| bad())?;
+        let xmax: u64 = xmax.parse().map_err(|_| bad())?;
+        if xmax < xmin {
+            return Err(bad());
+        }
+        if !xip.is_empty() {
+            for x in xip.split(',') {
+                x.parse::<u64>().map_err(|_| bad())?;
+            }
+        }
+        Ok(TxidSnapshot { text, xmin })
+    }
+
+    /// A condition on the BIGINT txid expression `txid`: the transaction is not visible in
+    /// this snapshot. The range part (`txid >= xmin`: every older transaction had finished)
+    /// lets an index on `txid` limit the work to recent changes.
+    pub(crate) fn not_visible(&self, txid: &str) -> String {
+        format!(
+            "{txid} >= {} AND NOT pg_visible_in_snapshot({txid}::text::xid8, '{}'::pg_snapshot)",
+            self.xmin, self.text
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn txid_snapshots_are_checked_before_they_reach_sql() {
+        let s = TxidSnapshot::parse("724:730:725,727").unwrap();
+        assert_eq!(s.xmin, 724);
+        assert_eq!(
+            s.not_visible("l.txid"),
+            "l.txid >= 724 AND NOT pg_visible_in_snapshot(l.txid::text::xid8, \
+             '724:730:725,727'::pg_snapshot)"
+        );
+        assert!(TxidSnapshot::parse("724:724:").is_ok());
+        for bad in [
+            "",
+            "1:2",
+            "9:3:",
+            "1:2:3:4",
+            "1:2:x",
+            "1:2:3'; DROP TABLE t; --",
+        ] {
+            assert!(TxidSnapshot::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn derived_names_fit_identifiers() {
+        assert_eq!(
+            derived_name("tidemark_log_users", "log").unwrap().as_str(),
+            "tidemark_log_users"
+        );
+        let long = format!("tidemark_log_{}", "x".repeat(60));
+        let name = derived_name(&long, "log").unwrap();
+        assert!(name.as_str().len() <= Ident::MAX_BYTES && name.as_str().ends_with("_log"));
+        assert_ne!(name, derived_name(&format!("{long}y"), "log").unwrap());
     }
 }

@@ -4,11 +4,12 @@
 //! committed late (out of order) or sharing the previous bound's value still lands in the next
 //! interval. Deletes are soft: a true `is_deleted` (configurable) column.
 
-use sha2::{Digest, Sha256};
-
-use super::{CaptureStrategy, Mode, Select, SetupOptions, SetupReport};
-use crate::db::{Column, ColumnKind, Database, Dialect, TableInfo, Timestamp};
-use crate::error::{Error, Result};
+use super::{
+    column_of, default_deleted_column, derived_name, require_key, soft_delete_column, table_select,
+    unfit, CaptureStrategy, Inserted, Mode, Select, SetupOptions, SetupReport,
+};
+use crate::db::{Bound, Column, Database, Dialect, TableInfo};
+use crate::error::Result;
 use crate::ident::Ident;
 use crate::state::{Position, TableConfig};
 
@@ -20,28 +21,17 @@ pub struct TimestampCapture {
     created: Option<Column>,
 }
 
-fn unfit(info: &TableInfo, reason: String) -> Error {
-    Error::UnfitTable {
-        table: info.name.to_string(),
-        reason,
-    }
-}
-
 impl TimestampCapture {
     /// The registration `setup` stores: the given columns, or `updated_at`, and `is_deleted` /
     /// `created_at` when the table has them.
     pub fn default_config(info: &TableInfo, options: &SetupOptions) -> Result<TableConfig> {
-        let present = |name: &str| info.column(name).map(|c| c.name.to_string());
         Ok(TableConfig {
             strategy: "timestamp".into(),
             cursor_column: options
                 .cursor_column
                 .clone()
                 .unwrap_or_else(|| "updated_at".into()),
-            deleted_column: options
-                .deleted_column
-                .clone()
-                .or_else(|| present("is_deleted")),
+            deleted_column: default_deleted_column(info, options),
             created_column: options.created_column.clone().or_else(|| {
                 info.column("created_at")
                     .filter(|c| c.kind.is_timestamp())
@@ -52,15 +42,8 @@ impl TimestampCapture {
 
     /// Checks `config` against the table.
     pub fn new(info: &TableInfo, config: &TableConfig) -> Result<Self> {
-        if info.primary_key.is_empty() {
-            return Err(unfit(info, "it has no primary key".into()));
-        }
-        let column = |name: &str, what: &str| {
-            info.column(name)
-                .cloned()
-                .ok_or_else(|| unfit(info, format!("{what} column {name:?} does not exist")))
-        };
-        let cursor = column(&config.cursor_column, "cursor")?;
+        require_key(info)?;
+        let cursor = column_of(info, &config.cursor_column, "cursor")?;
         if !cursor.kind.is_timestamp() {
             return Err(unfit(
                 info,
@@ -71,35 +54,8 @@ impl TimestampCapture {
                 ),
             ));
         }
-        let deleted = config
-            .deleted_column
-            .as_deref()
-            .map(|n| column(n, "soft-delete"))
-            .transpose()?;
-        if let Some(d) = &deleted {
-            if !matches!(d.kind, ColumnKind::Bool | ColumnKind::Integer) {
-                return Err(unfit(
-                    info,
-                    format!("soft-delete column {:?} is not boolean", d.name.as_str()),
-                ));
-            }
-        }
-        let created = config
-            .created_column
-            .as_deref()
-            .map(|n| column(n, "creation time"))
-            .transpose()?;
-        if let Some(c) = &created {
-            if !c.kind.is_timestamp() {
-                return Err(unfit(
-                    info,
-                    format!(
-                        "creation time column {:?} is not a timestamp",
-                        c.name.as_str()
-                    ),
-                ));
-            }
-        }
+        let deleted = soft_delete_column(info, config)?;
+        let created = creation_column(info, config)?;
         Ok(TimestampCapture {
             info: info.clone(),
             cursor,
@@ -109,13 +65,49 @@ impl TimestampCapture {
     }
 
     fn index_name(&self) -> Result<Ident> {
-        let plain = format!("tidemark_{}_{}_idx", self.info.name, self.cursor.name);
-        if plain.len() <= Ident::MAX_BYTES {
-            Ident::new(&plain)
-        } else {
-            let h = hex::encode(Sha256::digest(plain.as_bytes()));
-            Ident::new(&format!("tidemark_{}_idx", &h[..24]))
+        derived_name(
+            &format!("tidemark_{}_{}_idx", self.info.name, self.cursor.name),
+            "idx",
+        )
+    }
+}
+
+/// The registered creation time column, checked to be a timestamp.
+pub(crate) fn creation_column(info: &TableInfo, config: &TableConfig) -> Result<Option<Column>> {
+    let created = config
+        .created_column
+        .as_deref()
+        .map(|n| column_of(info, n, "creation time"))
+        .transpose()?;
+    if let Some(c) = &created {
+        if !c.kind.is_timestamp() {
+            return Err(unfit(
+                info,
+                format!(
+                    "creation time column {:?} is not a timestamp",
+                    c.name.as_str()
+                ),
+            ));
         }
+    }
+    Ok(created)
+}
+
+/// How a delta tells INSERT from UPDATE with a creation time column: a row created at or after
+/// the previous watermark's time is new.
+pub(crate) fn inserted_since(
+    d: &dyn Dialect,
+    before: Option<&Position>,
+    created: Option<&Column>,
+) -> Inserted {
+    match (before, created) {
+        (None, _) => Inserted::All,
+        (Some(p), Some(c)) => Inserted::When(format!(
+            "{} >= {}",
+            d.quote(&c.name),
+            d.timestamp_literal(&p.time(), c)
+        )),
+        (Some(_), None) => Inserted::Unknown,
     }
 }
 
@@ -124,10 +116,10 @@ impl CaptureStrategy for TimestampCapture {
         "timestamp"
     }
 
-    fn position_after(&self, bound: Timestamp, before: Option<&Position>) -> Position {
+    fn position_after(&self, bound: &Bound, before: Option<&Position>) -> Position {
         let floor = before.map(Position::time);
         Position::Timestamp {
-            cursor: floor.map_or(bound, |f| f.max(bound)),
+            cursor: floor.map_or(bound.time, |f| f.max(bound.time)),
         }
     }
 
@@ -138,109 +130,29 @@ impl CaptureStrategy for TimestampCapture {
         before: Option<&Position>,
         after: &Position,
     ) -> Result<Select> {
-        let mut header: Vec<String> = Vec::new();
-        let mut exprs: Vec<String> = Vec::new();
-        if mode == Mode::Delta {
-            header.push("operation".into());
-            exprs.push(self.operation(d, before));
-        }
-        for c in &self.info.columns {
-            header.push(c.name.to_string());
-            exprs.push(d.render(c));
-        }
-        let mut sql = format!(
-            "SELECT {} FROM {}{}",
-            exprs.join(", "),
-            d.quote(&self.info.name),
-            self.filter(d, mode, before, after)
-        );
-        if mode != Mode::Full {
-            let mut order = vec![d.quote(&self.cursor.name)];
-            order.extend(self.info.primary_key.iter().map(|k| d.quote(k)));
-            sql.push_str(" ORDER BY ");
-            sql.push_str(&order.join(", "));
-        }
-        Ok(Select { header, sql })
-    }
-
-    fn count_changes(
-        &self,
-        d: &dyn Dialect,
-        before: Option<&Position>,
-        after: &Position,
-    ) -> Result<String> {
-        let op = self.operation(d, before);
-        Ok(format!(
-            "SELECT {op}, count(*) FROM {}{} GROUP BY 1",
-            d.quote(&self.info.name),
-            self.filter(d, Mode::Delta, before, after)
-        ))
-    }
-}
-
-impl TimestampCapture {
-    /// The delta's `operation` expression: DELETE for a soft-deleted row, INSERT for a row
-    /// created since `before` (or any row when there is no `before`), UPDATE otherwise.
-    fn operation(&self, d: &dyn Dialect, before: Option<&Position>) -> String {
-        let mut whens: Vec<String> = Vec::new();
-        if let Some(c) = &self.deleted {
-            whens.push(format!(
-                "WHEN {} THEN 'DELETE'",
-                d.is_true(&d.quote(&c.name))
-            ));
-        }
-        let otherwise = match (before, &self.created) {
-            (None, _) => "'INSERT'",
-            (Some(p), Some(created)) => {
-                whens.push(format!(
-                    "WHEN {} >= {} THEN 'INSERT'",
-                    d.quote(&created.name),
-                    d.timestamp_literal(&p.time(), created)
-                ));
-                "'UPDATE'"
-            }
-            (Some(_), None) => "'UPDATE'",
-        };
-        if whens.is_empty() {
-            otherwise.to_string()
-        } else {
-            format!("CASE {} ELSE {otherwise} END", whens.join(" "))
-        }
-    }
-
-    /// The WHERE clause (with its leading space, or empty) of an export in `mode` of the
-    /// half-open interval `[before, after)`.
-    fn filter(
-        &self,
-        d: &dyn Dialect,
-        mode: Mode,
-        before: Option<&Position>,
-        after: &Position,
-    ) -> String {
         let cursor = d.quote(&self.cursor.name);
-        let mut conditions: Vec<String> = Vec::new();
-        if mode != Mode::Full {
-            if let Some(p) = before {
-                conditions.push(format!(
-                    "{cursor} >= {}",
-                    d.timestamp_literal(&p.time(), &self.cursor)
-                ));
-            }
-            conditions.push(format!(
-                "{cursor} < {}",
-                d.timestamp_literal(&after.time(), &self.cursor)
+        let mut interval: Vec<String> = Vec::new();
+        if let Some(p) = before {
+            interval.push(format!(
+                "{cursor} >= {}",
+                d.timestamp_literal(&p.time(), &self.cursor)
             ));
         }
-        if mode != Mode::Delta {
-            if let Some(c) = &self.deleted {
-                conditions.push(format!("NOT {}", d.is_true(&d.quote(&c.name))));
-            }
-        }
-        if conditions.is_empty() {
-            String::new()
-        } else {
-            format!(" WHERE {}", conditions.join(" AND "))
-        }
+        interval.push(format!(
+            "{cursor} < {}",
+            d.timestamp_literal(&after.time(), &self.cursor)
+        ));
+        let mut order = vec![cursor];
+        order.extend(self.info.primary_key.iter().map(|k| d.quote(k)));
+        Ok(table_select(
+            d,
+            &self.info,
+            mode,
+            self.deleted.as_ref(),
+            inserted_since(d, before, self.created.as_ref()),
+            &interval,
+            &order,
+        ))
     }
 }
 
@@ -306,7 +218,7 @@ pub async fn teardown(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::{classify_type, postgres::PostgresDialect};
+    use crate::db::{classify_type, postgres::PostgresDialect, Timestamp};
 
     fn users() -> TableInfo {
         let col = |n: &str, t: &str| Column {
@@ -368,7 +280,7 @@ mod tests {
         let cap = TimestampCapture::new(&info, &cfg).unwrap();
         let late = at("2026-01-02T00:00:00Z");
         let early = Timestamp::parse("2026-01-01T00:00:00Z").unwrap();
-        assert_eq!(cap.position_after(early, Some(&late)), late);
+        assert_eq!(cap.position_after(&Bound::at(early), Some(&late)), late);
     }
 
     #[test]

@@ -336,6 +336,8 @@ pub trait RowSink: Send {
 
 /// SQL text for one database. Pure: no I/O.
 pub trait Dialect: Send + Sync {
+    /// Which database this text is for (capture strategies install different triggers on each).
+    fn kind(&self) -> DbKind;
     /// Quotes an identifier.
     fn quote(&self, id: &Ident) -> String;
     /// An expression giving the column's value as the text that goes into a CSV field
@@ -382,6 +384,27 @@ pub trait Dialect: Send + Sync {
     }
     /// `DROP INDEX IF EXISTS name` (on `table` where the dialect needs it).
     fn drop_index(&self, name: &Ident, table: &Ident) -> String;
+    /// An expression giving the JSON object of all `columns` of the trigger row `row` (`NEW` or
+    /// `OLD`), types kept: numbers as JSON numbers (floats exact), text as strings, timestamps
+    /// with microseconds, binary as `\x` hex text.
+    fn json_image(&self, row: &str, columns: &[Column]) -> String;
+}
+
+/// What a snapshot covers exactly: the capture bound on the clock and, on PostgreSQL, the
+/// transaction-id snapshot (`xmin:xmax:xip,…`) of the read itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bound {
+    /// Every change stamped (by the database clock) before this is visible in the snapshot.
+    pub time: Timestamp,
+    /// `pg_current_snapshot()` of the snapshot's transaction (PostgreSQL only).
+    pub txids: Option<String>,
+}
+
+impl Bound {
+    /// A bound on the clock only.
+    pub fn at(time: Timestamp) -> Self {
+        Bound { time, txids: None }
+    }
 }
 
 /// A consistent read of the source at one instant, together with the capture bound taken
@@ -389,8 +412,9 @@ pub trait Dialect: Send + Sync {
 /// [`Snapshot::bound`] had committed when the snapshot began, so it is visible here.
 #[async_trait]
 pub trait Snapshot: Send {
-    /// The exclusive upper bound of cursor values this snapshot covers exactly.
-    fn bound(&self) -> Timestamp;
+    /// The exclusive upper bound of cursor values this snapshot covers exactly, and on
+    /// PostgreSQL the snapshot's transaction ids.
+    fn bound(&self) -> Bound;
     /// Runs `select` (whose columns are already rendered as text) and streams its rows.
     async fn stream(&mut self, select: &str, sink: &mut dyn RowSink) -> Result<u64>;
     /// Ends the read.

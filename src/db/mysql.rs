@@ -1,8 +1,11 @@
 //! The MySQL/MariaDB adapter. Sessions run in UTC; rows are streamed with the text of every
 //! column rendered by the select. `NOW()` stamps rows with the statement's start, so the capture
-//! bound is held back both by open InnoDB transactions (`innodb_trx.trx_started`) and by
-//! statements still running (`processlist.TIME_MS`). Locks are `GET_LOCK` on a dedicated
-//! connection, freed if the process dies.
+//! bound is held back both by open InnoDB transactions and by statements still running
+//! (`processlist.TIME_MS`). Open transactions are read from `SHOW ENGINE INNODB STATUS`, which
+//! is made afresh for each call: `information_schema.INNODB_TRX` is a cache that InnoDB
+//! refreshes only after 100 ms without a reader, so exports polling it more often than that
+//! (several consumers, monitoring) would see a stale list forever and pass an open
+//! transaction. Locks are `GET_LOCK` on a dedicated connection, freed if the process dies.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -13,7 +16,7 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlPoolOpti
 use sqlx::{ConnectOptions as _, Connection, MySql};
 
 use super::{
-    common::Driver, Column, ColumnKind, ConnectOptions, Database, DbKind, DbUrl, Dialect,
+    common::Driver, Bound, Column, ColumnKind, ConnectOptions, Database, DbKind, DbUrl, Dialect,
     LockGuard, Param, RowSink, Snapshot, Stmt, TextRow, Timestamp,
 };
 use crate::error::{Error, Result};
@@ -25,6 +28,10 @@ const TS_FORMAT: &str = "'%Y-%m-%dT%H:%i:%s.%fZ'";
 pub struct MysqlDialect;
 
 impl Dialect for MysqlDialect {
+    fn kind(&self) -> DbKind {
+        DbKind::Mysql
+    }
+
     fn quote(&self, id: &Ident) -> String {
         id.quote_backtick()
     }
@@ -85,6 +92,30 @@ impl Dialect for MysqlDialect {
         )
     }
 
+    fn json_image(&self, row: &str, columns: &[Column]) -> String {
+        // JSON_OBJECT prints integers, decimals and doubles as exact JSON numbers. TIMESTAMP
+        // values are shown in the writer's session zone, so they are converted to UTC;
+        // binary becomes `\x` hex text (the backslash as CHAR(92): no escaping mode matters).
+        let fields: Vec<String> = columns
+            .iter()
+            .map(|c| {
+                let v = format!("{row}.{}", self.quote(&c.name));
+                let value = match c.kind {
+                    ColumnKind::TimestampTz => format!(
+                        "DATE_FORMAT(CONVERT_TZ({v}, @@session.time_zone, '+00:00'), {TS_FORMAT})"
+                    ),
+                    ColumnKind::Timestamp => format!("DATE_FORMAT({v}, {TS_FORMAT})"),
+                    ColumnKind::Bytes => {
+                        format!("CONCAT(CHAR(92 USING utf8mb4), 'x', LOWER(HEX({v})))")
+                    }
+                    _ => v,
+                };
+                format!("{}, {value}", string_literal(c.name.as_str()))
+            })
+            .collect();
+        format!("JSON_OBJECT({})", fields.join(", "))
+    }
+
     fn catalog_query(&self, table: &Ident) -> (&'static str, Param) {
         (
             "SELECT CAST(c.COLUMN_NAME AS CHAR), CAST(c.COLUMN_TYPE AS CHAR), \
@@ -115,6 +146,30 @@ impl Dialect for MysqlDialect {
 
     fn text_type(&self) -> &'static str {
         "LONGTEXT"
+    }
+}
+
+/// The age in whole seconds of the oldest transaction listed as `ACTIVE` in the text of
+/// `SHOW ENGINE INNODB STATUS` (`---TRANSACTION 25, ACTIVE 2 sec`, `ACTIVE (PREPARED) 2 sec`).
+fn oldest_active_seconds(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .filter(|l| l.starts_with("---TRANSACTION"))
+        .filter_map(|l| {
+            let rest = l.split_once("ACTIVE ")?.1;
+            let rest = rest.strip_prefix("(PREPARED) ").unwrap_or(rest);
+            rest.split_once(" sec")?.0.parse::<u64>().ok()
+        })
+        .max()
+}
+
+/// A string literal that means the same under every `sql_mode`: names with a quote or a
+/// backslash are written as hex.
+fn string_literal(s: &str) -> String {
+    if s.contains(['\'', '\\']) {
+        format!("CONVERT(X'{}' USING utf8mb4)", hex::encode(s))
+    } else {
+        format!("'{s}'")
     }
 }
 
@@ -153,14 +208,14 @@ impl MysqlDb {
 }
 
 struct MysqlSnapshot {
-    bound: Timestamp,
+    bound: Bound,
     tx: sqlx::Transaction<'static, MySql>,
 }
 
 #[async_trait]
 impl Snapshot for MysqlSnapshot {
-    fn bound(&self) -> Timestamp {
-        self.bound
+    fn bound(&self) -> Bound {
+        self.bound.clone()
     }
 
     async fn stream(&mut self, select: &str, sink: &mut dyn RowSink) -> Result<u64> {
@@ -240,23 +295,41 @@ impl Database for MysqlDb {
         let mut bound = now.minus(margin);
         if let Some(started) = row[1].as_deref() {
             // trx_started has whole seconds; the true start is within the second after it.
+            // (A possibly stale cache: the status below is what makes the bound exact.)
             bound = bound.min(Timestamp::parse(started)?);
         }
         if let Some(ms) = row[2].as_deref().and_then(|s| s.parse::<u64>().ok()) {
             // A running statement stamped NOW() when it began, up to TIME_MS (+1 ms) ago.
             bound = bound.min(now.minus(Duration::from_millis(ms + 1)));
         }
+        // Read after the clock: a transaction missing from it started after `now`.
+        let status = self.query("SHOW ENGINE INNODB STATUS", &[]).await?;
+        let text = status.first().and_then(|r| r.get(2).cloned().flatten());
+        if let Some(secs) = text.as_deref().and_then(oldest_active_seconds) {
+            // "ACTIVE n sec" counts whole seconds of the clock: it started less than n + 1
+            // seconds before the status was made, which was after `now`.
+            bound = bound.min(now.minus(Duration::from_secs(secs + 1)));
+        }
         let tx = self
             .pool
             .begin_with("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
             .await?;
-        Ok(Box::new(MysqlSnapshot { bound, tx }))
+        Ok(Box::new(MysqlSnapshot {
+            bound: Bound::at(bound),
+            tx,
+        }))
     }
 
     async fn try_lock(&self, name: &str) -> Result<Option<Box<dyn LockGuard>>> {
+        // GET_LOCK names are server-wide: the database is part of the name, or exports of the
+        // same consumer and table in two databases of one server would exclude each other.
+        let scoped = format!(
+            "{}\u{1f}{name}",
+            self.options.get_database().unwrap_or_default()
+        );
         let name = format!(
             "tidemark:{}",
-            &hex::encode(Sha256::digest(name.as_bytes()))[..32]
+            &hex::encode(Sha256::digest(scoped.as_bytes()))[..32]
         );
         let mut conn = MySqlConnection::connect_with(&self.options).await?;
         let got = MySql::query(
@@ -299,5 +372,25 @@ impl Database for MysqlDb {
             .query(&format!("SELECT DATE_FORMAT(NOW(6), {TS_FORMAT})"), &[])
             .await?;
         Timestamp::parse(rows[0][0].as_deref().unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::oldest_active_seconds;
+
+    #[test]
+    fn oldest_active_transaction_is_read_from_innodb_status() {
+        let status = "LIST OF TRANSACTIONS FOR EACH SESSION:\n\
+            ---TRANSACTION 25, ACTIVE 2 sec\n\
+            2 lock struct(s), heap size 1128, 0 row lock(s), undo log entries 2\n\
+            ---TRANSACTION 26, ACTIVE (PREPARED) 17 sec committing\n\
+            ---TRANSACTION (0x7f0c), not started\n\
+            ---TRANSACTION 27, ACTIVE 0 sec inserting\n";
+        assert_eq!(oldest_active_seconds(status), Some(17));
+        assert_eq!(
+            oldest_active_seconds("---TRANSACTION (0x1), not started"),
+            None
+        );
     }
 }

@@ -14,7 +14,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions as _, Connection, Postgres};
 
 use super::{
-    common::Driver, Column, ColumnKind, ConnectOptions, Database, DbKind, DbUrl, Dialect,
+    common::Driver, Bound, Column, ColumnKind, ConnectOptions, Database, DbKind, DbUrl, Dialect,
     LockGuard, Param, RowSink, Snapshot, Stmt, TextRow, Timestamp,
 };
 use crate::error::{Error, Result};
@@ -26,6 +26,10 @@ const TS_FORMAT: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'";
 pub struct PostgresDialect;
 
 impl Dialect for PostgresDialect {
+    fn kind(&self) -> DbKind {
+        DbKind::Postgres
+    }
+
     fn quote(&self, id: &Ident) -> String {
         id.quote_double()
     }
@@ -73,6 +77,12 @@ impl Dialect for PostgresDialect {
 
     fn drop_index(&self, name: &Ident, _table: &Ident) -> String {
         format!("DROP INDEX IF EXISTS {}", self.quote(name))
+    }
+
+    fn json_image(&self, row: &str, _columns: &[Column]) -> String {
+        // Numbers stay numbers (float8 printed shortest-exact), timestamps keep microseconds,
+        // bytea is `\x` hex text; and a column added later is in it without a new trigger.
+        format!("to_jsonb({row})")
     }
 
     fn catalog_query(&self, table: &Ident) -> (&'static str, Param) {
@@ -169,14 +179,14 @@ impl PostgresDb {
 }
 
 struct PgSnapshot {
-    bound: Timestamp,
+    bound: Bound,
     tx: sqlx::Transaction<'static, Postgres>,
 }
 
 #[async_trait]
 impl Snapshot for PgSnapshot {
-    fn bound(&self) -> Timestamp {
-        self.bound
+    fn bound(&self) -> Bound {
+        self.bound.clone()
     }
 
     async fn stream(&mut self, select: &str, sink: &mut dyn RowSink) -> Result<u64> {
@@ -269,13 +279,20 @@ impl Database for PostgresDb {
         );
         let margin_us = i64::try_from(margin.as_micros()).unwrap_or(i64::MAX);
         let rows = self.query(&sql, &[Param::Int(margin_us)]).await?;
-        let bound = Timestamp::parse(rows[0][0].as_deref().unwrap_or_default())?;
+        let time = Timestamp::parse(rows[0][0].as_deref().unwrap_or_default())?;
         let mut tx = self
             .pool
             .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await?;
-        Postgres::execute(&mut tx, "SELECT 1", &[]).await?;
-        Ok(Box::new(PgSnapshot { bound, tx }))
+        // The first statement fixes the transaction's snapshot; in REPEATABLE READ
+        // pg_current_snapshot() is that very snapshot, so the txids it names as finished are
+        // exactly the transactions whose rows this read sees.
+        let snap = Postgres::query(&mut tx, "SELECT pg_current_snapshot()::text", &[]).await?;
+        let txids = snap.first().and_then(|r| r[0].clone());
+        Ok(Box::new(PgSnapshot {
+            bound: Bound { time, txids },
+            tx,
+        }))
     }
 
     async fn try_lock(&self, name: &str) -> Result<Option<Box<dyn LockGuard>>> {

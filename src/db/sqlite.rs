@@ -14,7 +14,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use sqlx::{ConnectOptions as _, Sqlite};
 
 use super::{
-    common::Driver, Column, ColumnKind, ConnectOptions, Database, DbKind, DbUrl, Dialect,
+    common::Driver, Bound, Column, ColumnKind, ConnectOptions, Database, DbKind, DbUrl, Dialect,
     LockGuard, Param, RowSink, Snapshot, Stmt, TextRow, Timestamp,
 };
 use crate::error::{Error, Result};
@@ -31,6 +31,10 @@ pub const CANONICAL_GLOB: &str = "[0-9][0-9][0-9][0-9]-[0-1][0-9]-[0-3][0-9]T[0-
 pub struct SqliteDialect;
 
 impl Dialect for SqliteDialect {
+    fn kind(&self) -> DbKind {
+        DbKind::Sqlite
+    }
+
     fn quote(&self, id: &Ident) -> String {
         id.quote_double()
     }
@@ -91,6 +95,27 @@ impl Dialect for SqliteDialect {
             "SELECT CAST({c} AS TEXT) FROM {} WHERE {c} IS NOT NULL AND NOT ({c} GLOB '{CANONICAL_GLOB}') LIMIT 1",
             self.quote(table)
         ))
+    }
+
+    fn json_image(&self, row: &str, columns: &[Column]) -> String {
+        // SQLite is typed per value, so the conversion looks at the value: json_object prints
+        // reals with 15 digits (lossy), so they go through quote(), which adds digits until the
+        // text reads back as the same double; blobs, which JSON cannot hold, become `\x` hex
+        // text; infinities stay text.
+        let fields: Vec<String> = columns
+            .iter()
+            .map(|c| {
+                let v = format!("{row}.{}", self.quote(&c.name));
+                format!(
+                    "'{}', CASE typeof({v}) \
+                     WHEN 'real' THEN CASE WHEN abs({v}) <= 1.7976931348623157e308 \
+                       THEN json(quote({v})) ELSE quote({v}) END \
+                     WHEN 'blob' THEN '\\x' || lower(hex({v})) ELSE {v} END",
+                    c.name.as_str().replace('\'', "''")
+                )
+            })
+            .collect();
+        format!("json_object({})", fields.join(", "))
     }
 
     fn catalog_query(&self, table: &Ident) -> (&'static str, Param) {
@@ -162,14 +187,14 @@ impl SqliteDb {
 }
 
 struct SqliteSnapshot {
-    bound: Timestamp,
+    bound: Bound,
     tx: sqlx::Transaction<'static, Sqlite>,
 }
 
 #[async_trait]
 impl Snapshot for SqliteSnapshot {
-    fn bound(&self) -> Timestamp {
-        self.bound
+    fn bound(&self) -> Bound {
+        self.bound.clone()
     }
 
     async fn stream(&mut self, select: &str, sink: &mut dyn RowSink) -> Result<u64> {
@@ -237,7 +262,10 @@ impl Database for SqliteDb {
         let mut tx = self.pool.begin().await?;
         Sqlite::query(&mut tx, "SELECT count(*) FROM sqlite_schema", &[]).await?;
         writer.rollback().await?;
-        Ok(Box::new(SqliteSnapshot { bound, tx }))
+        Ok(Box::new(SqliteSnapshot {
+            bound: Bound::at(bound),
+            tx,
+        }))
     }
 
     async fn try_lock(&self, name: &str) -> Result<Option<Box<dyn LockGuard>>> {

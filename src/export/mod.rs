@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::capture::{strategy_for, Mode, Select};
-use crate::db::{Database, RowSink, TableInfo, Timestamp};
+use crate::db::{Bound, Database, RowSink, TableInfo, Timestamp};
 use crate::error::{Error, Result};
 use crate::ident::{ConsumerId, Ident};
 use crate::sink::csv::CsvWriter;
@@ -143,7 +143,7 @@ impl Exporter {
         let export_id = req.id.clone().unwrap_or_else(new_export_id);
 
         let mut snapshot = self.source.snapshot(self.margin).await?;
-        let after = strategy.position_after(snapshot.bound(), before.as_ref());
+        let after = strategy.position_after(&snapshot.bound(), before.as_ref());
         let select = strategy.select(self.source.dialect(), req.mode, before.as_ref(), &after)?;
         let stem = file_stem(
             req.mode,
@@ -401,7 +401,7 @@ pub async fn full_select(
     let info = db.describe(table).await?;
     let config = state.table_config(table).await?;
     let strategy = strategy_for(&info, config.as_ref())?;
-    let after = strategy.position_after(Timestamp::now(), None);
+    let after = strategy.position_after(&Bound::at(Timestamp::now()), None);
     let select = strategy.select(db.dialect(), Mode::Full, None, &after)?;
     Ok((info, select))
 }

@@ -18,6 +18,20 @@ use crate::ident::{ConsumerId, Ident};
 pub enum Position {
     /// Every change with a cursor value below `cursor` has been delivered.
     Timestamp { cursor: Timestamp },
+    /// Every change-log entry of a transaction visible in `txids` (PostgreSQL) or stamped
+    /// before `time` (elsewhere) has been delivered.
+    Trigger {
+        time: Timestamp,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        txids: Option<String>,
+    },
+    /// Every row version written by a transaction visible in `txids` (PostgreSQL) or stamped
+    /// before `time` (elsewhere) has been delivered.
+    Version {
+        time: Timestamp,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        txids: Option<String>,
+    },
 }
 
 impl Position {
@@ -36,6 +50,16 @@ impl Position {
     pub fn time(&self) -> Timestamp {
         match self {
             Position::Timestamp { cursor } => *cursor,
+            Position::Trigger { time, .. } | Position::Version { time, .. } => *time,
+        }
+    }
+
+    /// The PostgreSQL transaction-id snapshot (`xmin:xmax:xip,…`) this position stands for,
+    /// if it has one.
+    pub fn txids(&self) -> Option<&str> {
+        match self {
+            Position::Timestamp { .. } => None,
+            Position::Trigger { txids, .. } | Position::Version { txids, .. } => txids.as_deref(),
         }
     }
 }

@@ -83,25 +83,31 @@ impl TestDb {
 
     /// Seeds `rows` users and registers the table for timestamp capture.
     pub async fn users(&self, rows: u64) -> Ident {
+        self.users_with(rows, "timestamp").await
+    }
+
+    /// Seeds `rows` users and registers the table for capture by `strategy`.
+    pub async fn users_with(&self, rows: u64, strategy: &str) -> Ident {
         seed::seed_users(self.db.as_ref(), rows, None)
             .await
             .expect("seed");
         let table = Ident::new("users").unwrap();
-        let info = self.db.describe(&table).await.expect("describe");
-        let report = capture::setup(
-            self.db.as_ref(),
-            &info,
-            "timestamp",
-            &SetupOptions::default(),
-        )
-        .await
-        .expect("setup");
+        self.setup(&table, strategy).await;
+        table
+    }
+
+    /// Runs `setup` for `strategy` on `table` and registers it, as the CLI does.
+    pub async fn setup(&self, table: &Ident, strategy: &str) -> capture::SetupReport {
+        let info = self.db.describe(table).await.expect("describe");
+        let report = capture::setup(self.db.as_ref(), &info, strategy, &SetupOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("setup {strategy} on {}: {e}", self.kind));
         self.state()
             .await
-            .save_table_config(&table, &report.config)
+            .save_table_config(table, &report.config)
             .await
             .expect("register");
-        table
+        report
     }
 
     pub fn request(&self, consumer: &str, mode: Mode) -> ExportRequest {
@@ -124,10 +130,15 @@ impl TestDb {
     /// Asserts that the manifest chains verify and that replaying `consumer`'s files gives
     /// exactly the live table.
     pub async fn assert_replay_equals_table(&self, consumer: &str) {
+        self.assert_replay_equals(consumer, "users", &["id"]).await
+    }
+
+    /// [`TestDb::assert_replay_equals_table`] for any table and primary key.
+    pub async fn assert_replay_equals(&self, consumer: &str, table: &str, key: &[&str]) {
         let report = manifest::verify(self.out.path()).expect("verify");
         assert!(report.problems.is_empty(), "{:?}", report.problems);
-        let table = Ident::new("users").unwrap();
-        let key = vec![Ident::new("id").unwrap()];
+        let table = Ident::new(table).unwrap();
+        let key: Vec<Ident> = key.iter().map(|k| Ident::new(k).unwrap()).collect();
         let replayed = replay::replay(
             self.out.path(),
             &ConsumerId::new(consumer).unwrap(),
@@ -156,8 +167,47 @@ impl TestDb {
             .expect("run tidemark")
     }
 
+    /// A count (or other single integer) from the database.
+    pub async fn count(&self, sql: &str) -> i64 {
+        let rows = self
+            .db
+            .query(sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        rows[0][0].as_deref().unwrap_or("0").parse().unwrap()
+    }
+
     pub fn count_files(&self) -> usize {
         csv_files(self.out.path()).len()
+    }
+}
+
+/// A raw connection of the test's own, to hold a transaction open across exports.
+pub enum Raw {
+    Pg(sqlx::PgConnection),
+    My(sqlx::MySqlConnection),
+    Lite(sqlx::SqliteConnection),
+}
+
+impl Raw {
+    pub async fn open(t: &TestDb) -> Raw {
+        use sqlx::Connection;
+        let url = t.url.as_str();
+        match t.kind {
+            DbKind::Postgres => Raw::Pg(sqlx::PgConnection::connect(url).await.unwrap()),
+            DbKind::Mysql => Raw::My(sqlx::MySqlConnection::connect(url).await.unwrap()),
+            DbKind::Sqlite => Raw::Lite(sqlx::SqliteConnection::connect(url).await.unwrap()),
+        }
+    }
+
+    pub async fn exec(&mut self, sql: &str) {
+        let q = sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()));
+        match self {
+            Raw::Pg(c) => q.execute(c).await.map(|_| ()),
+            Raw::My(c) => q.execute(c).await.map(|_| ()),
+            Raw::Lite(c) => q.execute(c).await.map(|_| ()),
+        }
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
 }
 

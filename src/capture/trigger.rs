@@ -1,0 +1,499 @@
+//! The `trigger` strategy: AFTER INSERT/UPDATE/DELETE triggers append every change of the table
+//! to a change log `tidemark_log_{table}`: change id (increasing), the writing transaction's id
+//! (PostgreSQL), the change time (microseconds), the operation, the before and after images as
+//! JSON of all columns, and the old and new primary key as typed columns.
+//!
+//! Change ids and transaction ids are handed out before commit, so they become visible out of
+//! order and `id > last` would lose changes. Exports instead take the changes that became
+//! visible between two snapshots: on PostgreSQL those of transactions visible in the export's
+//! own transaction snapshot and not in the previous one (as PgQ does), with `txid >= previous
+//! xmin` so that an index limits the scan to recent changes; on MariaDB and SQLite those whose
+//! change time lies in `[previous bound, bound)`, where the bound is the one the `timestamp`
+//! strategy relies on (no transaction still open can stamp a time below it). The log's rows, in
+//! change-id order, also carry what a replicator needs.
+//!
+//! An export turns the changed keys into rows of the table as the snapshot sees it, so its CSV
+//! is the same as the other strategies': `delta` has one row per changed key — `DELETE` (key
+//! columns only) when the row is gone or soft-deleted, `INSERT` when the key did not exist
+//! before the interval, else `UPDATE`; an update that changes the key deletes the old one.
+
+use super::{
+    default_deleted_column, derived_name, rendered_columns, require_key, soft_delete_column,
+    table_select, CaptureStrategy, Inserted, Mode, Select, SetupOptions, SetupReport, TxidSnapshot,
+};
+use crate::db::{Bound, Column, ColumnKind, Database, DbKind, Dialect, Stmt, TableInfo};
+use crate::error::Result;
+use crate::ident::Ident;
+use crate::state::{Position, TableConfig};
+
+/// The objects `setup` creates for one table.
+struct Names {
+    log: Ident,
+    /// PostgreSQL: the trigger function and its one trigger.
+    function: Ident,
+    trigger: Ident,
+    /// MariaDB and SQLite: one trigger per operation.
+    on_insert: Ident,
+    on_update: Ident,
+    on_delete: Ident,
+    time_index: Ident,
+    txid_index: Ident,
+}
+
+impl Names {
+    fn of(table: &Ident) -> Result<Names> {
+        let n = |suffix: &str| derived_name(&format!("tidemark_log_{table}{suffix}"), suffix);
+        Ok(Names {
+            log: derived_name(&format!("tidemark_log_{table}"), "log")?,
+            function: n("_fn")?,
+            trigger: n("_trg")?,
+            on_insert: n("_ins")?,
+            on_update: n("_upd")?,
+            on_delete: n("_del")?,
+            time_index: n("_time_idx")?,
+            txid_index: n("_txid_idx")?,
+        })
+    }
+}
+
+/// The `trigger` strategy for one table.
+pub struct TriggerCapture {
+    info: TableInfo,
+    deleted: Option<Column>,
+    names: Names,
+}
+
+const INSERT: &str = "INSERT";
+const UPDATE: &str = "UPDATE";
+const DELETE: &str = "DELETE";
+
+impl TriggerCapture {
+    /// The registration `setup` stores: the log table's name as the "cursor", and the
+    /// soft-delete column if there is one (`trigger` sees hard and soft deletes).
+    pub fn default_config(info: &TableInfo, options: &SetupOptions) -> Result<TableConfig> {
+        Ok(TableConfig {
+            strategy: "trigger".into(),
+            cursor_column: Names::of(&info.name)?.log.to_string(),
+            deleted_column: default_deleted_column(info, options),
+            created_column: None,
+        })
+    }
+
+    /// Checks `config` against the table.
+    pub fn new(info: &TableInfo, config: &TableConfig) -> Result<Self> {
+        require_key(info)?;
+        Ok(TriggerCapture {
+            info: info.clone(),
+            deleted: soft_delete_column(info, config)?,
+            names: Names::of(&info.name)?,
+        })
+    }
+
+    /// The log's time column, for building literals.
+    fn changed_at() -> Result<Column> {
+        Ok(Column {
+            name: Ident::new("changed_at")?,
+            sql_type: "timestamp".into(),
+            kind: ColumnKind::TimestampTz,
+            nullable: false,
+        })
+    }
+
+    /// The log's typed key columns, `{prefix}_key_{n}`, one per primary key column.
+    fn key_columns(&self, prefix: &str) -> Vec<String> {
+        (1..=self.info.primary_key.len())
+            .map(|i| format!("{prefix}_key_{i}"))
+            .collect()
+    }
+
+    /// The statement a trigger runs for `op` (without a terminating semicolon).
+    fn log_insert(&self, d: &dyn Dialect, op: &str) -> String {
+        let mut cols: Vec<String> = vec!["operation".into(), "changed_at".into()];
+        let mut vals: Vec<String> = vec![format!("'{op}'")];
+        vals.push(match d.kind() {
+            // The time of the write itself, not of the statement (NOW(6)): it is never before
+            // the transaction's start, which is what holds the capture bound back.
+            DbKind::Mysql => "SYSDATE(6)".into(),
+            DbKind::Postgres => "clock_timestamp()".into(),
+            DbKind::Sqlite => d.now_expr().into(),
+        });
+        if d.kind() == DbKind::Postgres {
+            cols.push("txid".into());
+            vals.push("pg_current_xact_id()::text::bigint".into());
+        }
+        let keys = &self.info.primary_key;
+        if op != INSERT {
+            cols.push("before_image".into());
+            vals.push(d.json_image("OLD", &self.info.columns));
+            cols.extend(self.key_columns("old"));
+            vals.extend(keys.iter().map(|k| format!("OLD.{}", d.quote(k))));
+        }
+        if op != DELETE {
+            cols.push("after_image".into());
+            vals.push(d.json_image("NEW", &self.info.columns));
+            cols.extend(self.key_columns("new"));
+            vals.extend(keys.iter().map(|k| format!("NEW.{}", d.quote(k))));
+        }
+        format!(
+            "INSERT INTO {} ({}) VALUES ({})",
+            d.quote(&self.names.log),
+            cols.join(", "),
+            vals.join(", ")
+        )
+    }
+
+    /// The statements that create the log (if missing) and (re)create the triggers.
+    fn install(&self, d: &dyn Dialect) -> Result<Vec<String>> {
+        let n = &self.names;
+        let (log, table) = (d.quote(&n.log), d.quote(&self.info.name));
+        let key_type = |k: &Ident| match d.kind() {
+            // SQLite keeps each value's own type; a declared type would only convert it.
+            DbKind::Sqlite => String::new(),
+            _ => self
+                .info
+                .column(k.as_str())
+                .map(|c| format!(" {}", c.sql_type))
+                .unwrap_or_default(),
+        };
+        let mut keys: Vec<String> = Vec::new();
+        for prefix in ["old", "new"] {
+            for (col, k) in self.key_columns(prefix).iter().zip(&self.info.primary_key) {
+                keys.push(format!("{col}{}", key_type(k)));
+            }
+        }
+        let keys = keys.join(", ");
+        Ok(match d.kind() {
+            DbKind::Postgres => {
+                let body = format!(
+                    "BEGIN IF TG_OP = 'INSERT' THEN {}; ELSIF TG_OP = 'UPDATE' THEN {}; \
+                     ELSE {}; END IF; RETURN NULL; END",
+                    self.log_insert(d, INSERT),
+                    self.log_insert(d, UPDATE),
+                    self.log_insert(d, DELETE)
+                );
+                vec![
+                    format!(
+                        "CREATE TABLE IF NOT EXISTS {log} (\
+                         change_id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, \
+                         txid BIGINT NOT NULL, changed_at TIMESTAMPTZ NOT NULL, \
+                         operation TEXT NOT NULL, before_image JSONB, after_image JSONB, {keys})"
+                    ),
+                    d.create_index(&n.txid_index, &n.log, &[&Ident::new("txid")?]),
+                    // The search path is pinned so the log is found whatever the writer's is.
+                    format!(
+                        "CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql \
+                         SET search_path FROM CURRENT AS '{}'",
+                        d.quote(&n.function),
+                        body.replace('\'', "''")
+                    ),
+                    format!("DROP TRIGGER IF EXISTS {} ON {table}", d.quote(&n.trigger)),
+                    format!(
+                        "CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {table} \
+                         FOR EACH ROW EXECUTE FUNCTION {}()",
+                        d.quote(&n.trigger),
+                        d.quote(&n.function)
+                    ),
+                ]
+            }
+            DbKind::Mysql => {
+                let mut v = vec![format!(
+                    "CREATE TABLE IF NOT EXISTS {log} (\
+                     change_id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY, txid BIGINT NULL, \
+                     changed_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), \
+                     operation VARCHAR(6) NOT NULL, before_image LONGTEXT NULL, \
+                     after_image LONGTEXT NULL, {keys}, INDEX {} (changed_at)) ENGINE=InnoDB",
+                    d.quote(&n.time_index)
+                )];
+                // CREATE OR REPLACE swaps a trigger atomically: no write goes uncaptured while
+                // setup runs again.
+                for (name, op) in self.per_operation() {
+                    v.push(format!(
+                        "CREATE OR REPLACE TRIGGER {} AFTER {op} ON {table} FOR EACH ROW {}",
+                        d.quote(name),
+                        self.log_insert(d, op)
+                    ));
+                }
+                v
+            }
+            DbKind::Sqlite => {
+                let mut v = vec![
+                    format!(
+                        "CREATE TABLE IF NOT EXISTS {log} (\
+                         change_id INTEGER PRIMARY KEY AUTOINCREMENT, txid INTEGER, \
+                         changed_at TEXT NOT NULL, operation TEXT NOT NULL, \
+                         before_image TEXT, after_image TEXT, {keys})"
+                    ),
+                    d.create_index(&n.time_index, &n.log, &[&Ident::new("changed_at")?]),
+                ];
+                // In one transaction with the drops: no write goes uncaptured meanwhile.
+                for (name, op) in self.per_operation() {
+                    v.push(format!("DROP TRIGGER IF EXISTS {}", d.quote(name)));
+                    v.push(format!(
+                        "CREATE TRIGGER {} AFTER {op} ON {table} FOR EACH ROW BEGIN {}; END",
+                        d.quote(name),
+                        self.log_insert(d, op)
+                    ));
+                }
+                v
+            }
+        })
+    }
+
+    fn per_operation(&self) -> [(&Ident, &'static str); 3] {
+        let n = &self.names;
+        [
+            (&n.on_insert, INSERT),
+            (&n.on_update, UPDATE),
+            (&n.on_delete, DELETE),
+        ]
+    }
+
+    /// The statements that remove what [`TriggerCapture::install`] created.
+    fn uninstall(&self, d: &dyn Dialect) -> Vec<String> {
+        let n = &self.names;
+        let table = d.quote(&self.info.name);
+        let mut v = Vec::new();
+        if d.kind() == DbKind::Postgres {
+            v.push(format!(
+                "DROP TRIGGER IF EXISTS {} ON {table}",
+                d.quote(&n.trigger)
+            ));
+            v.push(format!(
+                "DROP FUNCTION IF EXISTS {}()",
+                d.quote(&n.function)
+            ));
+        } else {
+            for (name, _) in self.per_operation() {
+                v.push(format!("DROP TRIGGER IF EXISTS {}", d.quote(name)));
+            }
+        }
+        v.push(format!("DROP TABLE IF EXISTS {}", d.quote(&n.log)));
+        v
+    }
+
+    /// The changes between `before` and `after` as rows of the table (see the module doc).
+    fn changes(
+        &self,
+        d: &dyn Dialect,
+        mode: Mode,
+        before: &Position,
+        after: &Position,
+    ) -> Result<Select> {
+        let changed_at = Self::changed_at()?;
+        let mut interval: Vec<String> = Vec::new();
+        match before.txids() {
+            Some(t) => interval.push(TxidSnapshot::parse(t)?.not_visible("l.txid")),
+            None => interval.push(format!(
+                "l.changed_at >= {}",
+                d.timestamp_literal(&before.time(), &changed_at)
+            )),
+        }
+        // With a transaction snapshot, the read itself sees exactly the changes of the
+        // transactions it names as finished: no upper bound is needed.
+        if after.txids().is_none() {
+            interval.push(format!(
+                "l.changed_at < {}",
+                d.timestamp_literal(&after.time(), &changed_at)
+            ));
+        }
+        let interval = interval.join(" AND ");
+        let keys = &self.info.primary_key;
+        let key_list: Vec<String> = keys.iter().map(|k| d.quote(k)).collect();
+        let key_list = key_list.join(", ");
+        let side = |prefix: &str| -> String {
+            self.key_columns(prefix)
+                .iter()
+                .zip(keys)
+                .map(|(col, k)| format!("l.{col} AS {}", d.quote(k)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let log = d.quote(&self.names.log);
+        // Every key a change in the interval touched: the old key of updates and deletes, the
+        // new key of inserts and updates; with the first change touching it, and the first
+        // that found it existing (an old key).
+        let touched = format!(
+            "SELECT {key_list}, MIN(tidemark_change) AS tidemark_first, \
+             MIN(CASE WHEN tidemark_old = 1 THEN tidemark_change END) AS tidemark_first_old \
+             FROM (SELECT {}, l.change_id AS tidemark_change, 1 AS tidemark_old FROM {log} l \
+                   WHERE {interval} AND l.operation <> '{INSERT}' \
+                   UNION ALL \
+                   SELECT {}, l.change_id AS tidemark_change, 0 AS tidemark_old FROM {log} l \
+                   WHERE {interval} AND l.operation <> '{DELETE}') c \
+             GROUP BY {key_list}",
+            side("old"),
+            side("new")
+        );
+        let mut fields: Vec<String> = self
+            .info
+            .columns
+            .iter()
+            .map(|c| {
+                let q = d.quote(&c.name);
+                if keys.contains(&c.name) {
+                    format!("k.{q} AS {q}")
+                } else {
+                    format!("t.{q} AS {q}")
+                }
+            })
+            .collect();
+        fields.push("k.tidemark_first AS tidemark_first".into());
+        let join_on: Vec<String> = key_list_pairs(d, keys);
+        let join_on = join_on.join(" AND ");
+        let table = d.quote(&self.info.name);
+        let soft_deleted = self
+            .deleted
+            .as_ref()
+            .map(|c| d.is_true(&format!("t.{}", d.quote(&c.name))));
+        let inner = if mode == Mode::Delta {
+            let mut whens = vec![format!(
+                "WHEN t.{} IS NULL THEN '{DELETE}'",
+                d.quote(&keys[0])
+            )];
+            if let Some(del) = &soft_deleted {
+                whens.push(format!("WHEN {del} THEN '{DELETE}'"));
+            }
+            whens.push(format!(
+                "WHEN k.tidemark_first_old = k.tidemark_first THEN '{UPDATE}'"
+            ));
+            fields.push(format!(
+                "CASE {} ELSE '{INSERT}' END AS tidemark_op",
+                whens.join(" ")
+            ));
+            format!(
+                "SELECT {} FROM ({touched}) k LEFT JOIN {table} t ON {join_on}",
+                fields.join(", ")
+            )
+        } else {
+            let mut sql = format!(
+                "SELECT {} FROM ({touched}) k JOIN {table} t ON {join_on}",
+                fields.join(", ")
+            );
+            if let Some(del) = &soft_deleted {
+                sql.push_str(&format!(" WHERE NOT {del}"));
+            }
+            sql
+        };
+        let mut header: Vec<String> = Vec::new();
+        let mut exprs: Vec<String> = Vec::new();
+        if mode == Mode::Delta {
+            header.push("operation".into());
+            exprs.push("tidemark_op".into());
+        }
+        header.extend(self.info.columns.iter().map(|c| c.name.to_string()));
+        exprs.extend(rendered_columns(d, &self.info));
+        Ok(Select {
+            header,
+            sql: format!(
+                "SELECT {} FROM ({inner}) x ORDER BY tidemark_first",
+                exprs.join(", ")
+            ),
+        })
+    }
+}
+
+fn key_list_pairs(d: &dyn Dialect, keys: &[Ident]) -> Vec<String> {
+    keys.iter()
+        .map(|k| {
+            let q = d.quote(k);
+            format!("t.{q} = k.{q}")
+        })
+        .collect()
+}
+
+impl CaptureStrategy for TriggerCapture {
+    fn name(&self) -> &'static str {
+        "trigger"
+    }
+
+    fn position_after(&self, bound: &Bound, before: Option<&Position>) -> Position {
+        Position::Trigger {
+            time: before.map_or(bound.time, |b| b.time().max(bound.time)),
+            txids: bound.txids.clone(),
+        }
+    }
+
+    fn select(
+        &self,
+        d: &dyn Dialect,
+        mode: Mode,
+        before: Option<&Position>,
+        after: &Position,
+    ) -> Result<Select> {
+        match (mode, before) {
+            (Mode::Incremental | Mode::Delta, Some(before)) => self.changes(d, mode, before, after),
+            // Full, or from the beginning: the log only starts at setup, so the table itself
+            // is the beginning (every live row; in a delta, INSERT).
+            _ => {
+                let order: Vec<String> = self.info.primary_key.iter().map(|k| d.quote(k)).collect();
+                Ok(table_select(
+                    d,
+                    &self.info,
+                    mode,
+                    self.deleted.as_ref(),
+                    Inserted::All,
+                    &[],
+                    &order,
+                ))
+            }
+        }
+    }
+}
+
+/// Creates the change log if missing and (re)creates the triggers, so that running it again
+/// after `ALTER TABLE … ADD COLUMN` captures the new column.
+pub async fn setup(
+    db: &dyn Database,
+    info: &TableInfo,
+    options: &SetupOptions,
+) -> Result<SetupReport> {
+    let config = TriggerCapture::default_config(info, options)?;
+    let capture = TriggerCapture::new(info, &config)?;
+    let d = db.dialect();
+    let stmts: Vec<Stmt> = capture
+        .install(d)?
+        .into_iter()
+        .map(|s| Stmt::new(s, Vec::new()))
+        .collect();
+    db.transaction(&stmts).await?;
+    let n = &capture.names;
+    let triggers: Vec<String> = if d.kind() == DbKind::Postgres {
+        vec![
+            format!("function {}", n.function),
+            format!("trigger {}", n.trigger),
+        ]
+    } else {
+        capture
+            .per_operation()
+            .iter()
+            .map(|(name, _)| format!("trigger {name}"))
+            .collect()
+    };
+    let mut installed = vec![format!("change log {}", n.log)];
+    installed.extend(triggers);
+    Ok(SetupReport {
+        table: info.name.to_string(),
+        config,
+        installed,
+        reused: Vec::new(),
+    })
+}
+
+/// Drops the triggers, the trigger function and the change log.
+pub async fn teardown(
+    db: &dyn Database,
+    info: &TableInfo,
+    config: &TableConfig,
+) -> Result<Vec<String>> {
+    let capture = TriggerCapture::new(info, config)?;
+    let stmts: Vec<Stmt> = capture
+        .uninstall(db.dialect())
+        .into_iter()
+        .map(|s| Stmt::new(s, Vec::new()))
+        .collect();
+    db.transaction(&stmts).await?;
+    Ok(vec![
+        "triggers".into(),
+        format!("change log {}", capture.names.log),
+    ])
+}

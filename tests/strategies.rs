@@ -1,0 +1,678 @@
+//! The `trigger` and `version` strategies on each database: the guarantee under random
+//! workloads (hard deletes and key changes for `trigger`, soft deletes for `version`), a
+//! transaction open across exports, concurrent writers, processes killed mid-export; and what
+//! `setup` installs: idempotent, following added columns, removed by `teardown`, JSON images
+//! that keep types, identifiers that need quoting.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Raw, TestDb, MARGIN};
+use tidemark::capture::{self, Mode};
+use tidemark::db::{Database, DbKind};
+use tidemark::export::ExportRequest;
+use tidemark::ident::{ConsumerId, Ident};
+use tidemark::seed::{apply_burst, Burst};
+
+/// Generates, for a test `$name(kind, strategy)`, one test per strategy and database.
+macro_rules! for_strategies {
+    ($name:ident) => {
+        mod $name {
+            use tidemark::db::DbKind;
+            pub async fn trigger(kind: DbKind) {
+                super::$name(kind, "trigger").await
+            }
+            pub async fn version(kind: DbKind) {
+                super::$name(kind, "version").await
+            }
+            crate::on_each_db!(trigger);
+            crate::on_each_db!(version);
+        }
+    };
+}
+
+async fn settle() {
+    tokio::time::sleep(MARGIN * 3).await;
+}
+
+/// Waits until the capture bound can pass every write made so far: MariaDB's bound is held
+/// back by any transaction of the server (other tests' included) that started before now.
+/// Polls slower than every 100 ms, which is what lets InnoDB refresh INNODB_TRX.
+async fn quiesce(t: &TestDb) {
+    if t.kind == DbKind::Mysql {
+        let now = t.db.now().await.unwrap();
+        let older = format!(
+            "SELECT count(*) FROM information_schema.INNODB_TRX WHERE trx_started <= '{}'",
+            now.to_sql_naive()
+        );
+        for _ in 0..100 {
+            if t.count(&older).await == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        // The bound keeps a transaction's whole starting second out.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    settle().await;
+}
+
+/// Inserts, updates and soft deletes; for `trigger` also hard deletes and a primary key change.
+async fn churn(db: &dyn Database, strategy: &str, seed: u64, scale: u64) {
+    apply_burst(
+        db,
+        &Burst {
+            inserts: 3 * scale,
+            updates: 5 * scale,
+            soft_deletes: scale,
+            seed,
+        },
+    )
+    .await
+    .unwrap();
+    if strategy != "trigger" {
+        return;
+    }
+    let max: i64 = db.query("SELECT MAX(id) FROM users", &[]).await.unwrap()[0][0]
+        .as_deref()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut x = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        1 + (x % max as u64) as i64
+    };
+    for _ in 0..scale {
+        db.execute("DELETE FROM users WHERE id = ?", &[next().into()])
+            .await
+            .unwrap();
+    }
+    let moved = next();
+    db.execute(
+        "UPDATE users SET id = ? WHERE id = ?",
+        &[(max + 1000).into(), moved.into()],
+    )
+    .await
+    .unwrap();
+}
+
+fn text_of(out: &tidemark::export::ExportOutcome) -> String {
+    out.file
+        .as_ref()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .unwrap_or_default()
+}
+
+async fn replay_random_workload(kind: DbKind, strategy: &str) {
+    let t = TestDb::new(kind).await;
+    t.users_with(300, strategy).await;
+    t.export("replayer", Mode::Full).await;
+    let mut deletes = 0;
+    for round in 0..6u64 {
+        churn(t.db.as_ref(), strategy, round + 1, 1 + (round * 7) % 15).await;
+        quiesce(&t).await;
+        let mode = if round == 3 { Mode::Full } else { Mode::Delta };
+        let out = t.export("replayer", mode).await;
+        assert!(out.rows > 0, "round {round}: no changes exported");
+        deletes += text_of(&out)
+            .lines()
+            .filter(|l| l.starts_with("DELETE,"))
+            .count();
+    }
+    quiesce(&t).await;
+    t.export("replayer", Mode::Delta).await;
+    t.assert_replay_equals_table("replayer").await;
+    assert!(deletes > 0, "no DELETE in any delta");
+}
+for_strategies!(replay_random_workload);
+
+/// A transaction that writes, stays open across exports while others commit, and commits
+/// after them: its row is in a later export, never lost, never early.
+async fn transaction_open_across_exports(kind: DbKind, strategy: &str) {
+    let t = TestDb::new(kind).await;
+    t.users_with(100, strategy).await;
+    t.export("long", Mode::Full).await;
+    // Someone polling INNODB_TRX faster than every 100 ms pins InnoDB's cache of it: the
+    // transaction below never shows there, and a bound read from it would pass it.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = (kind == DbKind::Mysql).then(|| {
+        let (db, stop) = (std::sync::Arc::clone(&t.db), std::sync::Arc::clone(&stop));
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                db.query("SELECT count(*) FROM information_schema.INNODB_TRX", &[])
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    });
+    let now = t.db.dialect().now_expr();
+    let mut raw = Raw::open(&t).await;
+    raw.exec(if kind == DbKind::Sqlite {
+        "BEGIN IMMEDIATE"
+    } else {
+        "BEGIN"
+    })
+    .await;
+    raw.exec(&format!(
+        "INSERT INTO users (id, name, email, created_at, updated_at, is_deleted) \
+         VALUES (1000000, 'late writer', 'late@example.com', {now}, {now}, FALSE)"
+    ))
+    .await;
+    if kind == DbKind::Sqlite {
+        // One writer at a time: the export waits for this one.
+        let exporter = t.exporter().await;
+        let req = t.request("long", Mode::Delta);
+        let pending = tokio::spawn(async move { exporter.export(&req, None).await });
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(
+            !pending.is_finished(),
+            "the export must wait for the writer"
+        );
+        raw.exec("COMMIT").await;
+        let out = pending.await.unwrap().unwrap();
+        assert!(text_of(&out).contains("late writer"));
+    } else {
+        // Later transactions (with later ids) commit first, across two exports.
+        for round in 0..2u64 {
+            churn(t.db.as_ref(), strategy, 40 + round, 4).await;
+            settle().await;
+            let early = t.export("long", Mode::Delta).await;
+            if kind == DbKind::Postgres {
+                // Transaction snapshots deliver what committed; the clock bound of MariaDB
+                // waits for the open transaction instead.
+                assert!(early.rows > 0, "the committed changes are exported");
+            }
+            assert!(
+                !text_of(&early).contains("late writer"),
+                "uncommitted row exported"
+            );
+        }
+        raw.exec("COMMIT").await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(p) = poller {
+            p.await.unwrap();
+        }
+        quiesce(&t).await;
+        let late = t.export("long", Mode::Delta).await;
+        let text = text_of(&late);
+        assert!(text.contains("INSERT,1000000,late writer"), "{text}");
+    }
+    t.assert_replay_equals_table("long").await;
+}
+for_strategies!(transaction_open_across_exports);
+
+/// Writers commit small transactions while exports run back to back.
+async fn concurrent_writers_during_exports(kind: DbKind, strategy: &str) {
+    let t = TestDb::new(kind).await;
+    t.users_with(500, strategy).await;
+    t.export("busy", Mode::Full).await;
+    // One writer churns in bursts (its inserts take MAX(id) + 1, so it must be alone); the
+    // other commits single-row updates in between.
+    let db = std::sync::Arc::clone(&t.db);
+    let s = strategy.to_string();
+    let churner = tokio::spawn(async move {
+        for i in 0..12u64 {
+            churn(db.as_ref(), &s, 500 + i, 2).await;
+        }
+    });
+    let db = std::sync::Arc::clone(&t.db);
+    let updater = tokio::spawn(async move {
+        for i in 0..60i64 {
+            db.execute(
+                "UPDATE users SET name = ? WHERE id = ?",
+                &[format!("solo {i}").into(), (1 + (i * 37) % 500).into()],
+            )
+            .await
+            .unwrap();
+        }
+    });
+    let writers = [churner, updater];
+    let mut exports = 0;
+    while writers.iter().any(|w| !w.is_finished()) {
+        t.export("busy", Mode::Delta).await;
+        exports += 1;
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert!(exports >= 2, "exports ran while writing: {exports}");
+    quiesce(&t).await;
+    t.export("busy", Mode::Delta).await;
+    t.assert_replay_equals_table("busy").await;
+}
+for_strategies!(concurrent_writers_during_exports);
+
+/// The export process dies at each instant (and at random ones under kill -9); the next export
+/// repairs it and nothing is lost.
+async fn killed_mid_export_is_repaired(kind: DbKind, strategy: &str) {
+    let t = TestDb::new(kind).await;
+    t.users_with(200, strategy).await;
+    let out = t.out.path().to_string_lossy().into_owned();
+    let delta_cmd = || {
+        common::tidemark_cmd(&[
+            "export",
+            "--consumer",
+            "crashy",
+            "--mode",
+            "delta",
+            "--out",
+            &out,
+            "--margin-ms",
+            "30",
+            "--source",
+            t.url.as_str(),
+        ])
+    };
+    t.export("crashy", Mode::Full).await;
+    let state = t.state().await;
+    let consumer = ConsumerId::new("crashy").unwrap();
+    let table = Ident::new("users").unwrap();
+    for (i, fault) in ["after-write", "after-prepare", "after-publish"]
+        .iter()
+        .enumerate()
+    {
+        churn(t.db.as_ref(), strategy, 100 + i as u64, 4).await;
+        quiesce(&t).await;
+        let wm_before = state.watermark(&consumer, &table).await.unwrap().unwrap();
+        let crashed = delta_cmd().env("TIDEMARK_FAULT", fault).output().unwrap();
+        assert!(!crashed.status.success(), "{fault}: should have died");
+        let wm_after = state.watermark(&consumer, &table).await.unwrap().unwrap();
+        assert_eq!(wm_before.position, wm_after.position, "{fault}: moved");
+        churn(t.db.as_ref(), strategy, 200 + i as u64, 3).await;
+        quiesce(&t).await;
+        let next = delta_cmd().output().unwrap();
+        assert!(
+            next.status.success(),
+            "{}",
+            String::from_utf8_lossy(&next.stderr)
+        );
+        t.assert_replay_equals_table("crashy").await;
+    }
+    for i in 0..3u64 {
+        churn(t.db.as_ref(), strategy, 300 + i, 10).await;
+        quiesce(&t).await;
+        let mut child = delta_cmd()
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(5 + (i * 37) % 60)).await;
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    quiesce(&t).await;
+    let last = delta_cmd().output().unwrap();
+    assert!(
+        last.status.success(),
+        "{}",
+        String::from_utf8_lossy(&last.stderr)
+    );
+    t.assert_replay_equals_table("crashy").await;
+}
+for_strategies!(killed_mid_export_is_repaired);
+
+/// How many triggers the database has on `table`.
+async fn triggers_on(t: &TestDb, table: &str) -> i64 {
+    t.count(&match t.kind {
+        DbKind::Postgres => format!(
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass('\"{table}\"') \
+             AND NOT tgisinternal"
+        ),
+        DbKind::Mysql => format!(
+            "SELECT count(*) FROM information_schema.TRIGGERS \
+             WHERE EVENT_OBJECT_SCHEMA = DATABASE() AND EVENT_OBJECT_TABLE = '{table}'"
+        ),
+        DbKind::Sqlite => {
+            format!("SELECT count(*) FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = '{table}'")
+        }
+    })
+    .await
+}
+
+/// Whether a table called `name` exists.
+async fn table_exists(t: &TestDb, name: &str) -> bool {
+    t.db.describe(&Ident::new(name).unwrap()).await.is_ok()
+}
+
+/// The images of the log's entries, in change order: (operation, before, after).
+async fn images(t: &TestDb, log: &str) -> Vec<(String, serde_json::Value, serde_json::Value)> {
+    let cast = |c: &str| match t.kind {
+        DbKind::Postgres => format!("{c}::text"),
+        _ => c.to_string(),
+    };
+    let log = Ident::new(log).unwrap();
+    let rows =
+        t.db.query(
+            &format!(
+                "SELECT operation, {}, {} FROM {} ORDER BY change_id",
+                cast("before_image"),
+                cast("after_image"),
+                t.db.dialect().quote(&log)
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    let json = |v: &Option<String>| {
+        v.as_deref().map_or(serde_json::Value::Null, |s| {
+            serde_json::from_str(s).unwrap()
+        })
+    };
+    rows.iter()
+        .map(|r| (r[0].clone().unwrap(), json(&r[1]), json(&r[2])))
+        .collect()
+}
+
+async fn trigger_setup_is_idempotent_follows_columns_and_tears_down(kind: DbKind) {
+    let t = TestDb::new(kind).await;
+    let table = t.users_with(10, "trigger").await;
+    let report = t.setup(&table, "trigger").await;
+    assert_eq!(report.config.cursor_column, "tidemark_log_users");
+    let expected = if kind == DbKind::Postgres { 1 } else { 3 };
+    assert_eq!(triggers_on(&t, "users").await, expected);
+    t.db.execute("UPDATE users SET name = 'once' WHERE id = 3", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        t.count("SELECT count(*) FROM tidemark_log_users").await,
+        1,
+        "one log entry per change"
+    );
+
+    t.db.execute("ALTER TABLE users ADD COLUMN nickname TEXT", &[])
+        .await
+        .unwrap();
+    t.setup(&table, "trigger").await;
+    t.db.execute("UPDATE users SET nickname = 'nick' WHERE id = 3", &[])
+        .await
+        .unwrap();
+    let log = images(&t, "tidemark_log_users").await;
+    let (op, before, after) = log.last().unwrap();
+    assert_eq!(op, "UPDATE");
+    assert_eq!(before["nickname"], serde_json::Value::Null);
+    assert_eq!(after["nickname"], "nick");
+    assert_eq!(after["name"], "once");
+
+    let info = t.db.describe(&table).await.unwrap();
+    let config = t.state().await.table_config(&table).await.unwrap().unwrap();
+    capture::teardown(t.db.as_ref(), &info, &config)
+        .await
+        .unwrap();
+    assert_eq!(triggers_on(&t, "users").await, 0);
+    assert!(!table_exists(&t, "tidemark_log_users").await);
+    if kind == DbKind::Postgres {
+        assert_eq!(
+            t.count("SELECT count(*) FROM pg_proc WHERE proname LIKE 'tidemark%'")
+                .await,
+            0
+        );
+    }
+    // The table still takes writes.
+    t.db.execute("UPDATE users SET name = 'after' WHERE id = 3", &[])
+        .await
+        .unwrap();
+}
+crate::on_each_db!(trigger_setup_is_idempotent_follows_columns_and_tears_down);
+
+async fn version_setup_is_idempotent_stamps_and_tears_down(kind: DbKind) {
+    let t = TestDb::new(kind).await;
+    let table = t.users_with(10, "version").await;
+    t.setup(&table, "version").await;
+    let expected = if kind == DbKind::Postgres { 1 } else { 2 };
+    assert_eq!(triggers_on(&t, "users").await, expected);
+    assert_eq!(
+        t.count("SELECT count(*) FROM users WHERE tidemark_version IS NULL")
+            .await,
+        10,
+        "rows from before setup have no version"
+    );
+    t.db.execute("UPDATE users SET name = 'a' WHERE id = 1", &[])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    t.db.execute("UPDATE users SET name = 'b' WHERE id = 2", &[])
+        .await
+        .unwrap();
+    let v1 = t
+        .count("SELECT tidemark_version FROM users WHERE id = 1")
+        .await;
+    let v2 = t
+        .count("SELECT tidemark_version FROM users WHERE id = 2")
+        .await;
+    assert!(v1 > 0 && v2 > v1, "versions increase: {v1} then {v2}");
+
+    let info = t.db.describe(&table).await.unwrap();
+    let config = t.state().await.table_config(&table).await.unwrap().unwrap();
+    capture::teardown(t.db.as_ref(), &info, &config)
+        .await
+        .unwrap();
+    assert_eq!(triggers_on(&t, "users").await, 0);
+    let info = t.db.describe(&table).await.unwrap();
+    assert!(info.column("tidemark_version").is_none());
+    t.db.execute("UPDATE users SET name = 'c' WHERE id = 1", &[])
+        .await
+        .unwrap();
+}
+crate::on_each_db!(version_setup_is_idempotent_stamps_and_tears_down);
+
+/// A table and columns whose names need quoting, with values whose types must survive.
+async fn odd_table(t: &TestDb) -> Ident {
+    let ddl = match t.kind {
+        DbKind::Postgres => {
+            "CREATE TABLE \"order\" (\"it's\" BIGINT PRIMARY KEY, \
+             \"first name\" TEXT, f DOUBLE PRECISION, ts TIMESTAMPTZ, b BYTEA, n INTEGER)"
+        }
+        DbKind::Mysql => {
+            "CREATE TABLE `order` (`it's` BIGINT PRIMARY KEY, \
+             `first name` TEXT, f DOUBLE, ts TIMESTAMP(6) NULL, b LONGBLOB, n INT)"
+        }
+        DbKind::Sqlite => {
+            "CREATE TABLE \"order\" (\"it's\" INTEGER PRIMARY KEY, \
+             \"first name\" TEXT, f REAL, ts TEXT, b BLOB, n INTEGER)"
+        }
+    };
+    t.db.execute(ddl, &[]).await.unwrap();
+    Ident::new("order").unwrap()
+}
+
+fn odd_insert(kind: DbKind, id: i64, name: &str) -> String {
+    let (table, k, first) = match kind {
+        DbKind::Mysql => ("`order`", "`it's`", "`first name`"),
+        _ => ("\"order\"", "\"it's\"", "\"first name\""),
+    };
+    let (ts, b) = match kind {
+        DbKind::Postgres => ("'2026-11-21 04:37:00.123456+00'", "'\\x00ff10'::bytea"),
+        DbKind::Mysql => ("'2026-11-21 04:37:00.123456'", "X'00ff10'"),
+        DbKind::Sqlite => ("'2026-11-21T04:37:00.123456Z'", "X'00ff10'"),
+    };
+    format!(
+        "INSERT INTO {table} ({k}, {first}, f, ts, b, n) VALUES ({id}, '{name}', 0.1, {ts}, {b}, NULL)"
+    )
+}
+
+fn odd_request(t: &TestDb, consumer: &str, mode: Mode) -> ExportRequest {
+    ExportRequest::new(
+        ConsumerId::new(consumer).unwrap(),
+        Ident::new("order").unwrap(),
+        mode,
+        t.out.path().to_path_buf(),
+    )
+}
+
+async fn trigger_images_keep_types_and_odd_names(kind: DbKind) {
+    let t = TestDb::new(kind).await;
+    let table = odd_table(&t).await;
+    let d = t.db.dialect();
+    t.db.execute(&odd_insert(kind, 1, "first"), &[])
+        .await
+        .unwrap();
+    t.setup(&table, "trigger").await;
+    let exporter = t.exporter().await;
+    exporter
+        .export(&odd_request(&t, "odd", Mode::Full), None)
+        .await
+        .unwrap();
+    let big: i64 = 9_007_199_254_740_993; // 2^53 + 1: not a double
+    t.db.execute(&odd_insert(kind, big, "O''Brien \"q\""), &[])
+        .await
+        .unwrap();
+    let (q, k) = (d.quote(&table), d.quote(&Ident::new("it's").unwrap()));
+    t.db.execute(&format!("UPDATE {q} SET f = 1e300 WHERE {k} = {big}"), &[])
+        .await
+        .unwrap();
+    t.db.execute(&format!("DELETE FROM {q} WHERE {k} = 1"), &[])
+        .await
+        .unwrap();
+
+    let log = images(&t, "tidemark_log_order").await;
+    let ops: Vec<&str> = log.iter().map(|(o, _, _)| o.as_str()).collect();
+    assert_eq!(ops, ["INSERT", "UPDATE", "DELETE"]);
+    let (_, none, ins) = &log[0];
+    assert!(none.is_null());
+    assert_eq!(ins["it's"].as_i64(), Some(big), "{ins}");
+    assert_eq!(ins["first name"], "O'Brien \"q\"");
+    assert_eq!(ins["f"].as_f64(), Some(0.1), "{ins}");
+    assert!(ins["n"].is_null());
+    assert!(
+        ins["ts"]
+            .as_str()
+            .is_some_and(|s| s.contains("2026-11-21") && s.contains("04:37:00.123456")),
+        "{ins}"
+    );
+    assert_eq!(ins["b"], "\\x00ff10", "{ins}");
+    let (_, before, after) = &log[1];
+    assert_eq!(before["f"].as_f64(), Some(0.1));
+    assert_eq!(after["f"].as_f64(), Some(1e300), "{after}");
+    assert_eq!(after["it's"].as_i64(), Some(big));
+    let (_, gone, nothing) = &log[2];
+    assert_eq!(gone["it's"].as_i64(), Some(1));
+    assert!(nothing.is_null());
+
+    quiesce(&t).await;
+    let delta = exporter
+        .export(&odd_request(&t, "odd", Mode::Delta), None)
+        .await
+        .unwrap();
+    let text = text_of(&delta);
+    assert!(
+        text.starts_with("operation,it's,first name,f,ts,b,n"),
+        "{text}"
+    );
+    assert!(text.contains("DELETE,1,,,,,"), "{text}");
+    assert!(
+        text.contains(&format!("INSERT,{big},\"O'Brien \"\"q\"\"\",1")),
+        "{text}"
+    );
+    t.assert_replay_equals("odd", "order", &["it's"]).await;
+}
+crate::on_each_db!(trigger_images_keep_types_and_odd_names);
+
+async fn version_odd_names(kind: DbKind) {
+    let t = TestDb::new(kind).await;
+    let table = odd_table(&t).await;
+    let d = t.db.dialect();
+    t.db.execute(&odd_insert(kind, 1, "first"), &[])
+        .await
+        .unwrap();
+    t.setup(&table, "version").await;
+    let exporter = t.exporter().await;
+    exporter
+        .export(&odd_request(&t, "odd", Mode::Full), None)
+        .await
+        .unwrap();
+    t.db.execute(&odd_insert(kind, 2, "it''s new"), &[])
+        .await
+        .unwrap();
+    let (q, k) = (d.quote(&table), d.quote(&Ident::new("it's").unwrap()));
+    let first = d.quote(&Ident::new("first name").unwrap());
+    t.db.execute(
+        &format!("UPDATE {q} SET {first} = 'changed' WHERE {k} = 1"),
+        &[],
+    )
+    .await
+    .unwrap();
+    quiesce(&t).await;
+    let delta = exporter
+        .export(&odd_request(&t, "odd", Mode::Delta), None)
+        .await
+        .unwrap();
+    let text = text_of(&delta);
+    assert_eq!(delta.rows, 2, "{text}");
+    assert!(text.contains(",1,changed,"), "{text}");
+    assert!(text.contains(",2,it's new,"), "{text}");
+    t.assert_replay_equals("odd", "order", &["it's"]).await;
+}
+crate::on_each_db!(version_odd_names);
+
+/// Each kind of change becomes the operation PRODUCT.md names, once per key.
+async fn trigger_delta_operations(kind: DbKind) {
+    let t = TestDb::new(kind).await;
+    t.users_with(20, "trigger").await;
+    t.export("ops", Mode::Full).await;
+    t.export("inc", Mode::Full).await;
+    let now = t.db.dialect().now_expr();
+    for sql in [
+        format!(
+            "INSERT INTO users (id, name, email, created_at, updated_at, is_deleted) \
+             VALUES (100, 'new', 'new@example.com', {now}, {now}, FALSE)"
+        ),
+        "UPDATE users SET name = 'renamed' WHERE id = 100".to_string(),
+        format!(
+            "INSERT INTO users (id, name, email, created_at, updated_at, is_deleted) \
+             VALUES (101, 'brief', 'brief@example.com', {now}, {now}, FALSE)"
+        ),
+        "DELETE FROM users WHERE id = 101".to_string(),
+        "UPDATE users SET name = 'changed' WHERE id = 2".to_string(),
+        "UPDATE users SET name = 'twice' WHERE id = 2".to_string(),
+        "DELETE FROM users WHERE id = 3".to_string(),
+        "UPDATE users SET id = 500 WHERE id = 4".to_string(),
+        "UPDATE users SET is_deleted = TRUE WHERE id = 5".to_string(),
+    ] {
+        t.db.execute(&sql, &[]).await.unwrap();
+    }
+    quiesce(&t).await;
+    let delta = t.export("ops", Mode::Delta).await;
+    let text = text_of(&delta);
+    let ops: Vec<(String, String)> = text
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let mut f = l.split(',');
+            (f.next().unwrap().to_string(), f.next().unwrap().to_string())
+        })
+        .collect();
+    let op_of = |id: &str| -> Vec<&str> {
+        ops.iter()
+            .filter(|(_, k)| k == id)
+            .map(|(o, _)| o.as_str())
+            .collect()
+    };
+    assert_eq!(op_of("100"), ["INSERT"], "{text}");
+    assert_eq!(op_of("101"), ["DELETE"], "{text}");
+    assert_eq!(op_of("2"), ["UPDATE"], "{text}");
+    assert_eq!(op_of("3"), ["DELETE"], "{text}");
+    assert_eq!(op_of("4"), ["DELETE"], "{text}");
+    assert_eq!(op_of("500"), ["INSERT"], "{text}");
+    assert_eq!(op_of("5"), ["DELETE"], "{text}");
+    assert_eq!(ops.len(), 7, "{text}");
+    assert!(text.contains("INSERT,100,renamed,"), "{text}");
+    assert!(text.contains("UPDATE,2,twice,"), "{text}");
+    // Incremental: the live rows changed, latest values, each once.
+    let incremental = t.export("inc", Mode::Incremental).await;
+    let text = text_of(&incremental);
+    let mut ids: Vec<&str> = text
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["100", "2", "500"], "{text}");
+    assert!(text.contains("100,renamed,"), "{text}");
+    t.assert_replay_equals_table("ops").await;
+}
+crate::on_each_db!(trigger_delta_operations);
