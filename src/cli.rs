@@ -132,6 +132,15 @@ enum Command {
         #[command(flatten)]
         thresholds: ThresholdArgs,
     },
+    /// Delete change-log entries every consumer of the table has passed
+    Prune {
+        /// Only this table [default: every registered table]
+        #[arg(long)]
+        table: Option<String>,
+        /// Count what would be deleted, delete nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Run the HTTP service (export API, background jobs, health, stats, metrics)
     Serve(Box<ServeArgs>),
     /// Measure exports against psql \copy and sqlite3 (starts its own PostgreSQL server)
@@ -605,6 +614,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 print_json(&report)?;
             } else {
                 print!("{}", monitor::render(&report));
+            }
+        }
+        Command::Prune { table, dry_run } => {
+            let table = table.as_deref().map(Ident::new).transpose()?;
+            let db = open_source(&cli, false).await?;
+            let state = open_state(&cli, &db).await?;
+            if let Some(t) = &table {
+                db.describe(t).await?;
+            }
+            let reports =
+                capture::prune::prune(db.as_ref(), &state, table.as_ref(), *dry_run).await?;
+            if cli.json {
+                print_json(&reports)?;
+            } else if reports.is_empty() {
+                println!("no registered tables to prune");
+            } else {
+                for r in &reports {
+                    match &r.note {
+                        Some(note) => println!("{}: {note}", r.table),
+                        None => println!(
+                            "{}: {} {} change-log entries every consumer has passed ({}); {} left",
+                            r.table,
+                            if *dry_run { "would delete" } else { "deleted" },
+                            r.deleted,
+                            r.consumers.join(", "),
+                            r.remaining
+                        ),
+                    }
+                }
             }
         }
         Command::Serve(args) => {

@@ -676,3 +676,132 @@ async fn trigger_delta_operations(kind: DbKind) {
     t.assert_replay_equals_table("ops").await;
 }
 crate::on_each_db!(trigger_delta_operations);
+
+/// `prune` deletes exactly the log entries that every consumer has passed: nothing while one
+/// consumer has passed nothing, then the first burst once both have; the consumer that lagged
+/// still gets every change, and SQLite keeps its newest entry (positions count by rowid there).
+async fn prune_keeps_what_a_consumer_still_needs(kind: DbKind) {
+    use tidemark::capture::prune::prune;
+    let t = TestDb::new(kind).await;
+    t.users_with(200, "trigger").await;
+    let entries = "SELECT count(*) FROM tidemark_log_users";
+    t.export("ahead", Mode::Full).await;
+    t.export("behind", Mode::Full).await;
+    churn(t.db.as_ref(), "trigger", 1, 10).await;
+    let first = t.count(entries).await;
+    assert!(first > 0);
+    quiesce(&t).await;
+    t.export("ahead", Mode::Delta).await;
+    churn(t.db.as_ref(), "trigger", 2, 10).await;
+    let total = t.count(entries).await;
+    assert!(total > first);
+    let state = t.state().await;
+    let ahead = state
+        .watermark(
+            &ConsumerId::new("ahead").unwrap(),
+            &Ident::new("users").unwrap(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        ahead.position.change_id().is_some(),
+        kind == DbKind::Sqlite,
+        "positions count by change id on SQLite only: {:?}",
+        ahead.position
+    );
+
+    let r = prune(t.db.as_ref(), &state, None, false).await.unwrap();
+    assert_eq!(r[0].deleted, 0, "behind has passed nothing: {r:?}");
+    assert_eq!(r[0].consumers.len(), 2);
+    assert_eq!(t.count(entries).await, total);
+
+    quiesce(&t).await;
+    t.export("behind", Mode::Delta).await;
+    let dry = prune(t.db.as_ref(), &state, None, true).await.unwrap();
+    assert_eq!(
+        dry[0].deleted as i64, first,
+        "dry run counts the first burst"
+    );
+    assert_eq!(t.count(entries).await, total, "a dry run deletes nothing");
+    let r = prune(t.db.as_ref(), &state, None, false).await.unwrap();
+    assert_eq!(r[0].deleted as i64, first, "{r:?}");
+    assert_eq!(t.count(entries).await, total - first);
+
+    quiesce(&t).await;
+    t.export("ahead", Mode::Delta).await;
+    t.assert_replay_equals_table("ahead").await;
+    t.assert_replay_equals_table("behind").await;
+    prune(t.db.as_ref(), &state, None, false).await.unwrap();
+    let kept = if kind == DbKind::Sqlite { 1 } else { 0 };
+    assert_eq!(t.count(entries).await, kept);
+
+    // Changes after a full prune still reach both consumers.
+    churn(t.db.as_ref(), "trigger", 3, 5).await;
+    quiesce(&t).await;
+    t.export("ahead", Mode::Delta).await;
+    t.export("behind", Mode::Delta).await;
+    t.assert_replay_equals_table("ahead").await;
+    t.assert_replay_equals_table("behind").await;
+}
+crate::on_each_db!(prune_keeps_what_a_consumer_still_needs);
+
+/// `tidemark status --json` counts a consumer's pending changes by operation for both
+/// strategies (hard deletes for `trigger`, soft ones for `version`), and none once delivered.
+async fn status_counts_pending_changes(kind: DbKind, strategy: &str) {
+    let t = TestDb::new(kind).await;
+    t.users_with(50, strategy).await;
+    t.export("watcher", Mode::Full).await;
+    quiesce(&t).await;
+    let d = t.db.dialect();
+    let now = d.now_expr();
+    t.db.execute(
+        &format!("UPDATE users SET name = 'x', updated_at = {now} WHERE id IN (1, 2, 3)"),
+        &[],
+    )
+    .await
+    .unwrap();
+    let delete = if strategy == "trigger" {
+        "DELETE FROM users WHERE id IN (4, 5)".to_string()
+    } else {
+        let yes = if kind == DbKind::Postgres {
+            "true"
+        } else {
+            "1"
+        };
+        format!("UPDATE users SET is_deleted = {yes}, updated_at = {now} WHERE id IN (4, 5)")
+    };
+    t.db.execute(&delete, &[]).await.unwrap();
+    apply_burst(
+        t.db.as_ref(),
+        &Burst {
+            inserts: 4,
+            updates: 0,
+            soft_deletes: 0,
+            seed: 9,
+        },
+    )
+    .await
+    .unwrap();
+    quiesce(&t).await;
+    let status = |t: &TestDb| {
+        let out = t.cli(&["--json", "status"]);
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let v = status(&t);
+    let table = &v["tables"][0];
+    assert_eq!(table["strategy"], strategy);
+    let pending = &table["consumers"][0]["pending"];
+    assert_eq!(pending["INSERT"], 4, "{v}");
+    assert_eq!(pending["UPDATE"], 3, "{v}");
+    assert_eq!(pending["DELETE"], 2, "{v}");
+    assert_eq!(pending["total"], 9, "{v}");
+    assert!(table["consumers"][0]["lagSeconds"].as_f64().unwrap() > 0.0);
+    t.export("watcher", Mode::Delta).await;
+    let v = status(&t);
+    assert_eq!(v["tables"][0]["consumers"][0]["pending"]["total"], 0, "{v}");
+    let text = t.cli(&["status"]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("watcher"));
+}
+for_strategies!(status_counts_pending_changes);

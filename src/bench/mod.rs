@@ -5,6 +5,7 @@
 //! and against the table size, full export from SQLite; and the HTTP service ([`http`]).
 
 pub mod http;
+pub mod overhead;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -47,6 +48,7 @@ pub struct BenchReport {
     pub pg_incremental_same_changes_tenth_table: Measured,
     pub sqlite_cli: Measured,
     pub sqlite_full_export: Measured,
+    pub capture: overhead::CaptureOverhead,
     pub http: http::HttpBench,
 }
 
@@ -129,6 +131,7 @@ impl BenchReport {
             "seeding {n} users into PostgreSQL: {:.2} s\n",
             self.pg_seed_seconds
         );
+        s += &self.capture.render();
         s += &self.http.render();
         s
     }
@@ -395,6 +398,7 @@ pub async fn run(opts: &BenchOptions, log: &(dyn Fn(&str) + Sync)) -> Result<Ben
         Ok(c)
     })?;
     let sqlite_full_export = full_exports(&sqlite_url, &out)?;
+    let capture = overhead::run(&dir, log).await?;
     let http = http::run(&small_url, Arc::clone(&small), &big_url, &dir, log).await?;
 
     Ok(BenchReport {
@@ -408,6 +412,7 @@ pub async fn run(opts: &BenchOptions, log: &(dyn Fn(&str) + Sync)) -> Result<Ben
         pg_incremental_same_changes_tenth_table,
         sqlite_cli,
         sqlite_full_export,
+        capture,
         http,
     })
 }

@@ -4,6 +4,7 @@
 //! tidemark maintains) and `trigger` (a change log written by triggers), all behind
 //! [`CaptureStrategy`]. The helpers here are the parts they share.
 
+pub mod prune;
 pub mod timestamp;
 pub mod trigger;
 pub mod version;
@@ -83,6 +84,22 @@ pub trait CaptureStrategy: Send + Sync {
         before: Option<&Position>,
         after: &Position,
     ) -> Result<Select>;
+    /// A query run inside the export's snapshot whose one value becomes
+    /// [`Bound::extent`](crate::db::Bound) — for a change log whose ids are handed out in
+    /// commit order, its largest id. `None`: the strategy needs none.
+    fn extent_query(&self, _dialect: &dyn Dialect) -> Option<String> {
+        None
+    }
+    /// For a strategy with a change log: a statement deleting the log entries that every one of
+    /// `positions` (the consumers' positions) has passed, and a query counting what is left.
+    /// `None`: the strategy keeps no log.
+    fn prune_sql(
+        &self,
+        _dialect: &dyn Dialect,
+        _positions: &[Position],
+    ) -> Result<Option<(String, String)>> {
+        Ok(None)
+    }
     /// A query counting the changes from `before` (none: from the beginning) to `after` by
     /// operation: rows of (`INSERT`|`UPDATE`|`DELETE`, count), as a delta export of that
     /// interval would deliver them. Every delta SELECT names its operation `tidemark_op`.
@@ -355,6 +372,15 @@ impl<'a> TxidSnapshot<'a> {
     /// A condition on the BIGINT txid expression `txid`: the transaction is not visible in
     /// this snapshot. The range part (`txid >= xmin`: every older transaction had finished)
     /// lets an index on `txid` limit the work to recent changes.
+    /// A condition true for a transaction id that had finished when this snapshot was taken
+    /// (its changes are in every export that read up to this snapshot).
+    pub(crate) fn visible(&self, txid: &str) -> String {
+        format!(
+            "({txid} < {} OR pg_visible_in_snapshot({txid}::text::xid8, '{}'::pg_snapshot))",
+            self.xmin, self.text
+        )
+    }
+
     pub(crate) fn not_visible(&self, txid: &str) -> String {
         format!(
             "{txid} >= {} AND NOT pg_visible_in_snapshot({txid}::text::xid8, '{}'::pg_snapshot)",

@@ -216,14 +216,18 @@ impl TriggerCapture {
                 v
             }
             DbKind::Sqlite => {
+                // Positions count by change id here (see `extent_query`), so the log needs no
+                // time index, and ids are rowids (no AUTOINCREMENT bookkeeping): each write
+                // then costs one more B-tree insert, not three. Rowids never go back because
+                // prune always keeps the newest entry.
                 let mut v = vec![
                     format!(
                         "CREATE TABLE IF NOT EXISTS {log} (\
-                         change_id INTEGER PRIMARY KEY AUTOINCREMENT, txid INTEGER, \
+                         change_id INTEGER PRIMARY KEY, txid INTEGER, \
                          changed_at TEXT NOT NULL, operation TEXT NOT NULL, \
                          before_image TEXT, after_image TEXT, {keys})"
                     ),
-                    d.create_index(&n.time_index, &n.log, &[&Ident::new("changed_at")?]),
+                    d.drop_index(&n.time_index, &n.log),
                 ];
                 // In one transaction with the drops: no write goes uncaptured meanwhile.
                 for (name, op) in self.per_operation() {
@@ -281,20 +285,26 @@ impl TriggerCapture {
     ) -> Result<Select> {
         let changed_at = Self::changed_at()?;
         let mut interval: Vec<String> = Vec::new();
-        match before.txids() {
-            Some(t) => interval.push(TxidSnapshot::parse(t)?.not_visible("l.txid")),
-            None => interval.push(format!(
+        match (before.txids(), before.change_id()) {
+            (Some(t), _) => interval.push(TxidSnapshot::parse(t)?.not_visible("l.txid")),
+            (None, Some(id)) => interval.push(format!("l.change_id > {id}")),
+            (None, None) => interval.push(format!(
                 "l.changed_at >= {}",
                 d.timestamp_literal(&before.time(), &changed_at)
             )),
         }
         // With a transaction snapshot, the read itself sees exactly the changes of the
-        // transactions it names as finished: no upper bound is needed.
-        if after.txids().is_none() {
-            interval.push(format!(
+        // transactions it names as finished: no upper bound is needed. With ids in commit
+        // order (SQLite), the snapshot's largest id is the bound.
+        match (after.txids(), after.change_id()) {
+            (Some(_), _) => {}
+            (None, Some(id)) => interval.push(format!("l.change_id <= {id}")),
+            // A count up to now (monitoring) from an id needs no upper bound.
+            (None, None) if before.change_id().is_some() => {}
+            (None, None) => interval.push(format!(
                 "l.changed_at < {}",
                 d.timestamp_literal(&after.time(), &changed_at)
-            ));
+            )),
         }
         let interval = interval.join(" AND ");
         let keys = &self.info.primary_key;
@@ -410,7 +420,50 @@ impl CaptureStrategy for TriggerCapture {
         Position::Trigger {
             time: before.map_or(bound.time, |b| b.time().max(bound.time)),
             txids: bound.txids.clone(),
+            change_id: bound.extent,
         }
+    }
+
+    fn prune_sql(
+        &self,
+        d: &dyn Dialect,
+        positions: &[Position],
+    ) -> Result<Option<(String, String)>> {
+        let log = d.quote(&self.names.log);
+        let changed_at = Self::changed_at()?;
+        let mut passed = Vec::new();
+        for p in positions {
+            passed.push(match (p.txids(), p.change_id()) {
+                (Some(t), _) => TxidSnapshot::parse(t)?.visible("txid"),
+                (None, Some(id)) => format!("change_id <= {id}"),
+                (None, None) => format!(
+                    "changed_at < {}",
+                    d.timestamp_literal(&p.time(), &changed_at)
+                ),
+            });
+        }
+        if passed.is_empty() {
+            return Ok(None);
+        }
+        if d.kind() == DbKind::Sqlite {
+            // Rowids must never go back (positions count by them): keep the newest entry.
+            passed.push(format!("change_id < (SELECT max(change_id) FROM {log})"));
+        }
+        Ok(Some((
+            format!("DELETE FROM {log} WHERE {}", passed.join(" AND ")),
+            format!("SELECT count(*) FROM {log}"),
+        )))
+    }
+
+    fn extent_query(&self, d: &dyn Dialect) -> Option<String> {
+        // One writer at a time, and the export's snapshot is pinned while no writer is active:
+        // every id up to the largest one it sees is committed, and later ones are larger.
+        (d.kind() == DbKind::Sqlite).then(|| {
+            format!(
+                "SELECT COALESCE(max(change_id), 0) FROM {}",
+                d.quote(&self.names.log)
+            )
+        })
     }
 
     fn select(

@@ -398,12 +398,20 @@ pub struct Bound {
     pub time: Timestamp,
     /// `pg_current_snapshot()` of the snapshot's transaction (PostgreSQL only).
     pub txids: Option<String>,
+    /// The largest change id the snapshot sees, for strategies whose ids are handed out in
+    /// commit order (a SQLite change log: one writer at a time); see
+    /// `CaptureStrategy::extent_query`.
+    pub extent: Option<i64>,
 }
 
 impl Bound {
     /// A bound on the clock only.
     pub fn at(time: Timestamp) -> Self {
-        Bound { time, txids: None }
+        Bound {
+            time,
+            txids: None,
+            extent: None,
+        }
     }
 }
 
@@ -417,6 +425,8 @@ pub trait Snapshot: Send {
     fn bound(&self) -> Bound;
     /// Runs `select` (whose columns are already rendered as text) and streams its rows.
     async fn stream(&mut self, select: &str, sink: &mut dyn RowSink) -> Result<u64>;
+    /// Runs a small query inside the snapshot.
+    async fn query(&mut self, sql: &str) -> Result<Vec<TextRow>>;
     /// Ends the read.
     async fn finish(self: Box<Self>) -> Result<()>;
 }

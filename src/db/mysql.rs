@@ -222,6 +222,10 @@ impl Snapshot for MysqlSnapshot {
         MySql::stream_text_rows(&mut self.tx, select, sink).await
     }
 
+    async fn query(&mut self, sql: &str) -> Result<Vec<TextRow>> {
+        MySql::query(&mut self.tx, sql, &[]).await
+    }
+
     async fn finish(self: Box<Self>) -> Result<()> {
         self.tx.commit().await?;
         Ok(())

@@ -202,6 +202,10 @@ impl Snapshot for PgSnapshot {
         Ok(n)
     }
 
+    async fn query(&mut self, sql: &str) -> Result<Vec<TextRow>> {
+        Postgres::query(&mut self.tx, sql, &[]).await
+    }
+
     async fn finish(self: Box<Self>) -> Result<()> {
         self.tx.commit().await?;
         Ok(())
@@ -290,7 +294,11 @@ impl Database for PostgresDb {
         let snap = Postgres::query(&mut tx, "SELECT pg_current_snapshot()::text", &[]).await?;
         let txids = snap.first().and_then(|r| r[0].clone());
         Ok(Box::new(PgSnapshot {
-            bound: Bound { time, txids },
+            bound: Bound {
+                time,
+                txids,
+                extent: None,
+            },
             tx,
         }))
     }

@@ -143,7 +143,15 @@ impl Exporter {
         let export_id = req.id.clone().unwrap_or_else(new_export_id);
 
         let mut snapshot = self.source.snapshot(self.margin).await?;
-        let after = strategy.position_after(&snapshot.bound(), before.as_ref());
+        let mut bound = snapshot.bound();
+        if let Some(q) = strategy.extent_query(self.source.dialect()) {
+            let rows = snapshot.query(&q).await?;
+            bound.extent = rows
+                .first()
+                .and_then(|r| r.first().cloned().flatten())
+                .and_then(|v| v.parse().ok());
+        }
+        let after = strategy.position_after(&bound, before.as_ref());
         let select = strategy.select(self.source.dialect(), req.mode, before.as_ref(), &after)?;
         let stem = file_stem(
             req.mode,

@@ -24,6 +24,10 @@ pub enum Position {
         time: Timestamp,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         txids: Option<String>,
+        /// Every change-log entry up to this id has been delivered (SQLite, where ids are
+        /// handed out in commit order).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        change_id: Option<i64>,
     },
     /// Every row version written by a transaction visible in `txids` (PostgreSQL) or stamped
     /// before `time` (elsewhere) has been delivered.
@@ -51,6 +55,14 @@ impl Position {
         match self {
             Position::Timestamp { cursor } => *cursor,
             Position::Trigger { time, .. } | Position::Version { time, .. } => *time,
+        }
+    }
+
+    /// The last change-log id delivered, where positions count by id (SQLite triggers).
+    pub fn change_id(&self) -> Option<i64> {
+        match self {
+            Position::Trigger { change_id, .. } => *change_id,
+            _ => None,
         }
     }
 
