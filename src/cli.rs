@@ -609,7 +609,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status { thresholds } => {
             let db = open_source(&cli, false).await?;
             let state = open_state(&cli, &db).await?;
-            let report = monitor::collect(db.as_ref(), &state, thresholds.resolve()).await?;
+            let report = monitor::collect(
+                db.as_ref(),
+                &state,
+                monitor::Scope {
+                    thresholds: thresholds.resolve(),
+                    table_totals: true,
+                },
+            )
+            .await?;
             if cli.json {
                 print_json(&report)?;
             } else {

@@ -87,12 +87,22 @@ pub struct StatusReport {
     pub tables: Vec<TableStatus>,
 }
 
+/// What to collect.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Scope {
+    pub thresholds: Thresholds,
+    /// Also count every change each table's strategy can see (a scan of the table or its log;
+    /// `/metrics` scrapes leave it out and report only what consumers have pending).
+    pub table_totals: bool,
+}
+
 /// Collects the report: every registered table and every table that has a watermark.
 pub async fn collect(
     source: &dyn Database,
     state: &StateStore,
-    thresholds: Thresholds,
+    scope: Scope,
 ) -> Result<StatusReport> {
+    let thresholds = scope.thresholds;
     let now = source.now().await?;
     let configs = state.table_configs().await?;
     let watermarks = state.watermarks().await?;
@@ -113,7 +123,7 @@ pub async fn collect(
             consumers: Vec::new(),
             error: None,
         };
-        match inspect(source, &name, config, &mine, now, thresholds).await {
+        match inspect(source, &name, config, &mine, now, scope).await {
             Ok((changes, consumers)) => {
                 status.changes = changes;
                 status.consumers = consumers;
@@ -146,8 +156,9 @@ async fn inspect(
     config: Option<&crate::state::TableConfig>,
     watermarks: &[&Watermark],
     now: Timestamp,
-    thresholds: Thresholds,
+    scope: Scope,
 ) -> Result<(Counts, Vec<ConsumerStatus>)> {
+    let thresholds = scope.thresholds;
     let info = source.describe(table).await?;
     let strategy = strategy_for(&info, config)?;
     let count = |before: Option<Position>| {
@@ -173,7 +184,11 @@ async fn inspect(
             Ok::<_, Error>(counts)
         }
     };
-    let changes = count(None).await?;
+    let changes = if scope.table_totals {
+        count(None).await?
+    } else {
+        Counts::default()
+    };
     let mut consumers = Vec::new();
     for w in watermarks {
         let pending = count(Some(w.position.clone())).await?;

@@ -561,7 +561,10 @@ async fn stats(State(s): State<AppState>) -> ApiResult<Json<serde_json::Value>> 
         monitor::collect(
             s.exporter.source().as_ref(),
             s.exporter.state(),
-            s.thresholds,
+            monitor::Scope {
+                thresholds: s.thresholds,
+                table_totals: true,
+            },
         ),
     )
     .await
@@ -590,7 +593,10 @@ async fn metrics(State(s): State<AppState>) -> Response {
         monitor::collect(
             s.exporter.source().as_ref(),
             s.exporter.state(),
-            s.thresholds,
+            monitor::Scope {
+                thresholds: s.thresholds,
+                table_totals: false,
+            },
         ),
     )
     .await
