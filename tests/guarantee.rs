@@ -48,7 +48,7 @@ async fn replay_random_workload(kind: DbKind) {
         };
         t.export("replayer", mode).await;
     }
-    settle().await;
+    t.quiesce().await;
     t.export("replayer", Mode::Delta).await;
     t.assert_replay_equals_table("replayer").await;
 }
@@ -70,7 +70,7 @@ async fn equal_cursor_value_after_export(kind: DbKind) {
     )
     .await
     .unwrap();
-    settle().await;
+    t.quiesce().await;
     let delta = t.export("tie", Mode::Delta).await;
     let text = std::fs::read_to_string(delta.file.expect("a delta file")).unwrap();
     assert!(text.contains("UPDATE,7,tied row,"), "{text}");
@@ -121,7 +121,7 @@ async fn transaction_open_across_exports(kind: DbKind) {
             assert!(!text.contains("late writer"), "uncommitted row exported");
         }
         raw.exec("COMMIT").await;
-        settle().await;
+        t.quiesce().await;
         let second = t.export("long", Mode::Delta).await;
         let text = std::fs::read_to_string(second.file.expect("late row exported")).unwrap();
         assert!(text.contains("late writer"), "{text}");
@@ -161,7 +161,7 @@ async fn concurrent_exports_serialize(kind: DbKind) {
         }
         assert!(ok >= 1);
     }
-    settle().await;
+    t.quiesce().await;
     t.export("racer", Mode::Delta).await;
     let chains = tidemark::export::manifest::chains(t.out.path()).unwrap();
     let chain = &chains[&("racer".to_string(), "users".to_string())];
@@ -240,7 +240,7 @@ async fn killed_mid_export_is_repaired(kind: DbKind) {
         apply_burst(t.db.as_ref(), &burst(200 + i as u64, 3))
             .await
             .unwrap();
-        settle().await;
+        t.quiesce().await;
         let next = export_cli(None);
         assert!(
             next.status.success(),
@@ -273,7 +273,7 @@ async fn killed_mid_export_is_repaired(kind: DbKind) {
         let _ = child.kill();
         let _ = child.wait();
     }
-    settle().await;
+    t.quiesce().await;
     let last = export_cli(None);
     assert!(
         last.status.success(),

@@ -36,26 +36,8 @@ async fn settle() {
     tokio::time::sleep(MARGIN * 3).await;
 }
 
-/// Waits until the capture bound can pass every write made so far: MariaDB's bound is held
-/// back by any transaction of the server (other tests' included) that started before now.
-/// Polls slower than every 100 ms, which is what lets InnoDB refresh INNODB_TRX.
 async fn quiesce(t: &TestDb) {
-    if t.kind == DbKind::Mysql {
-        let now = t.db.now().await.unwrap();
-        let older = format!(
-            "SELECT count(*) FROM information_schema.INNODB_TRX WHERE trx_started <= '{}'",
-            now.to_sql_naive()
-        );
-        for _ in 0..100 {
-            if t.count(&older).await == 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(150)).await;
-        }
-        // The bound keeps a transaction's whole starting second out.
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    settle().await;
+    t.quiesce().await
 }
 
 /// Inserts, updates and soft deletes; for `trigger` also hard deletes and a primary key change.

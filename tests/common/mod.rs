@@ -177,6 +177,28 @@ impl TestDb {
         rows[0][0].as_deref().unwrap_or("0").parse().unwrap()
     }
 
+    /// Waits until the capture bound can pass every write made so far: MariaDB's bound is held
+    /// back by any transaction of the server (other tests' included) that started before now,
+    /// for the whole second it started in. Polls slower than every 100 ms, which is what lets
+    /// InnoDB refresh INNODB_TRX. Elsewhere it waits out the capture margin.
+    pub async fn quiesce(&self) {
+        if self.kind == DbKind::Mysql {
+            let now = self.db.now().await.unwrap();
+            let older = format!(
+                "SELECT count(*) FROM information_schema.INNODB_TRX WHERE trx_started <= '{}'",
+                now.to_sql_naive()
+            );
+            for _ in 0..100 {
+                if self.count(&older).await == 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        tokio::time::sleep(MARGIN * 3).await;
+    }
+
     pub fn count_files(&self) -> usize {
         csv_files(self.out.path()).len()
     }
