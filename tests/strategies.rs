@@ -202,15 +202,21 @@ async fn concurrent_writers_during_exports(kind: DbKind, strategy: &str) {
             churn(db.as_ref(), &s, 500 + i, 2).await;
         }
     });
+    // The updater keeps going until several exports have run while it writes, so the test
+    // always exercises exports racing writers, however fast the machine is.
+    let exported = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = std::sync::Arc::clone(&exported);
     let db = std::sync::Arc::clone(&t.db);
     let updater = tokio::spawn(async move {
-        for i in 0..60i64 {
+        let mut i = 0i64;
+        while i < 60 || (seen.load(std::sync::atomic::Ordering::SeqCst) < 3 && i < 100_000) {
             db.execute(
                 "UPDATE users SET name = ? WHERE id = ?",
                 &[format!("solo {i}").into(), (1 + (i * 37) % 500).into()],
             )
             .await
             .unwrap();
+            i += 1;
         }
     });
     let writers = [churner, updater];
@@ -218,6 +224,7 @@ async fn concurrent_writers_during_exports(kind: DbKind, strategy: &str) {
     while writers.iter().any(|w| !w.is_finished()) {
         t.export("busy", Mode::Delta).await;
         exports += 1;
+        exported.store(exports, std::sync::atomic::Ordering::SeqCst);
     }
     for w in writers {
         w.await.unwrap();
