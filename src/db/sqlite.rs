@@ -15,7 +15,7 @@ use sqlx::{ConnectOptions as _, Sqlite};
 
 use super::{
     common::Driver, Bound, Column, ColumnKind, ConnectOptions, Database, DbKind, DbUrl, Dialect,
-    LockGuard, Param, RowSink, Snapshot, Stmt, TextRow, Timestamp,
+    LockGuard, Param, RowSink, Snapshot, Stmt, TextRow, Timestamp, Transaction,
 };
 use crate::error::{Error, Result};
 use crate::ident::Ident;
@@ -219,6 +219,29 @@ impl LockGuard for FileLock {
     }
 }
 
+struct SqliteTx(sqlx::Transaction<'static, Sqlite>);
+
+#[async_trait]
+impl Transaction for SqliteTx {
+    async fn execute(&mut self, sql: &str, params: Vec<Param>) -> Result<u64> {
+        Sqlite::execute_owned(&mut self.0, sql, params).await
+    }
+
+    async fn query(&mut self, sql: &str, params: Vec<Param>) -> Result<Vec<TextRow>> {
+        Sqlite::query(&mut self.0, sql, &params).await
+    }
+
+    async fn commit(self: Box<Self>) -> Result<()> {
+        self.0.commit().await?;
+        Ok(())
+    }
+
+    async fn rollback(self: Box<Self>) -> Result<()> {
+        self.0.rollback().await?;
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl Database for SqliteDb {
     fn kind(&self) -> DbKind {
@@ -313,5 +336,9 @@ impl Database for SqliteDb {
     async fn now(&self) -> Result<Timestamp> {
         let rows = self.query(&format!("SELECT {NOW_EXPR}"), &[]).await?;
         Timestamp::parse(rows[0][0].as_deref().unwrap_or_default())
+    }
+
+    async fn begin(&self) -> Result<Box<dyn Transaction>> {
+        Ok(Box::new(SqliteTx(self.pool.begin_with("BEGIN IMMEDIATE").await?)))
     }
 }
