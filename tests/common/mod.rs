@@ -167,6 +167,16 @@ impl TestDb {
             .expect("run tidemark")
     }
 
+    /// Runs the real binary against this database with extra environment variables.
+    pub fn cli_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut c = tidemark_cmd(args);
+        c.arg("--source").arg(self.url.as_str());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().expect("run tidemark")
+    }
+
     /// A count (or other single integer) from the database.
     pub async fn count(&self, sql: &str) -> i64 {
         let rows = self
