@@ -167,6 +167,12 @@ enum Command {
         /// Working directory for databases and files [default: a temporary directory]
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Changes in the replication benchmark
+        #[arg(long, default_value_t = 160_000)]
+        changes: u64,
+        /// Run only the replication benchmark
+        #[arg(long)]
+        replication_only: bool,
     },
 }
 
@@ -710,11 +716,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             })
             .await?;
         }
-        Command::Bench { rows, pg_url, dir } => {
+        Command::Bench {
+            rows,
+            pg_url,
+            dir,
+            changes,
+            replication_only,
+        } => {
             let opts = crate::bench::BenchOptions {
                 rows: *rows,
                 pg_url: pg_url.clone(),
                 dir: dir.clone(),
+                changes: *changes,
+                replication_only: *replication_only,
             };
             let report = crate::bench::run(&opts, &|line| {
                 if !cli.json {

@@ -257,15 +257,25 @@ async fn unappliable_change_stops_and_names_it() {
         "{text}"
     );
     assert_eq!(position_in_target(dst.db.as_ref()).await.unwrap(), before);
-    assert_eq!(dst.count("SELECT count(*) FROM users WHERE id = 9001").await, 0);
+    assert_eq!(
+        dst.count("SELECT count(*) FROM users WHERE id = 9001")
+            .await,
+        0
+    );
     // The CLI says the same and exits 1.
     let out = src.cli(&["replicate", "--target", dst.url.as_str()]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(&format!("UPDATE of users (id={live})")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("UPDATE of users (id={live})")),
+        "{stderr}"
+    );
     // Fixed at the source, replication goes on and catches up.
     src.db
-        .execute("UPDATE users SET name = 'allowed' WHERE id = ?", &[live.into()])
+        .execute(
+            "UPDATE users SET name = 'allowed' WHERE id = ?",
+            &[live.into()],
+        )
         .await
         .unwrap();
     replicate_once(&src, &dst.url, 10).await.unwrap();
@@ -279,7 +289,10 @@ async fn mismatched_target_table_is_refused() {
     let dst = TestDb::new(DbKind::Sqlite).await;
     src.users_with(10, "trigger").await;
     dst.db
-        .execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)", &[])
+        .execute(
+            "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)",
+            &[],
+        )
         .await
         .unwrap();
     let err = replicate_once(&src, &dst.url, 10).await.unwrap_err();
@@ -312,7 +325,10 @@ fn terminate(mut child: Child) {
     // SAFETY: signalling our own child process.
     unsafe { libc::kill(pid, libc::SIGTERM) };
     let status = child.wait().unwrap();
-    assert!(status.success(), "replicate --follow exited with {status} on SIGTERM");
+    assert!(
+        status.success(),
+        "replicate --follow exited with {status} on SIGTERM"
+    );
 }
 
 /// Waits until the target equals the source, or panics after `limit`.
@@ -321,7 +337,9 @@ async fn until_same(src: &TestDb, dst: &dyn Database, dst_state: &StateStore, li
     loop {
         let a = image(src.db.as_ref(), &src.state().await).await;
         let b = replay::table_image(dst, dst_state, &users()).await;
-        if b.as_ref().is_ok_and(|b| replay::differences(&a, b, 1).is_empty()) {
+        if b.as_ref()
+            .is_ok_and(|b| replay::differences(&a, b, 1).is_empty())
+        {
             return;
         }
         if t0.elapsed() > limit {
@@ -368,7 +386,13 @@ async fn kill_9_while_following() {
         churn(src.db.as_ref(), "trigger", seed, 4).await;
         quiesce(src.db.as_ref()).await;
         let out = src.cli_env(
-            &["replicate", "--target", dst.url.as_str(), "--margin-ms", "30"],
+            &[
+                "replicate",
+                "--target",
+                dst.url.as_str(),
+                "--margin-ms",
+                "30",
+            ],
             &[("TIDEMARK_FAULT", fault)],
         );
         assert!(!out.status.success(), "{fault}: the fault did not fire");
@@ -428,13 +452,21 @@ async fn follow_latency() {
                 .unwrap();
             let t0 = Instant::now();
             let q = format!("SELECT count(*) FROM users WHERE id = {id}");
-            while dst.db.query(&q, &[]).await.ok().map(|r| r[0][0].clone()) != Some(Some("1".into())) {
-                assert!(t0.elapsed() < Duration::from_secs(5), "{kind}: not replicated");
+            while dst.db.query(&q, &[]).await.ok().map(|r| r[0][0].clone())
+                != Some(Some("1".into()))
+            {
+                assert!(
+                    t0.elapsed() < Duration::from_secs(5),
+                    "{kind}: not replicated"
+                );
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             worst = worst.max(t0.elapsed());
         }
         terminate(child);
-        assert!(worst < Duration::from_secs(1), "{kind}: worst latency {worst:?}");
+        assert!(
+            worst < Duration::from_secs(1),
+            "{kind}: worst latency {worst:?}"
+        );
     }
 }

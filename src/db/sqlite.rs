@@ -339,6 +339,8 @@ impl Database for SqliteDb {
     }
 
     async fn begin(&self) -> Result<Box<dyn Transaction>> {
-        Ok(Box::new(SqliteTx(self.pool.begin_with("BEGIN IMMEDIATE").await?)))
+        Ok(Box::new(SqliteTx(
+            self.pool.begin_with("BEGIN IMMEDIATE").await?,
+        )))
     }
 }

@@ -50,6 +50,28 @@ impl Change {
 /// The largest number of parameters one statement binds (SQLite allows 32,766).
 const MAX_PARAMS: usize = 30_000;
 
+/// The most rows one statement carries.
+const MAX_ROWS: usize = 1024;
+
+/// Splits `items` into statements of `max` rows, the rest into powers of two: the statements
+/// of a run come in a few sizes only, so the connection's cache of prepared statements stays
+/// small (every distinct row count would be a new large statement) and memory stays flat.
+fn chunks<T>(items: &[T], max: usize) -> Vec<&[T]> {
+    let mut out = Vec::new();
+    let mut rest = items;
+    while !rest.is_empty() {
+        let n = if rest.len() >= max {
+            max
+        } else {
+            1 << rest.len().ilog2()
+        };
+        let (head, tail) = rest.split_at(n);
+        out.push(head);
+        rest = tail;
+    }
+    out
+}
+
 /// The statements that apply changes to one target table.
 pub struct TargetTable {
     kind: DbKind,
@@ -133,7 +155,10 @@ impl TargetTable {
                 let sets: Vec<String> = if non_key.is_empty() {
                     vec![format!("{0} = {0}", key_list[0])]
                 } else {
-                    non_key.iter().map(|q| format!("{q} = VALUES({q})")).collect()
+                    non_key
+                        .iter()
+                        .map(|q| format!("{q} = VALUES({q})"))
+                        .collect()
                 };
                 format!(" ON DUPLICATE KEY UPDATE {}", sets.join(", "))
             }
@@ -153,7 +178,7 @@ impl TargetTable {
                 }
             }
         };
-        let per_statement = (MAX_PARAMS / columns.len().max(1)).max(1);
+        let per_statement = (MAX_PARAMS / columns.len().max(1)).clamp(1, MAX_ROWS);
         Ok(TargetTable {
             kind,
             table: target.name.clone(),
@@ -225,12 +250,12 @@ impl TargetTable {
     async fn apply_group(&self, tx: &mut dyn Transaction, group: &[Change]) -> Result<(u64, u64)> {
         let deletes: Vec<&Change> = group.iter().filter(|c| c.op == Op::Delete).collect();
         let upserts: Vec<&Change> = group.iter().filter(|c| c.op == Op::Upsert).collect();
-        let per_delete = (MAX_PARAMS / self.key.len()).max(1);
-        for chunk in deletes.chunks(per_delete) {
+        let per_delete = (MAX_PARAMS / self.key.len()).clamp(1, MAX_ROWS);
+        for chunk in chunks(&deletes, per_delete) {
             let (sql, params) = self.delete_statement(chunk);
             tx.execute(&sql, params).await?;
         }
-        for chunk in upserts.chunks(self.per_statement) {
+        for chunk in chunks(&upserts, self.per_statement) {
             let (sql, params) = self.upsert_statement(chunk);
             tx.execute(&sql, params).await?;
         }
@@ -406,7 +431,11 @@ pub fn parse_csv_record(rec: &[u8]) -> std::io::Result<Vec<Option<String>>> {
                 .position(|&c| c == b',')
                 .map_or(rec.len(), |p| i + p);
             let field = &rec[i..end];
-            out.push((!field.is_empty()).then(|| text(field.to_vec())).transpose()?);
+            out.push(
+                (!field.is_empty())
+                    .then(|| text(field.to_vec()))
+                    .transpose()?,
+            );
             if end == rec.len() {
                 break;
             }
@@ -421,6 +450,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn statements_come_in_few_sizes() {
+        let v: Vec<u32> = (0..2500).collect();
+        let sizes: Vec<usize> = chunks(&v, 1000).iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, vec![1000, 1000, 256, 128, 64, 32, 16, 4]);
+        assert_eq!(sizes.iter().sum::<usize>(), 2500);
+        assert!(chunks::<u32>(&[], 10).is_empty());
+    }
+
+    #[test]
     fn copy_records_keep_null_apart_from_empty() {
         assert_eq!(
             parse_csv_record(b"UPDATE,1,,\"\",\"a,\"\"b\"\"\nc\"\n").unwrap(),
@@ -432,7 +470,10 @@ mod tests {
                 Some("a,\"b\"\nc".into())
             ]
         );
-        assert_eq!(parse_csv_record(b"x,").unwrap(), vec![Some("x".into()), None]);
+        assert_eq!(
+            parse_csv_record(b"x,").unwrap(),
+            vec![Some("x".into()), None]
+        );
         assert!(parse_csv_record(b"\"open").is_err());
         assert!(parse_csv_record(b"\"a\"b").is_err());
     }

@@ -213,7 +213,10 @@ impl Replicator {
                     idle = (idle * 2).min(self.opts.idle_max);
                     w
                 }
-                Err(e) if is_transient(&e) && (self.opts.follow || failures + 1 < self.opts.attempts) => {
+                Err(e)
+                    if is_transient(&e)
+                        && (self.opts.follow || failures + 1 < self.opts.attempts) =>
+                {
                     failures += 1;
                     summary.retries += 1;
                     // The pools reconnect by themselves; the plan is made again in case the
@@ -331,7 +334,9 @@ impl Replicator {
                 batch_size,
             };
             let streamed = snapshot.stream(&sql, &mut sink).await;
-            let flushed = sink.flush().map_err(|e| Error::io("read delta", "<channel>", e));
+            let flushed = sink
+                .flush()
+                .map_err(|e| Error::io("read delta", "<channel>", e));
             drop(sink);
             let finished = snapshot.finish().await;
             let n = streamed?;
@@ -544,10 +549,7 @@ pub fn is_transient(e: &Error) -> bool {
                     || matches!(code, "40001" | "40P01" | "53300" | "55P03")
             } else if let Some(my) = d.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
                 matches!(my.number(), 1205 | 1213 | 1927 | 2006 | 2013 | 1053)
-            } else if d
-                .try_downcast_ref::<sqlx::sqlite::SqliteError>()
-                .is_some()
-            {
+            } else if d.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
                 // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes.
                 d.code()
                     .and_then(|c| c.parse::<i64>().ok())
