@@ -168,6 +168,9 @@ impl SqliteDb {
             .create_if_missing(options.create_if_missing)
             .busy_timeout(Duration::from_secs(30))
             .foreign_keys(false)
+            // Rows cross from sqlx's worker thread in a channel; a deeper one wakes the
+            // reader less often (replication reads 10^5 rows per run).
+            .row_buffer_size(1024)
             .disable_statement_logging();
         let pool = SqlitePoolOptions::new()
             .max_connections(options.max_connections.unwrap_or(4).max(2))
