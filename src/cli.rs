@@ -18,6 +18,7 @@ use crate::error::Error;
 use crate::export::{manifest, ExportRequest, Exporter, DEFAULT_MARGIN};
 use crate::ident::{ConsumerId, Ident};
 use crate::monitor::{self, Thresholds};
+use crate::replicate::{ReplicateOptions, Replicator};
 use crate::seed;
 use crate::serve::{self, FileConfig, ServeConfig};
 use crate::state::{Position, StateStore};
@@ -127,6 +128,27 @@ enum Command {
     },
     /// Check the manifest chains, checksums and row counts of an output directory
     Verify { dir: PathBuf },
+    /// Apply a table's changes to a target table in any database (created if missing); the
+    /// target's position is committed with the rows, so a crash neither loses nor repeats one
+    Replicate {
+        /// Target database: sqlite://PATH, postgres://…, mysql://…
+        #[arg(long)]
+        target: String,
+        #[arg(long, default_value = "users")]
+        table: String,
+        /// Target table [default: the source table's name]
+        #[arg(long)]
+        target_table: Option<String>,
+        /// Keep running with low latency until SIGTERM or Ctrl-C
+        #[arg(long)]
+        follow: bool,
+        /// Rows per batch
+        #[arg(long, default_value_t = crate::replicate::DEFAULT_BATCH_SIZE)]
+        batch_size: usize,
+        /// How far behind the server clock capture stays, in milliseconds (PostgreSQL, MySQL)
+        #[arg(long, default_value_t = DEFAULT_MARGIN.as_millis() as u64)]
+        margin_ms: u64,
+    },
     /// Per table and consumer: changes by operation, position, pending changes, lag and health
     Status {
         #[command(flatten)]
@@ -154,6 +176,12 @@ enum Command {
         /// Working directory for databases and files [default: a temporary directory]
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Changes in the replication benchmark
+        #[arg(long, default_value_t = 160_000)]
+        changes: u64,
+        /// Run only the replication benchmark
+        #[arg(long)]
+        replication_only: bool,
     },
 }
 
@@ -606,6 +634,50 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
+        Command::Replicate {
+            target,
+            table,
+            target_table,
+            follow,
+            batch_size,
+            margin_ms,
+        } => {
+            let table = Ident::new(table)?;
+            let target_table = match target_table {
+                Some(t) => Ident::new(t)?,
+                None => table.clone(),
+            };
+            let target = DbUrl::parse(target)?;
+            let db = open_source(&cli, false).await?;
+            let state = open_state(&cli, &db).await?;
+            let mut opts = ReplicateOptions::new(table);
+            opts.target_table = target_table;
+            opts.follow = *follow;
+            opts.batch_size = *batch_size;
+            opts.margin = std::time::Duration::from_millis(*margin_ms);
+            let mut replicator = Replicator::new(db, state, target, opts)?;
+            let summary = replicator.run(serve::shutdown_signal()).await?;
+            if cli.json {
+                print_json(&summary)?;
+            } else {
+                println!(
+                    "replicated {} into {} table {}: {} rows ({} upserts, {} deletes) in {} commit(s), {:.2} s{}",
+                    summary.table,
+                    summary.target,
+                    summary.target_table,
+                    summary.rows,
+                    summary.upserts,
+                    summary.deletes,
+                    summary.commits,
+                    summary.seconds,
+                    if summary.retries > 0 {
+                        format!(", {} transient failure(s) retried", summary.retries)
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+        }
         Command::Status { thresholds } => {
             let db = open_source(&cli, false).await?;
             let state = open_state(&cli, &db).await?;
@@ -690,11 +762,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             })
             .await?;
         }
-        Command::Bench { rows, pg_url, dir } => {
+        Command::Bench {
+            rows,
+            pg_url,
+            dir,
+            changes,
+            replication_only,
+        } => {
             let opts = crate::bench::BenchOptions {
                 rows: *rows,
                 pg_url: pg_url.clone(),
                 dir: dir.clone(),
+                changes: *changes,
+                replication_only: *replication_only,
             };
             let report = crate::bench::run(&opts, &|line| {
                 if !cli.json {

@@ -42,6 +42,14 @@ pub enum Error {
     /// The watermark changed under us (a concurrent writer of state): nothing was committed.
     #[error("watermark of consumer {consumer:?} on table {table:?} changed concurrently; nothing was committed")]
     Conflict { consumer: String, table: String },
+    /// Replication met a change the target refuses (constraint, type): it stopped there and
+    /// the target's position did not move.
+    #[error("cannot apply {change} to {target}: {reason}; replication stopped, the target's position did not move")]
+    Apply {
+        change: String,
+        target: String,
+        reason: String,
+    },
     /// `tidemark verify` found a broken chain or checksum.
     #[error("verification failed: {0}")]
     Verify(String),

@@ -8,7 +8,7 @@ use crate::capture::strategy_for;
 use crate::db::{Bound, Database, Timestamp};
 use crate::error::{Error, Result};
 use crate::ident::{ConsumerId, Ident};
-use crate::state::{Position, StateStore, Watermark};
+use crate::state::{Position, StateStore};
 
 /// When a consumer counts as lagging.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -46,6 +46,11 @@ pub struct Counts {
 #[serde(rename_all = "camelCase")]
 pub struct ConsumerStatus {
     pub consumer_id: ConsumerId,
+    /// `export` (a watermark) or `replica` (`tidemark replicate`).
+    pub kind: &'static str,
+    /// A replica's target (without password).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
     /// The time the watermark stands for.
     pub watermark: Timestamp,
     pub position: Position,
@@ -96,6 +101,16 @@ pub struct Scope {
     pub table_totals: bool,
 }
 
+/// A consumer of a table: an export watermark or a replica's position.
+struct Consumer {
+    id: ConsumerId,
+    kind: &'static str,
+    target: Option<String>,
+    table: Ident,
+    position: Position,
+    updated_at: Timestamp,
+}
+
 /// Collects the report: every registered table and every table that has a watermark.
 pub async fn collect(
     source: &dyn Database,
@@ -105,16 +120,38 @@ pub async fn collect(
     let thresholds = scope.thresholds;
     let now = source.now().await?;
     let configs = state.table_configs().await?;
-    let watermarks = state.watermarks().await?;
+    let mut positions: Vec<Consumer> = state
+        .watermarks()
+        .await?
+        .into_iter()
+        .map(|w| Consumer {
+            id: w.consumer,
+            kind: "export",
+            target: None,
+            table: w.table,
+            position: w.position,
+            updated_at: w.updated_at,
+        })
+        .collect();
+    positions.extend(state.replicas().await?.into_iter().filter_map(|r| {
+        Some(Consumer {
+            position: r.position?,
+            id: r.replica,
+            kind: "replica",
+            target: Some(format!("{} ({})", r.target, r.target_table)),
+            table: r.table,
+            updated_at: r.updated_at,
+        })
+    }));
     let names: BTreeSet<Ident> = configs
         .iter()
         .map(|(t, _)| t.clone())
-        .chain(watermarks.iter().map(|w| w.table.clone()))
+        .chain(positions.iter().map(|w| w.table.clone()))
         .collect();
     let mut tables = Vec::new();
     for name in names {
         let config = configs.iter().find(|(t, _)| *t == name).map(|(_, c)| c);
-        let mine: Vec<&Watermark> = watermarks.iter().filter(|w| w.table == name).collect();
+        let mine: Vec<&Consumer> = positions.iter().filter(|w| w.table == name).collect();
         let mut status = TableStatus {
             table: name.clone(),
             strategy: config.map_or_else(|| "timestamp".into(), |c| c.strategy.clone()),
@@ -154,7 +191,7 @@ async fn inspect(
     source: &dyn Database,
     table: &Ident,
     config: Option<&crate::state::TableConfig>,
-    watermarks: &[&Watermark],
+    watermarks: &[&Consumer],
     now: Timestamp,
     scope: Scope,
 ) -> Result<(Counts, Vec<ConsumerStatus>)> {
@@ -201,7 +238,9 @@ async fn inspect(
         let lagging =
             lag_seconds > thresholds.max_lag_secs || pending.total > thresholds.max_pending;
         consumers.push(ConsumerStatus {
-            consumer_id: w.consumer.clone(),
+            consumer_id: w.id.clone(),
+            kind: w.kind,
+            target: w.target.clone(),
             watermark: w.position.time(),
             position: w.position.clone(),
             updated_at: w.updated_at,
@@ -255,18 +294,23 @@ pub fn render(report: &StatusReport) -> String {
         }
         let _ = writeln!(
             out,
-            "  {:<24} {:<28} {:>10} {:>10}  health",
-            "consumer", "watermark", "pending", "lag (s)"
+            "  {:<8} {:<24} {:<28} {:>10} {:>10}  health",
+            "kind", "consumer", "watermark", "pending", "lag (s)"
         );
         for k in &t.consumers {
             let _ = writeln!(
                 out,
-                "  {:<24} {:<28} {:>10} {:>10.1}  {}",
+                "  {:<8} {:<24} {:<28} {:>10} {:>10.1}  {}{}",
+                k.kind,
                 k.consumer_id.as_str(),
                 k.watermark.to_string(),
                 k.pending.total,
                 k.lag_seconds,
-                k.health
+                k.health,
+                k.target
+                    .as_deref()
+                    .map(|t| format!("  → {t}"))
+                    .unwrap_or_default()
             );
         }
     }

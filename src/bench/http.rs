@@ -45,7 +45,7 @@ impl Latency {
 }
 
 /// What the HTTP benchmark measured.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct HttpBench {
     pub clients: usize,
     pub health: Latency,

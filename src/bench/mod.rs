@@ -6,6 +6,7 @@
 
 pub mod http;
 pub mod overhead;
+pub mod replicate;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -26,10 +27,14 @@ pub struct BenchOptions {
     pub rows: u64,
     pub pg_url: Option<String>,
     pub dir: Option<PathBuf>,
+    /// Changes in the replication benchmark.
+    pub changes: u64,
+    /// Run only the replication benchmark.
+    pub replication_only: bool,
 }
 
 /// One measured command: median wall time and the largest peak RSS of its runs.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct Measured {
     pub seconds: f64,
     pub peak_rss_mb: f64,
@@ -50,11 +55,19 @@ pub struct BenchReport {
     pub sqlite_full_export: Measured,
     pub capture: overhead::CaptureOverhead,
     pub http: http::HttpBench,
+    pub replication: Option<replicate::ReplicationBench>,
 }
 
 impl BenchReport {
     /// A readable table with ratios and the targets.
     pub fn render(&self) -> String {
+        if self.rows == 0 {
+            return self
+                .replication
+                .as_ref()
+                .map(replicate::ReplicationBench::render)
+                .unwrap_or_default();
+        }
         let r = |a: &Measured, b: &Measured| a.seconds / b.seconds.max(1e-9);
         let n = self.rows;
         let line = |name: &str, m: &Measured, note: String| {
@@ -133,6 +146,9 @@ impl BenchReport {
         );
         s += &self.capture.render();
         s += &self.http.render();
+        if let Some(r) = &self.replication {
+            s += &r.render();
+        }
         s
     }
 }
@@ -304,11 +320,15 @@ pub async fn run(opts: &BenchOptions, log: &(dyn Fn(&str) + Sync)) -> Result<Ben
     let rows = opts.rows.max(1000);
 
     let server;
+    let mut repl_dbs: Vec<DbUrl> = Vec::new();
     let (big_url, small_url) = match &opts.pg_url {
         Some(u) => {
             let base = DbUrl::parse(u)?;
             let admin = connect(&base, ConnectOptions::default()).await?;
-            for name in ["tidemark_bench_big", "tidemark_bench_small"] {
+            for name in ["tidemark_bench_big", "tidemark_bench_small"]
+                .into_iter()
+                .chain(REPLICATION_DBS)
+            {
                 admin
                     .execute(&format!("DROP DATABASE IF EXISTS {name}"), &[])
                     .await?;
@@ -324,6 +344,10 @@ pub async fn run(opts: &BenchOptions, log: &(dyn Fn(&str) + Sync)) -> Result<Ben
                     .unwrap_or(s.len());
                 DbUrl::parse(&format!("{}/{name}", &s[..cut]))
             };
+            repl_dbs = REPLICATION_DBS
+                .iter()
+                .map(|n| with_db(n))
+                .collect::<Result<Vec<_>>>()?;
             (
                 with_db("tidemark_bench_big")?,
                 with_db("tidemark_bench_small")?,
@@ -332,12 +356,23 @@ pub async fn run(opts: &BenchOptions, log: &(dyn Fn(&str) + Sync)) -> Result<Ben
         None => {
             log("starting a throwaway PostgreSQL server");
             server = PgServer::start()?;
+            for _ in REPLICATION_DBS {
+                repl_dbs.push(server.fresh_database().await?);
+            }
             (
                 server.fresh_database().await?,
                 server.fresh_database().await?,
             )
         }
     };
+
+    let repl_dbs: [DbUrl; 4] = repl_dbs
+        .try_into()
+        .map_err(|_| Error::Runtime("bench: replication databases missing".into()))?;
+    if opts.replication_only {
+        let replication = replicate::run(&dir, repl_dbs, opts.changes, log).await?;
+        return Ok(BenchReport::replication_only(replication));
+    }
 
     log(&format!("seeding {rows} users into PostgreSQL"));
     let (big, big_state, pg_seed_seconds) = prepare(&big_url, rows).await?;
@@ -400,6 +435,7 @@ pub async fn run(opts: &BenchOptions, log: &(dyn Fn(&str) + Sync)) -> Result<Ben
     let sqlite_full_export = full_exports(&sqlite_url, &out)?;
     let capture = overhead::run(&dir, log).await?;
     let http = http::run(&small_url, Arc::clone(&small), &big_url, &dir, log).await?;
+    let replication = Some(replicate::run(&dir, repl_dbs, opts.changes, log).await?);
 
     Ok(BenchReport {
         rows,
@@ -414,5 +450,38 @@ pub async fn run(opts: &BenchOptions, log: &(dyn Fn(&str) + Sync)) -> Result<Ben
         sqlite_full_export,
         capture,
         http,
+        replication,
     })
+}
+
+/// PostgreSQL databases of the replication benchmark (source and target at two sizes).
+const REPLICATION_DBS: [&str; 4] = [
+    "tidemark_bench_repl_src",
+    "tidemark_bench_repl_dst",
+    "tidemark_bench_repl_src_tenth",
+    "tidemark_bench_repl_dst_tenth",
+];
+
+impl BenchReport {
+    fn replication_only(replication: replicate::ReplicationBench) -> Self {
+        let zero = Measured {
+            seconds: 0.0,
+            peak_rss_mb: 0.0,
+        };
+        BenchReport {
+            rows: 0,
+            pg_seed_seconds: 0.0,
+            pg_psql_copy: zero,
+            pg_full_export: zero,
+            pg_full_export_tenth: zero,
+            pg_incremental_1pct: zero,
+            pg_incremental_01pct: zero,
+            pg_incremental_same_changes_tenth_table: zero,
+            sqlite_cli: zero,
+            sqlite_full_export: zero,
+            capture: overhead::CaptureOverhead::default(),
+            http: http::HttpBench::default(),
+            replication: Some(replication),
+        }
+    }
 }

@@ -14,7 +14,7 @@ use crate::seed;
 use crate::state::StateStore;
 
 /// What capture costs the writer.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct CaptureOverhead {
     pub inserts: u64,
     pub updates: u64,

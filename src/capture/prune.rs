@@ -1,6 +1,7 @@
 //! `tidemark prune`: deletes the change-log entries of a table that every registered consumer
-//! has passed — every export watermark on the table, and every replica's position — and never
-//! one that a consumer still needs. A table without consumers keeps its log.
+//! has passed — every export watermark on the table, and every replica's position (the copy the
+//! source keeps, which never leads the target's) — and never one that a consumer still needs. A
+//! table without consumers keeps its log.
 
 use crate::capture::strategy_for;
 use crate::db::Database;
@@ -32,17 +33,24 @@ pub async fn prune(
 ) -> Result<Vec<PruneReport>> {
     let mut reports = Vec::new();
     let watermarks = state.watermarks().await?;
+    let replicas = state.replicas().await?;
     for (name, config) in state.table_configs().await? {
         if table.is_some_and(|t| *t != name) {
             continue;
         }
         let info = db.describe(&name).await?;
         let strategy = strategy_for(&info, Some(&config))?;
-        let consumers: Vec<(String, Position)> = watermarks
+        let mut consumers: Vec<(String, Position)> = watermarks
             .iter()
             .filter(|w| w.table == name)
             .map(|w| (format!("export {}", w.consumer), w.position.clone()))
             .collect();
+        // A replica without a position yet starts from a full read of the table.
+        consumers.extend(replicas.iter().filter(|r| r.table == name).filter_map(|r| {
+            r.position
+                .clone()
+                .map(|p| (format!("replica {} → {}", r.replica, r.target), p))
+        }));
         let positions: Vec<Position> = consumers.iter().map(|(_, p)| p.clone()).collect();
         let mut report = PruneReport {
             table: name.clone(),

@@ -33,6 +33,32 @@ where
         q
     }
 
+    /// [`Driver::build`] taking its parameters by value (no copy of large batches).
+    fn build_owned(
+        sql: &str,
+        params: Vec<Param>,
+    ) -> sqlx::query::Query<'static, Self, Self::Arguments> {
+        let mut q = sqlx::query::<Self>(AssertSqlSafe(sql.to_string()));
+        for p in params {
+            q = match p {
+                Param::Text(s) => q.bind(s),
+                Param::Int(v) => q.bind(v),
+                Param::Null => q.bind(None::<String>),
+            };
+        }
+        q
+    }
+
+    /// Runs one statement with owned parameters on `conn`; returns the affected rows.
+    async fn execute_owned(
+        conn: &mut Self::Connection,
+        sql: &str,
+        params: Vec<Param>,
+    ) -> Result<u64> {
+        let done = Self::build_owned(sql, params).execute(&mut *conn).await?;
+        Ok(affected::<Self>(&done))
+    }
+
     /// Runs one statement on `conn`; returns the affected rows.
     async fn execute(conn: &mut Self::Connection, sql: &str, params: &[Param]) -> Result<u64> {
         let done = Self::build(sql, params).execute(&mut *conn).await?;

@@ -439,6 +439,21 @@ pub trait LockGuard: Send {
     async fn release(self: Box<Self>) -> Result<()>;
 }
 
+/// An open write transaction whose caller decides when it ends (replication applies a whole
+/// interval of changes and its position in one). Dropped without [`Transaction::commit`], it
+/// rolls back.
+#[async_trait]
+pub trait Transaction: Send {
+    /// Runs one statement with `?` placeholders; returns the affected rows.
+    async fn execute(&mut self, sql: &str, params: Vec<Param>) -> Result<u64>;
+    /// Runs a small query; every column must decode as text or an integer.
+    async fn query(&mut self, sql: &str, params: Vec<Param>) -> Result<Vec<TextRow>>;
+    /// Commits.
+    async fn commit(self: Box<Self>) -> Result<()>;
+    /// Rolls back.
+    async fn rollback(self: Box<Self>) -> Result<()>;
+}
+
 /// A live database: one adapter per kind.
 #[async_trait]
 pub trait Database: Send + Sync {
@@ -512,6 +527,9 @@ pub trait Database: Send + Sync {
     ) -> Result<u64>;
     /// The database clock, as a cursor value would be stamped by `now()`-like defaults.
     async fn now(&self) -> Result<Timestamp>;
+    /// Opens a write transaction (SQLite: `BEGIN IMMEDIATE`, so that it never fails to
+    /// upgrade a read into a write).
+    async fn begin(&self) -> Result<Box<dyn Transaction>>;
 }
 
 /// Classifies a column type name (any database's spelling) into a [`ColumnKind`].

@@ -17,7 +17,7 @@ use sqlx::{ConnectOptions as _, Connection, MySql};
 
 use super::{
     common::Driver, Bound, Column, ColumnKind, ConnectOptions, Database, DbKind, DbUrl, Dialect,
-    LockGuard, Param, RowSink, Snapshot, Stmt, TextRow, Timestamp,
+    LockGuard, Param, RowSink, Snapshot, Stmt, TextRow, Timestamp, Transaction,
 };
 use crate::error::{Error, Result};
 use crate::ident::Ident;
@@ -251,6 +251,29 @@ impl LockGuard for NamedLock {
     }
 }
 
+struct MysqlTx(sqlx::Transaction<'static, MySql>);
+
+#[async_trait]
+impl Transaction for MysqlTx {
+    async fn execute(&mut self, sql: &str, params: Vec<Param>) -> Result<u64> {
+        MySql::execute_owned(&mut self.0, sql, params).await
+    }
+
+    async fn query(&mut self, sql: &str, params: Vec<Param>) -> Result<Vec<TextRow>> {
+        MySql::query(&mut self.0, sql, &params).await
+    }
+
+    async fn commit(self: Box<Self>) -> Result<()> {
+        self.0.commit().await?;
+        Ok(())
+    }
+
+    async fn rollback(self: Box<Self>) -> Result<()> {
+        self.0.rollback().await?;
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl Database for MysqlDb {
     fn kind(&self) -> DbKind {
@@ -376,6 +399,10 @@ impl Database for MysqlDb {
             .query(&format!("SELECT DATE_FORMAT(NOW(6), {TS_FORMAT})"), &[])
             .await?;
         Timestamp::parse(rows[0][0].as_deref().unwrap_or_default())
+    }
+
+    async fn begin(&self) -> Result<Box<dyn Transaction>> {
+        Ok(Box::new(MysqlTx(self.pool.begin().await?)))
     }
 }
 

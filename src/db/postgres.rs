@@ -15,7 +15,7 @@ use sqlx::{ConnectOptions as _, Connection, Postgres};
 
 use super::{
     common::Driver, Bound, Column, ColumnKind, ConnectOptions, Database, DbKind, DbUrl, Dialect,
-    LockGuard, Param, RowSink, Snapshot, Stmt, TextRow, Timestamp,
+    LockGuard, Param, RowSink, Snapshot, Stmt, TextRow, Timestamp, Transaction,
 };
 use crate::error::{Error, Result};
 use crate::ident::Ident;
@@ -231,6 +231,29 @@ impl LockGuard for AdvisoryLock {
     }
 }
 
+struct PgTx(sqlx::Transaction<'static, Postgres>);
+
+#[async_trait]
+impl Transaction for PgTx {
+    async fn execute(&mut self, sql: &str, params: Vec<Param>) -> Result<u64> {
+        Postgres::execute_owned(&mut self.0, &numbered(sql), params).await
+    }
+
+    async fn query(&mut self, sql: &str, params: Vec<Param>) -> Result<Vec<TextRow>> {
+        Postgres::query(&mut self.0, &numbered(sql), &params).await
+    }
+
+    async fn commit(self: Box<Self>) -> Result<()> {
+        self.0.commit().await?;
+        Ok(())
+    }
+
+    async fn rollback(self: Box<Self>) -> Result<()> {
+        self.0.rollback().await?;
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl Database for PostgresDb {
     fn kind(&self) -> DbKind {
@@ -364,6 +387,10 @@ impl Database for PostgresDb {
             )
             .await?;
         Timestamp::parse(rows[0][0].as_deref().unwrap_or_default())
+    }
+
+    async fn begin(&self) -> Result<Box<dyn Transaction>> {
+        Ok(Box::new(PgTx(self.pool.begin().await?)))
     }
 }
 

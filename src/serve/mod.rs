@@ -355,7 +355,8 @@ async fn json_errors(resp: axum::response::Response) -> axum::response::Response
     (status, Json(serde_json::json!({ "error": reason }))).into_response()
 }
 
-async fn shutdown_signal() {
+/// Resolves on Ctrl-C or SIGTERM (also used by `tidemark replicate --follow`).
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

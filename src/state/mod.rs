@@ -5,6 +5,7 @@
 //! service's export jobs ([`jobs`]).
 
 pub mod jobs;
+pub mod replicas;
 
 use std::sync::Arc;
 
@@ -138,7 +139,7 @@ impl StateStore {
         // Reading first keeps opening write-free (and so never waiting for SQLite's writer)
         // once the tables exist; the last table created is the one probed.
         if db
-            .query("SELECT count(*) FROM tidemark_jobs WHERE 1 = 0", &[])
+            .query("SELECT count(*) FROM tidemark_replicas WHERE 1 = 0", &[])
             .await
             .is_ok()
         {
@@ -168,6 +169,12 @@ impl StateStore {
                  consumer_id {k} NOT NULL, table_name {k} NOT NULL, mode {k} NOT NULL, \
                  status {k} NOT NULL, output_filename {t}, row_count {k}, duration_ms {k}, \
                  error {t}, owner {k} NOT NULL, created_at {k} NOT NULL, finished_at {k})"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS tidemark_replicas (replica_id {k} NOT NULL, \
+                 table_name {k} NOT NULL, target {t} NOT NULL, target_table {k} NOT NULL, \
+                 position {t}, rows_applied {k}, updated_at {k} NOT NULL, \
+                 PRIMARY KEY (replica_id, table_name))"
             ),
         ] {
             db.execute(&sql, &[]).await?;

@@ -167,6 +167,16 @@ impl TestDb {
             .expect("run tidemark")
     }
 
+    /// Runs the real binary against this database with extra environment variables.
+    pub fn cli_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut c = tidemark_cmd(args);
+        c.arg("--source").arg(self.url.as_str());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().expect("run tidemark")
+    }
+
     /// A count (or other single integer) from the database.
     pub async fn count(&self, sql: &str) -> i64 {
         let rows = self
@@ -177,26 +187,9 @@ impl TestDb {
         rows[0][0].as_deref().unwrap_or("0").parse().unwrap()
     }
 
-    /// Waits until the capture bound can pass every write made so far: MariaDB's bound is held
-    /// back by any transaction of the server (other tests' included) that started before now,
-    /// for the whole second it started in. Polls slower than every 100 ms, which is what lets
-    /// InnoDB refresh INNODB_TRX. Elsewhere it waits out the capture margin.
+    /// Waits until the capture bound can pass every write made so far (see [`quiesce`]).
     pub async fn quiesce(&self) {
-        if self.kind == DbKind::Mysql {
-            let now = self.db.now().await.unwrap();
-            let older = format!(
-                "SELECT count(*) FROM information_schema.INNODB_TRX WHERE trx_started <= '{}'",
-                now.to_sql_naive()
-            );
-            for _ in 0..100 {
-                if self.count(&older).await == 0 {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(150)).await;
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-        tokio::time::sleep(MARGIN * 3).await;
+        quiesce(self.db.as_ref()).await
     }
 
     pub fn count_files(&self) -> usize {
@@ -231,6 +224,29 @@ impl Raw {
         }
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
+}
+
+/// Waits until the capture bound can pass every write made so far: MariaDB's bound is held
+/// back by any transaction of the server (other tests' included) that started before now, for
+/// the whole second it started in. Polls slower than every 100 ms, which is what lets InnoDB
+/// refresh INNODB_TRX. Elsewhere it waits out the capture margin.
+pub async fn quiesce(db: &dyn Database) {
+    if db.kind() == DbKind::Mysql {
+        let now = db.now().await.unwrap();
+        let older = format!(
+            "SELECT count(*) FROM information_schema.INNODB_TRX WHERE trx_started <= '{}'",
+            now.to_sql_naive()
+        );
+        for _ in 0..100 {
+            let n = db.query(&older, &[]).await.unwrap()[0][0].clone();
+            if n.as_deref() == Some("0") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    tokio::time::sleep(MARGIN * 3).await;
 }
 
 pub fn tidemark_cmd(args: &[&str]) -> Command {

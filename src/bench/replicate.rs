@@ -1,0 +1,203 @@
+//! The replication benchmark: `tidemark replicate` (the real binary, under GNU time) moving a
+//! burst of changes on a `trigger` table — 62.5% inserts, 31.25% updates, 6.25% deletes, so
+//! 100,000 / 50,000 / 10,000 at 160,000 — SQLite→SQLite and PostgreSQL→PostgreSQL, at the full
+//! size and at a tenth (peak memory should be flat). "Changes" are the source's change-log rows
+//! the run applied; the delta it applies nets them per key (one row per changed key).
+
+use std::path::Path;
+
+use crate::capture::{self, SetupOptions};
+use crate::db::{connect, ConnectOptions, Database, DbUrl};
+use crate::error::{Error, Result};
+use crate::ident::Ident;
+use crate::seed;
+use crate::state::StateStore;
+
+use super::{measure_once, tidemark, Measured};
+
+/// One measured replication.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct ReplicationRun {
+    /// Change-log rows replicated.
+    pub changes: u64,
+    /// Rows in the target afterwards (checked equal to the source's live rows).
+    pub target_rows: u64,
+    pub run: Measured,
+    pub changes_per_second: f64,
+}
+
+/// What the replication benchmark measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReplicationBench {
+    pub sqlite: ReplicationRun,
+    pub sqlite_tenth: ReplicationRun,
+    pub postgres: ReplicationRun,
+    pub postgres_tenth: ReplicationRun,
+}
+
+impl ReplicationBench {
+    /// Lines for the report.
+    pub fn render(&self) -> String {
+        let line = |name: String, r: &ReplicationRun, note: String| {
+            format!(
+                "{name:<48} {:>8.3} s {:>8.1} MB  {:>9.0} changes/s {note}\n",
+                r.run.seconds, r.run.peak_rss_mb, r.changes_per_second
+            )
+        };
+        let mut s = String::from(
+            "\ntidemark replicate (trigger table; changes = change-log rows applied)\n",
+        );
+        s += &line(
+            format!("SQLite→SQLite, {} changes", self.sqlite.changes),
+            &self.sqlite,
+            "(target ≥ 400,000/s; a Python replicator: 37,000/s)".into(),
+        );
+        s += &line(
+            format!("SQLite→SQLite, {} changes", self.sqlite_tenth.changes),
+            &self.sqlite_tenth,
+            format!(
+                "memory {:.2}× at 10× the changes (flat = 1.0)",
+                self.sqlite.run.peak_rss_mb / self.sqlite_tenth.run.peak_rss_mb.max(1e-9)
+            ),
+        );
+        s += &line(
+            format!("PostgreSQL→PostgreSQL, {} changes", self.postgres.changes),
+            &self.postgres,
+            String::new(),
+        );
+        s += &line(
+            format!(
+                "PostgreSQL→PostgreSQL, {} changes",
+                self.postgres_tenth.changes
+            ),
+            &self.postgres_tenth,
+            format!(
+                "memory {:.2}× at 10× the changes (flat = 1.0)",
+                self.postgres.run.peak_rss_mb / self.postgres_tenth.run.peak_rss_mb.max(1e-9)
+            ),
+        );
+        s
+    }
+}
+
+async fn open(url: &DbUrl) -> Result<std::sync::Arc<dyn Database>> {
+    connect(
+        url,
+        ConnectOptions {
+            create_if_missing: true,
+            max_connections: None,
+        },
+    )
+    .await
+}
+
+async fn count(db: &dyn Database, sql: &str) -> Result<u64> {
+    let rows = db.query(sql, &[]).await?;
+    Ok(rows
+        .first()
+        .and_then(|r| r[0].as_deref())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0))
+}
+
+/// One replication of `changes` changes from `source` to `target` (both empty databases).
+pub async fn replication(source: &DbUrl, target: &DbUrl, changes: u64) -> Result<ReplicationRun> {
+    let db = open(source).await?;
+    let table = seed::create_users_table(db.as_ref()).await?;
+    let state = StateStore::open(std::sync::Arc::clone(&db)).await?;
+    let info = db.describe(&table).await?;
+    let report = capture::setup(db.as_ref(), &info, "trigger", &SetupOptions::default()).await?;
+    state.save_table_config(&table, &report.config).await?;
+    let replicate = |bench: bool| {
+        let mut args = vec!["replicate", "--target", target.as_str()];
+        if bench {
+            args.extend(["--batch-size", "5000"]);
+        }
+        tidemark(source, &args)
+    };
+    // The first run copies the (empty) table and stores the position the burst starts from.
+    measure_once(&mut replicate(false)?)?;
+
+    let inserts = changes * 100 / 160;
+    let t = db.dialect().quote(&table);
+    let now = db.dialect().now_expr();
+    seed::seed_users(db.as_ref(), inserts, None).await?;
+    // Every second user renamed, then every tenth deleted (100k/50k/10k at 160k).
+    db.execute(
+        &format!("UPDATE {t} SET name = name || '.', updated_at = {now} WHERE id % 2 = 0"),
+        &[],
+    )
+    .await?;
+    db.execute(&format!("DELETE FROM {t} WHERE id % 10 = 1"), &[])
+        .await?;
+    let log = Ident::new(&report.config.cursor_column)?;
+    let logged = count(
+        db.as_ref(),
+        &format!("SELECT count(*) FROM {}", db.dialect().quote(&log)),
+    )
+    .await?;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let run = measure_once(&mut replicate(true)?)?;
+
+    let dst = open(target).await?;
+    let target_rows = count(dst.as_ref(), &format!("SELECT count(*) FROM {t}")).await?;
+    let live = count(
+        db.as_ref(),
+        &format!("SELECT count(*) FROM {t} WHERE NOT is_deleted"),
+    )
+    .await?;
+    if target_rows != live {
+        return Err(Error::Runtime(format!(
+            "bench: the replica has {target_rows} rows, the source {live} live rows"
+        )));
+    }
+    Ok(ReplicationRun {
+        changes: logged,
+        target_rows,
+        run,
+        changes_per_second: logged as f64 / run.seconds.max(1e-9),
+    })
+}
+
+/// The whole replication benchmark: SQLite files in `dir`, PostgreSQL databases from `pg`
+/// (four fresh ones: source and target at two sizes).
+pub async fn run(
+    dir: &Path,
+    pg: [DbUrl; 4],
+    changes: u64,
+    log: &(dyn Fn(&str) + Sync),
+) -> Result<ReplicationBench> {
+    let sqlite = |name: &str| {
+        let p = dir.join(name);
+        let _ = std::fs::remove_file(&p);
+        DbUrl::parse(&format!("sqlite://{}", p.display()))
+    };
+    log(&format!("replication SQLite→SQLite, {changes} changes"));
+    let sqlite_big = replication(&sqlite("repl-src.db")?, &sqlite("repl-dst.db")?, changes).await?;
+    log(&format!(
+        "replication SQLite→SQLite, {} changes",
+        changes / 10
+    ));
+    let sqlite_tenth = replication(
+        &sqlite("repl-src-tenth.db")?,
+        &sqlite("repl-dst-tenth.db")?,
+        changes / 10,
+    )
+    .await?;
+    let [a, b, c, d] = pg;
+    log(&format!(
+        "replication PostgreSQL→PostgreSQL, {changes} changes"
+    ));
+    let postgres = replication(&a, &b, changes).await?;
+    log(&format!(
+        "replication PostgreSQL→PostgreSQL, {} changes",
+        changes / 10
+    ));
+    let postgres_tenth = replication(&c, &d, changes / 10).await?;
+    Ok(ReplicationBench {
+        sqlite: sqlite_big,
+        sqlite_tenth,
+        postgres,
+        postgres_tenth,
+    })
+}

@@ -1,0 +1,480 @@
+//! The target side of replication: creating or checking the target table, and turning batches
+//! of delta rows (operation + column texts) into multi-row statements of the target's dialect —
+//! `DELETE … WHERE key IN (…)` and upserts (`ON CONFLICT … DO UPDATE` on PostgreSQL and SQLite,
+//! `ON DUPLICATE KEY UPDATE` on MariaDB) — with each text converted to the column's type. Also
+//! the reader of PostgreSQL's COPY CSV records, which tells NULL (empty) from "" (quoted).
+
+use std::collections::HashSet;
+
+use crate::db::{Column, ColumnKind, Database, DbKind, Dialect, Param, TableInfo, Transaction};
+use crate::error::{Error, Result};
+use crate::ident::Ident;
+
+/// What a delta row asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Upsert,
+    Delete,
+}
+
+/// One delta row: the operation as the source named it and the column texts in source order.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub op: Op,
+    pub op_name: &'static str,
+    pub values: Vec<Option<String>>,
+}
+
+impl Change {
+    /// Builds a change from a delta row's fields (operation first).
+    pub fn from_fields(fields: Vec<Option<String>>) -> std::io::Result<Change> {
+        let mut it = fields.into_iter();
+        let (op, op_name) = match it.next().flatten().as_deref() {
+            Some("DELETE") => (Op::Delete, "DELETE"),
+            Some("INSERT") => (Op::Upsert, "INSERT"),
+            Some("UPDATE") => (Op::Upsert, "UPDATE"),
+            other => {
+                return Err(std::io::Error::other(format!(
+                    "unknown operation {other:?} in delta row"
+                )))
+            }
+        };
+        Ok(Change {
+            op,
+            op_name,
+            values: it.collect(),
+        })
+    }
+}
+
+/// The largest number of parameters one statement binds (SQLite allows 32,766).
+const MAX_PARAMS: usize = 30_000;
+
+/// The most rows one statement carries.
+const MAX_ROWS: usize = 1024;
+
+/// Splits `items` into statements of `max` rows, the rest into powers of two: the statements
+/// of a run come in a few sizes only, so the connection's cache of prepared statements stays
+/// small (every distinct row count would be a new large statement) and memory stays flat.
+fn chunks<T>(items: &[T], max: usize) -> Vec<&[T]> {
+    let mut out = Vec::new();
+    let mut rest = items;
+    while !rest.is_empty() {
+        let n = if rest.len() >= max {
+            max
+        } else {
+            1 << rest.len().ilog2()
+        };
+        let (head, tail) = rest.split_at(n);
+        out.push(head);
+        rest = tail;
+    }
+    out
+}
+
+/// The statements that apply changes to one target table.
+pub struct TargetTable {
+    kind: DbKind,
+    table: Ident,
+    /// Source column names, in source (delta) order.
+    columns: Vec<Ident>,
+    /// Positions of the primary key columns in `columns`.
+    key: Vec<usize>,
+    /// Per column: the value expression with one `?`.
+    exprs: Vec<String>,
+    insert_head: String,
+    upsert_tail: String,
+    /// Rows per statement.
+    per_statement: usize,
+}
+
+impl TargetTable {
+    /// Creates the target table if it is missing (types mapped from the source's, same primary
+    /// key), or checks that it has the source's columns and key; then plans the statements.
+    pub async fn prepare(
+        target: &dyn Database,
+        source: &TableInfo,
+        name: &Ident,
+    ) -> Result<TargetTable> {
+        let d = target.dialect();
+        let existing = match target.describe(name).await {
+            Ok(info) => Some(info),
+            Err(Error::UnknownTable(_)) => None,
+            Err(e) => return Err(e),
+        };
+        let info = match existing {
+            Some(info) => {
+                check_columns(source, &info)?;
+                info
+            }
+            None => {
+                target.execute(&create_table(d, source, name), &[]).await?;
+                target.describe(name).await?
+            }
+        };
+        Self::plan(d, source, &info)
+    }
+
+    fn plan(d: &dyn Dialect, source: &TableInfo, target: &TableInfo) -> Result<TargetTable> {
+        let kind = d.kind();
+        let columns: Vec<Ident> = source.columns.iter().map(|c| c.name.clone()).collect();
+        let key: Vec<usize> = source
+            .primary_key
+            .iter()
+            .filter_map(|k| columns.iter().position(|c| c == k))
+            .collect();
+        if key.is_empty() || key.len() != source.primary_key.len() {
+            return Err(Error::UnfitTable {
+                table: source.name.to_string(),
+                reason: "it has no primary key".into(),
+            });
+        }
+        let mut exprs = Vec::with_capacity(columns.len());
+        for c in &columns {
+            let col = target.column(c.as_str()).ok_or_else(|| Error::UnfitTable {
+                table: target.name.to_string(),
+                reason: format!("column {c:?} is missing"),
+            })?;
+            exprs.push(value_expr(kind, col));
+        }
+        let quoted: Vec<String> = columns.iter().map(|c| d.quote(c)).collect();
+        let insert_head = format!(
+            "INSERT INTO {} ({}) VALUES ",
+            d.quote(&target.name),
+            quoted.join(", ")
+        );
+        let non_key: Vec<&String> = quoted
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !key.contains(i))
+            .map(|(_, q)| q)
+            .collect();
+        let key_list: Vec<&str> = key.iter().map(|&i| quoted[i].as_str()).collect();
+        let upsert_tail = match kind {
+            DbKind::Mysql => {
+                let sets: Vec<String> = if non_key.is_empty() {
+                    vec![format!("{0} = {0}", key_list[0])]
+                } else {
+                    non_key
+                        .iter()
+                        .map(|q| format!("{q} = VALUES({q})"))
+                        .collect()
+                };
+                format!(" ON DUPLICATE KEY UPDATE {}", sets.join(", "))
+            }
+            DbKind::Postgres | DbKind::Sqlite => {
+                if non_key.is_empty() {
+                    format!(" ON CONFLICT ({}) DO NOTHING", key_list.join(", "))
+                } else {
+                    let sets: Vec<String> = non_key
+                        .iter()
+                        .map(|q| format!("{q} = excluded.{q}"))
+                        .collect();
+                    format!(
+                        " ON CONFLICT ({}) DO UPDATE SET {}",
+                        key_list.join(", "),
+                        sets.join(", ")
+                    )
+                }
+            }
+        };
+        let per_statement = (MAX_PARAMS / columns.len().max(1)).clamp(1, MAX_ROWS);
+        Ok(TargetTable {
+            kind,
+            table: target.name.clone(),
+            columns,
+            key,
+            exprs,
+            insert_head,
+            upsert_tail,
+            per_statement,
+        })
+    }
+
+    /// "UPDATE of users (id=42)": names a change in messages.
+    pub fn describe_change(&self, source_table: &Ident, c: &Change) -> String {
+        let keys: Vec<String> = self
+            .key
+            .iter()
+            .map(|&i| {
+                format!(
+                    "{}={}",
+                    self.columns[i],
+                    c.values
+                        .get(i)
+                        .cloned()
+                        .flatten()
+                        .unwrap_or_else(|| "NULL".into())
+                )
+            })
+            .collect();
+        format!("{} of {source_table} ({})", c.op_name, keys.join(", "))
+    }
+
+    /// The columns a delta row must have.
+    pub fn width(&self) -> usize {
+        self.columns.len()
+    }
+
+    fn key_of(&self, c: &Change) -> Vec<Option<String>> {
+        self.key.iter().map(|&i| c.values[i].clone()).collect()
+    }
+
+    /// Applies `changes` (each key at most once per group; a repeated key starts a new group so
+    /// that order is kept): in each group the deletes, then the upserts, as multi-row statements.
+    /// Returns (upserts, deletes).
+    pub async fn apply(&self, tx: &mut dyn Transaction, changes: &[Change]) -> Result<(u64, u64)> {
+        let mut done = (0u64, 0u64);
+        let mut start = 0;
+        let mut seen: HashSet<Vec<Option<String>>> = HashSet::new();
+        for (i, c) in changes.iter().enumerate() {
+            if c.values.len() != self.columns.len() {
+                return Err(Error::Runtime(format!(
+                    "delta row has {} columns, expected {}",
+                    c.values.len(),
+                    self.columns.len()
+                )));
+            }
+            if !seen.insert(self.key_of(c)) {
+                let (u, d) = self.apply_group(tx, &changes[start..i]).await?;
+                done = (done.0 + u, done.1 + d);
+                start = i;
+                seen.clear();
+                seen.insert(self.key_of(c));
+            }
+        }
+        let (u, d) = self.apply_group(tx, &changes[start..]).await?;
+        Ok((done.0 + u, done.1 + d))
+    }
+
+    async fn apply_group(&self, tx: &mut dyn Transaction, group: &[Change]) -> Result<(u64, u64)> {
+        let deletes: Vec<&Change> = group.iter().filter(|c| c.op == Op::Delete).collect();
+        let upserts: Vec<&Change> = group.iter().filter(|c| c.op == Op::Upsert).collect();
+        let per_delete = (MAX_PARAMS / self.key.len()).clamp(1, MAX_ROWS);
+        for chunk in chunks(&deletes, per_delete) {
+            let (sql, params) = self.delete_statement(chunk);
+            tx.execute(&sql, params).await?;
+        }
+        for chunk in chunks(&upserts, self.per_statement) {
+            let (sql, params) = self.upsert_statement(chunk);
+            tx.execute(&sql, params).await?;
+        }
+        Ok((upserts.len() as u64, deletes.len() as u64))
+    }
+
+    fn upsert_statement(&self, rows: &[&Change]) -> (String, Vec<Param>) {
+        let one = format!("({})", self.exprs.join(", "));
+        let mut sql = String::with_capacity(self.insert_head.len() + rows.len() * (one.len() + 2));
+        sql.push_str(&self.insert_head);
+        let mut params = Vec::with_capacity(rows.len() * self.columns.len());
+        for (i, r) in rows.iter().enumerate() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&one);
+            params.extend(r.values.iter().map(|v| Param::from(v.clone())));
+        }
+        sql.push_str(&self.upsert_tail);
+        (sql, params)
+    }
+
+    fn delete_statement(&self, rows: &[&Change]) -> (String, Vec<Param>) {
+        let d: &dyn Dialect = dialect_of(self.kind);
+        let mut params = Vec::with_capacity(rows.len() * self.key.len());
+        let sql = if self.key.len() == 1 {
+            let k = self.key[0];
+            let list: Vec<&str> = rows.iter().map(|_| self.exprs[k].as_str()).collect();
+            params.extend(rows.iter().map(|r| Param::from(r.values[k].clone())));
+            format!(
+                "DELETE FROM {} WHERE {} IN ({})",
+                d.quote(&self.table),
+                d.quote(&self.columns[k]),
+                list.join(", ")
+            )
+        } else {
+            // Row values in IN lists are not portable (SQLite wants a subquery): OR of ANDs.
+            let one: Vec<String> = self
+                .key
+                .iter()
+                .map(|&k| format!("{} = {}", d.quote(&self.columns[k]), self.exprs[k]))
+                .collect();
+            let one = format!("({})", one.join(" AND "));
+            for r in rows {
+                params.extend(self.key.iter().map(|&k| Param::from(r.values[k].clone())));
+            }
+            format!(
+                "DELETE FROM {} WHERE {}",
+                d.quote(&self.table),
+                vec![one.as_str(); rows.len()].join(" OR ")
+            )
+        };
+        (sql, params)
+    }
+}
+
+fn dialect_of(kind: DbKind) -> &'static dyn Dialect {
+    match kind {
+        DbKind::Postgres => &crate::db::postgres::PostgresDialect,
+        DbKind::Mysql => &crate::db::mysql::MysqlDialect,
+        DbKind::Sqlite => &crate::db::sqlite::SqliteDialect,
+    }
+}
+
+/// The expression that turns one bound text (as a CSV export renders it: booleans
+/// `true`/`false`, timestamps RFC 3339 UTC with microseconds, bytes `\x` hex) into a value of
+/// the target column. A NULL stays NULL (PostgreSQL needs the cast even then: a NULL bound as
+/// text does not go into a BIGINT column).
+fn value_expr(kind: DbKind, col: &Column) -> String {
+    match kind {
+        // The catalog's own spelling of the type (format_type), so every type casts from text.
+        DbKind::Postgres => format!("CAST(? AS {})", col.sql_type),
+        DbKind::Mysql => match col.kind {
+            ColumnKind::Bool => "(? = 'true')".into(),
+            ColumnKind::Timestamp | ColumnKind::TimestampTz => {
+                "STR_TO_DATE(?, '%Y-%m-%dT%H:%i:%s.%fZ')".into()
+            }
+            ColumnKind::Bytes => "UNHEX(SUBSTRING(?, 3))".into(),
+            _ => "?".into(),
+        },
+        DbKind::Sqlite => match col.kind {
+            ColumnKind::Bool => "(? = 'true')".into(),
+            // Column affinity turns numeric text into numbers; timestamps stay canonical text.
+            _ => "?".into(),
+        },
+    }
+}
+
+fn create_table(d: &dyn Dialect, source: &TableInfo, name: &Ident) -> String {
+    let mut parts: Vec<String> = source
+        .columns
+        .iter()
+        .map(|c| {
+            let key = source.primary_key.contains(&c.name);
+            format!(
+                "{} {}{}",
+                d.quote(&c.name),
+                d.column_type(c.kind, key),
+                if c.nullable { "" } else { " NOT NULL" }
+            )
+        })
+        .collect();
+    let key: Vec<String> = source.primary_key.iter().map(|k| d.quote(k)).collect();
+    parts.push(format!("PRIMARY KEY ({})", key.join(", ")));
+    format!("CREATE TABLE {} ({})", d.quote(name), parts.join(", "))
+}
+
+fn check_columns(source: &TableInfo, target: &TableInfo) -> Result<()> {
+    let unfit = |reason: String| Error::UnfitTable {
+        table: target.name.to_string(),
+        reason: format!("{reason}; it cannot be a replica of {}", source.name),
+    };
+    let names = |t: &TableInfo| -> Vec<String> {
+        let mut v: Vec<String> = t.columns.iter().map(|c| c.name.to_string()).collect();
+        v.sort();
+        v
+    };
+    if names(source) != names(target) {
+        return Err(unfit(format!(
+            "the target has columns {:?}, the source {:?}",
+            names(target),
+            names(source)
+        )));
+    }
+    if source.primary_key != target.primary_key {
+        return Err(unfit(format!(
+            "the target's primary key is {:?}, the source's {:?}",
+            target.primary_key, source.primary_key
+        )));
+    }
+    Ok(())
+}
+
+/// Reads one CSV record as PostgreSQL's COPY writes it: an unquoted empty field is NULL, a
+/// quoted one ("") the empty string.
+pub fn parse_csv_record(rec: &[u8]) -> std::io::Result<Vec<Option<String>>> {
+    let bad = |why: &str| std::io::Error::other(format!("malformed CSV record: {why}"));
+    let text = |b: Vec<u8>| String::from_utf8(b).map_err(|_| bad("not UTF-8"));
+    let rec = rec.strip_suffix(b"\n").unwrap_or(rec);
+    let rec = rec.strip_suffix(b"\r").unwrap_or(rec);
+    let mut out = Vec::new();
+    let mut i = 0;
+    loop {
+        if rec.get(i) == Some(&b'"') {
+            let mut buf = Vec::new();
+            i += 1;
+            loop {
+                match rec.get(i) {
+                    None => return Err(bad("unterminated quote")),
+                    Some(b'"') if rec.get(i + 1) == Some(&b'"') => {
+                        buf.push(b'"');
+                        i += 2;
+                    }
+                    Some(b'"') => {
+                        i += 1;
+                        break;
+                    }
+                    Some(&c) => {
+                        buf.push(c);
+                        i += 1;
+                    }
+                }
+            }
+            out.push(Some(text(buf)?));
+            match rec.get(i) {
+                None => break,
+                Some(b',') => i += 1,
+                Some(_) => return Err(bad("text after a closing quote")),
+            }
+        } else {
+            let end = rec[i..]
+                .iter()
+                .position(|&c| c == b',')
+                .map_or(rec.len(), |p| i + p);
+            let field = &rec[i..end];
+            out.push(
+                (!field.is_empty())
+                    .then(|| text(field.to_vec()))
+                    .transpose()?,
+            );
+            if end == rec.len() {
+                break;
+            }
+            i = end + 1;
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_come_in_few_sizes() {
+        let v: Vec<u32> = (0..2500).collect();
+        let sizes: Vec<usize> = chunks(&v, 1000).iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, vec![1000, 1000, 256, 128, 64, 32, 16, 4]);
+        assert_eq!(sizes.iter().sum::<usize>(), 2500);
+        assert!(chunks::<u32>(&[], 10).is_empty());
+    }
+
+    #[test]
+    fn copy_records_keep_null_apart_from_empty() {
+        assert_eq!(
+            parse_csv_record(b"UPDATE,1,,\"\",\"a,\"\"b\"\"\nc\"\n").unwrap(),
+            vec![
+                Some("UPDATE".into()),
+                Some("1".into()),
+                None,
+                Some(String::new()),
+                Some("a,\"b\"\nc".into())
+            ]
+        );
+        assert_eq!(
+            parse_csv_record(b"x,").unwrap(),
+            vec![Some("x".into()), None]
+        );
+        assert!(parse_csv_record(b"\"open").is_err());
+        assert!(parse_csv_record(b"\"a\"b").is_err());
+    }
+}

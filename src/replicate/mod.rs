@@ -1,0 +1,563 @@
+//! `tidemark replicate`: applies a source table's changes to a target table in any of the three
+//! databases. A replica is a consumer: each run reads the source in one snapshot (as exports
+//! do), takes the delta from the target's stored position to the snapshot's, streams its rows
+//! and applies them in multi-row batches inside ONE target transaction, which also moves the
+//! position stored in the target (`tidemark_replica_positions`) — so a crash before the commit
+//! repeats the interval (upserts and deletes by key are idempotent) and one after it never does.
+//! Nothing is held in memory beyond a few batches. `--follow` repeats runs with low latency;
+//! transient failures are retried with backoff; a change the target refuses stops replication
+//! with an error naming it. The source's state store keeps an informational copy of each
+//! replica's position ([`crate::state::replicas`]).
+
+pub mod apply;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use crate::capture::{strategy_for, CaptureStrategy, Mode};
+use crate::db::{
+    connect, ConnectOptions, Database, DbUrl, Param, RowSink, TableInfo, Timestamp, Transaction,
+};
+use crate::error::{Error, Result};
+use crate::ident::{ConsumerId, Ident};
+use crate::state::replicas::ReplicaRecord;
+use crate::state::{Position, StateStore};
+use apply::{Change, TargetTable};
+
+/// Rows per batch by default.
+pub const DEFAULT_BATCH_SIZE: usize = 5000;
+
+/// The table in the target that holds each replica's position.
+pub const POSITIONS_TABLE: &str = "tidemark_replica_positions";
+
+/// What to replicate and how.
+#[derive(Debug, Clone)]
+pub struct ReplicateOptions {
+    pub table: Ident,
+    pub target_table: Ident,
+    /// Rows per batch (one savepoint and a few multi-row statements each).
+    pub batch_size: usize,
+    /// The capture margin of source snapshots (as for exports).
+    pub margin: Duration,
+    /// Keep going until stopped.
+    pub follow: bool,
+    /// Shortest and longest wait between polls when nothing changed (follow).
+    pub idle_min: Duration,
+    pub idle_max: Duration,
+    /// Attempts of a run that fails transiently when not following (following: forever).
+    pub attempts: u32,
+}
+
+impl ReplicateOptions {
+    /// Defaults for `table` into a target table of the same name.
+    pub fn new(table: Ident) -> Self {
+        ReplicateOptions {
+            target_table: table.clone(),
+            table,
+            batch_size: DEFAULT_BATCH_SIZE,
+            margin: crate::export::DEFAULT_MARGIN,
+            follow: false,
+            idle_min: Duration::from_millis(20),
+            idle_max: Duration::from_millis(500),
+            attempts: 5,
+        }
+    }
+}
+
+/// What one run (one interval) did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RunOutcome {
+    /// Delta rows applied (one per changed key; a key change is a delete and an insert).
+    pub rows: u64,
+    pub upserts: u64,
+    pub deletes: u64,
+    pub position_before: Option<Position>,
+    pub position_after: Option<Position>,
+    /// False when there was nothing to apply and the position stayed.
+    pub committed: bool,
+}
+
+/// What `replicate` did over all its runs.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Summary {
+    pub replica: ConsumerId,
+    pub table: Ident,
+    pub target: String,
+    pub target_table: Ident,
+    pub runs: u64,
+    pub commits: u64,
+    pub rows: u64,
+    pub upserts: u64,
+    pub deletes: u64,
+    /// Transient failures retried.
+    pub retries: u64,
+    pub position: Option<Position>,
+    pub seconds: f64,
+}
+
+struct Plan {
+    target: Arc<dyn Database>,
+    strategy: Box<dyn CaptureStrategy>,
+    apply: Arc<TargetTable>,
+}
+
+/// Replicates one source table into one target table.
+pub struct Replicator {
+    source: Arc<dyn Database>,
+    state: StateStore,
+    target_url: DbUrl,
+    opts: ReplicateOptions,
+    replica: ConsumerId,
+    source_id: String,
+    plan: Option<Plan>,
+    target: Option<Arc<dyn Database>>,
+}
+
+impl Replicator {
+    /// A replicator of `opts.table` of `source` (state in `state`) into `target_url`.
+    pub fn new(
+        source: Arc<dyn Database>,
+        state: StateStore,
+        target_url: DbUrl,
+        opts: ReplicateOptions,
+    ) -> Result<Self> {
+        if opts.batch_size == 0 {
+            return Err(Error::input("--batch-size must be at least 1"));
+        }
+        let hash = |s: &str| hex::encode(Sha256::digest(s.as_bytes()))[..16].to_string();
+        let replica = ConsumerId::new(&format!(
+            "replica-{}",
+            hash(&format!(
+                "{}\u{1f}{}",
+                target_url.redacted(),
+                opts.target_table
+            ))
+        ))?;
+        let source_id = hash(&source.target());
+        Ok(Replicator {
+            source,
+            state,
+            target_url,
+            opts,
+            replica,
+            source_id,
+            plan: None,
+            target: None,
+        })
+    }
+
+    /// The replica's consumer id (its lock and its record in the source's state store).
+    pub fn replica(&self) -> &ConsumerId {
+        &self.replica
+    }
+
+    /// Runs once (or, following, until `stop` resolves), holding the replica's lock.
+    pub async fn run(&mut self, stop: impl Future<Output = ()>) -> Result<Summary> {
+        let lock = self.state.lock(&self.replica, &self.opts.table).await?;
+        let result = self.run_locked(stop).await;
+        let released = lock.release().await;
+        let summary = result?;
+        released?;
+        Ok(summary)
+    }
+
+    async fn run_locked(&mut self, stop: impl Future<Output = ()>) -> Result<Summary> {
+        let t0 = Instant::now();
+        let mut summary = Summary {
+            replica: self.replica.clone(),
+            table: self.opts.table.clone(),
+            target: self.target_url.redacted(),
+            target_table: self.opts.target_table.clone(),
+            runs: 0,
+            commits: 0,
+            rows: 0,
+            upserts: 0,
+            deletes: 0,
+            retries: 0,
+            position: None,
+            seconds: 0.0,
+        };
+        tokio::pin!(stop);
+        let mut idle = self.opts.idle_min;
+        let mut failures = 0u32;
+        loop {
+            let attempt = tokio::select! {
+                r = self.run_once() => r,
+                _ = &mut stop => break,
+            };
+            let wait = match attempt {
+                Ok(o) => {
+                    failures = 0;
+                    summary.runs += 1;
+                    summary.rows += o.rows;
+                    summary.upserts += o.upserts;
+                    summary.deletes += o.deletes;
+                    if o.committed {
+                        summary.commits += 1;
+                        summary.position = o.position_after.clone();
+                    } else if summary.position.is_none() {
+                        summary.position = o.position_before.clone();
+                    }
+                    if !self.opts.follow {
+                        break;
+                    }
+                    if o.rows > 0 {
+                        idle = self.opts.idle_min;
+                        continue;
+                    }
+                    let w = idle;
+                    idle = (idle * 2).min(self.opts.idle_max);
+                    w
+                }
+                Err(e)
+                    if is_transient(&e)
+                        && (self.opts.follow || failures + 1 < self.opts.attempts) =>
+                {
+                    failures += 1;
+                    summary.retries += 1;
+                    // The pools reconnect by themselves; the plan is made again in case the
+                    // target was recreated meanwhile.
+                    self.plan = None;
+                    let backoff = Duration::from_millis(100)
+                        .saturating_mul(1 << failures.min(7))
+                        .min(Duration::from_secs(10));
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "replication failed transiently; retrying");
+                    backoff
+                }
+                Err(e) => return Err(e),
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {},
+                _ = &mut stop => break,
+            }
+        }
+        summary.seconds = t0.elapsed().as_secs_f64();
+        Ok(summary)
+    }
+
+    async fn target(&mut self) -> Result<Arc<dyn Database>> {
+        if let Some(t) = &self.target {
+            return Ok(Arc::clone(t));
+        }
+        let t = connect(
+            &self.target_url,
+            ConnectOptions {
+                create_if_missing: true,
+                max_connections: Some(2),
+            },
+        )
+        .await?;
+        self.target = Some(Arc::clone(&t));
+        Ok(t)
+    }
+
+    async fn prepare(&mut self) -> Result<()> {
+        if self.plan.is_some() {
+            return Ok(());
+        }
+        let target = self.target().await?;
+        let info: TableInfo = self.source.describe(&self.opts.table).await?;
+        let config = self.state.table_config(&self.opts.table).await?;
+        let strategy = strategy_for(&info, config.as_ref())?;
+        let apply = TargetTable::prepare(target.as_ref(), &info, &self.opts.target_table).await?;
+        let d = target.dialect();
+        let (k, t) = (d.key_type(), d.text_type());
+        target
+            .execute(
+                &format!(
+                    "CREATE TABLE IF NOT EXISTS {POSITIONS_TABLE} (source_id {k} NOT NULL, \
+                     source_table {k} NOT NULL, target_table {k} NOT NULL, position {t} NOT NULL, \
+                     updated_at {k} NOT NULL, PRIMARY KEY (source_id, source_table, target_table))"
+                ),
+                &[],
+            )
+            .await?;
+        self.plan = Some(Plan {
+            target,
+            strategy,
+            apply: Arc::new(apply),
+        });
+        Ok(())
+    }
+
+    fn position_keys(&self) -> Vec<Param> {
+        vec![
+            self.source_id.as_str().into(),
+            self.opts.table.as_str().into(),
+            self.opts.target_table.as_str().into(),
+        ]
+    }
+
+    /// One interval: from the target's position to a fresh source snapshot, applied and
+    /// committed with the new position in one target transaction.
+    pub async fn run_once(&mut self) -> Result<RunOutcome> {
+        self.prepare().await?;
+        let Some(plan) = &self.plan else {
+            return Err(Error::Runtime("replication plan missing".into()));
+        };
+        let mut tx = plan.target.begin().await?;
+        let rows = tx
+            .query(
+                &format!(
+                    "SELECT position FROM {POSITIONS_TABLE} \
+                     WHERE source_id = ? AND source_table = ? AND target_table = ?"
+                ),
+                self.position_keys(),
+            )
+            .await?;
+        let before = rows
+            .first()
+            .and_then(|r| r[0].as_deref())
+            .map(Position::from_json)
+            .transpose()?;
+        let mut snapshot = self.source.snapshot(self.opts.margin).await?;
+        let after = plan
+            .strategy
+            .position_after(&snapshot.bound(), before.as_ref());
+        let select =
+            plan.strategy
+                .select(self.source.dialect(), Mode::Delta, before.as_ref(), &after)?;
+
+        // The source is read by its own task; full batches come over a channel of two, so at
+        // most four batches exist at once whatever the interval's size.
+        let (sender, mut batches) = mpsc::channel::<Vec<Change>>(2);
+        let batch_size = self.opts.batch_size;
+        let sql = select.sql;
+        let reader = tokio::spawn(async move {
+            let mut sink = BatchSink {
+                sender,
+                batch: Vec::with_capacity(batch_size),
+                batch_size,
+            };
+            let streamed = snapshot.stream(&sql, &mut sink).await;
+            let flushed = sink
+                .flush()
+                .map_err(|e| Error::io("read delta", "<channel>", e));
+            drop(sink);
+            let finished = snapshot.finish().await;
+            let n = streamed?;
+            flushed?;
+            finished?;
+            Ok::<u64, Error>(n)
+        });
+        let mut outcome = RunOutcome {
+            position_before: before.clone(),
+            ..RunOutcome::default()
+        };
+        while let Some(batch) = batches.recv().await {
+            match self.apply_batch(tx.as_mut(), plan, &batch).await {
+                Ok((u, d)) => {
+                    outcome.upserts += u;
+                    outcome.deletes += d;
+                    outcome.rows += u + d;
+                }
+                Err(e) => {
+                    reader.abort();
+                    let _ = tx.rollback().await;
+                    return Err(e);
+                }
+            }
+        }
+        let read = reader
+            .await
+            .map_err(|e| Error::Runtime(format!("source reader failed: {e}")))?;
+        if let Err(e) = read {
+            let _ = tx.rollback().await;
+            return Err(e);
+        }
+        if outcome.rows == 0 && before.is_some() {
+            // Nothing changed: the position stays, no write on the target.
+            tx.rollback().await?;
+            outcome.position_after = before;
+            return Ok(outcome);
+        }
+        let now = Timestamp::now().to_string();
+        let moved = match &before {
+            Some(b) => {
+                let mut params = vec![after.to_json().into(), now.as_str().into()];
+                params.extend(self.position_keys());
+                params.push(b.to_json().into());
+                tx.execute(
+                    &format!(
+                        "UPDATE {POSITIONS_TABLE} SET position = ?, updated_at = ? \
+                         WHERE source_id = ? AND source_table = ? AND target_table = ? \
+                         AND position = ?"
+                    ),
+                    params,
+                )
+                .await?
+            }
+            None => {
+                let mut params = self.position_keys();
+                params.extend([after.to_json().into(), now.as_str().into()]);
+                tx.execute(
+                    &format!(
+                        "INSERT INTO {POSITIONS_TABLE} (source_id, source_table, target_table, \
+                         position, updated_at) VALUES (?, ?, ?, ?, ?)"
+                    ),
+                    params,
+                )
+                .await?
+            }
+        };
+        if moved != 1 {
+            let _ = tx.rollback().await;
+            return Err(Error::Conflict {
+                consumer: self.replica.to_string(),
+                table: self.opts.table.to_string(),
+            });
+        }
+        fault("before-commit");
+        tx.commit().await?;
+        fault("after-commit");
+        outcome.committed = true;
+        outcome.position_after = Some(after.clone());
+        let record = ReplicaRecord {
+            replica: self.replica.clone(),
+            table: self.opts.table.clone(),
+            target: self.target_url.redacted(),
+            target_table: self.opts.target_table.clone(),
+            position: Some(after),
+            rows_applied: outcome.rows,
+            updated_at: Timestamp::now(),
+        };
+        if let Err(e) = self.state.save_replica(&record).await {
+            // The target holds the truth; this copy may lag (it is only ever behind).
+            tracing::warn!(error = %e, "could not record the replica's position in the source's state");
+        }
+        Ok(outcome)
+    }
+
+    /// Applies one batch inside a savepoint. When the target refuses it for a reason other
+    /// than a transient one, the batch is undone and its rows are applied one by one to find
+    /// and name the change that fails.
+    async fn apply_batch(
+        &self,
+        tx: &mut dyn Transaction,
+        plan: &Plan,
+        batch: &[Change],
+    ) -> Result<(u64, u64)> {
+        tx.execute("SAVEPOINT tidemark_batch", Vec::new()).await?;
+        match plan.apply.apply(tx, batch).await {
+            Ok(n) => {
+                tx.execute("RELEASE SAVEPOINT tidemark_batch", Vec::new())
+                    .await?;
+                Ok(n)
+            }
+            Err(e) if is_transient(&e) => Err(e),
+            Err(e) => {
+                tx.execute("ROLLBACK TO SAVEPOINT tidemark_batch", Vec::new())
+                    .await?;
+                for c in batch {
+                    if let Err(one) = plan.apply.apply(tx, std::slice::from_ref(c)).await {
+                        if is_transient(&one) {
+                            return Err(one);
+                        }
+                        return Err(Error::Apply {
+                            change: plan.apply.describe_change(&self.opts.table, c),
+                            target: format!(
+                                "{} table {}",
+                                self.target_url.redacted(),
+                                self.opts.target_table
+                            ),
+                            reason: one.to_string(),
+                        });
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Crash tests set `TIDEMARK_FAULT` to `before-commit` or `after-commit` to make the process
+/// die at that instant of a replication run, as `kill -9` would.
+fn fault(point: &str) {
+    if std::env::var("TIDEMARK_FAULT").is_ok_and(|v| v == point) {
+        std::process::abort();
+    }
+}
+
+/// Collects delta rows into batches and hands full ones to the applying task. The source
+/// stream calls it synchronously, so a full channel blocks this (reader) task's thread, which
+/// [`tokio::task::block_in_place`] allows on the multi-threaded runtime.
+struct BatchSink {
+    sender: mpsc::Sender<Vec<Change>>,
+    batch: Vec<Change>,
+    batch_size: usize,
+}
+
+impl BatchSink {
+    fn push(&mut self, change: Change) -> std::io::Result<()> {
+        self.batch.push(change);
+        if self.batch.len() >= self.batch_size {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let full = std::mem::replace(&mut self.batch, Vec::with_capacity(self.batch_size));
+        let sender = &self.sender;
+        let sent = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::CurrentThread) => {
+                return Err(std::io::Error::other(
+                    "replication needs the multi-threaded runtime",
+                ))
+            }
+            Ok(_) => tokio::task::block_in_place(|| sender.blocking_send(full)),
+            Err(_) => sender.blocking_send(full),
+        };
+        sent.map_err(|_| std::io::Error::other("the applying side stopped"))
+    }
+}
+
+impl RowSink for BatchSink {
+    fn write_fields(&mut self, fields: &[Option<&str>]) -> std::io::Result<()> {
+        let owned = fields.iter().map(|f| f.map(str::to_string)).collect();
+        self.push(Change::from_fields(owned)?)
+    }
+
+    fn write_csv_record(&mut self, record: &[u8]) -> std::io::Result<()> {
+        self.push(Change::from_fields(apply::parse_csv_record(record)?)?)
+    }
+}
+
+/// True for failures a retry can cure: the database unreachable or restarting, the connection
+/// lost, a deadlock, a serialization failure, a busy SQLite file.
+pub fn is_transient(e: &Error) -> bool {
+    if e.is_unavailable() {
+        return true;
+    }
+    let Error::Database(e) = e else {
+        return false;
+    };
+    match e {
+        sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(d) => {
+            if let Some(pg) = d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+                let code = pg.code();
+                code.starts_with("08")
+                    || code.starts_with("57P")
+                    || matches!(code, "40001" | "40P01" | "53300" | "55P03")
+            } else if let Some(my) = d.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+                matches!(my.number(), 1205 | 1213 | 1927 | 2006 | 2013 | 1053)
+            } else if d.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes.
+                d.code()
+                    .and_then(|c| c.parse::<i64>().ok())
+                    .is_some_and(|c| matches!(c & 0xff, 5 | 6))
+            } else {
+                false
+            }
+        }
+        _ => false,
+    }
+}
