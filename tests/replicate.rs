@@ -509,3 +509,60 @@ async fn replicas_count_for_status_and_prune(kind: DbKind) {
     src.assert_replay_equals_table("csv").await;
 }
 on_each_db!(replicas_count_for_status_and_prune);
+
+/// Following a PostgreSQL trigger table wakes on NOTIFY: with polling set to 30 s, a change
+/// still arrives within a few seconds — and from a SQLite source (no notifications) it does
+/// not, which shows the wake-up is what delivers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn following_postgres_wakes_on_notify() {
+    for (kind, wakes) in [(DbKind::Postgres, true), (DbKind::Sqlite, false)] {
+        let src = TestDb::new(kind).await;
+        let dst = TestDb::new(DbKind::Sqlite).await;
+        src.users_with(20, "trigger").await;
+        let mut opts = options(64);
+        opts.follow = true;
+        opts.idle_min = Duration::from_secs(30);
+        opts.idle_max = Duration::from_secs(30);
+        let mut replicator = Replicator::new(
+            Arc::clone(&src.db),
+            src.state().await,
+            dst.url.clone(),
+            opts,
+        )
+        .unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            replicator
+                .run(async {
+                    let _ = stop_rx.await;
+                })
+                .await
+        });
+        let dst_state = dst.state().await;
+        until_same(&src, dst.db.as_ref(), &dst_state, Duration::from_secs(20)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        src.db
+            .execute(
+                "INSERT INTO users (id, name, email) VALUES (777777, 'woken', 'woken@example.com')",
+                &[],
+            )
+            .await
+            .unwrap();
+        let t0 = Instant::now();
+        let mut arrived = false;
+        while t0.elapsed() < Duration::from_secs(4) {
+            if dst
+                .count("SELECT count(*) FROM users WHERE id = 777777")
+                .await
+                == 1
+            {
+                arrived = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(arrived, wakes, "{kind}: arrived after {:?}", t0.elapsed());
+        let _ = stop_tx.send(());
+        task.await.unwrap().unwrap();
+    }
+}

@@ -84,6 +84,11 @@ pub trait CaptureStrategy: Send + Sync {
         before: Option<&Position>,
         after: &Position,
     ) -> Result<Select>;
+    /// The notification channel the strategy's triggers signal after changes (PostgreSQL
+    /// `pg_notify`), so that followers wake at once instead of polling. `None`: no signal.
+    fn notify_channel(&self, _dialect: &dyn Dialect) -> Option<String> {
+        None
+    }
     /// A query run inside the export's snapshot whose one value becomes
     /// [`Bound::extent`](crate::db::Bound) — for a change log whose ids are handed out in
     /// commit order, its largest id. `None`: the strategy needs none.

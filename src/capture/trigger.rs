@@ -29,6 +29,8 @@ use crate::state::{Position, TableConfig};
 /// The objects `setup` creates for one table.
 struct Names {
     log: Ident,
+    /// The PostgreSQL notification channel.
+    channel: Ident,
     /// PostgreSQL: the trigger function and its one trigger.
     function: Ident,
     trigger: Ident,
@@ -45,6 +47,7 @@ impl Names {
         let n = |suffix: &str| derived_name(&format!("tidemark_log_{table}{suffix}"), suffix);
         Ok(Names {
             log: derived_name(&format!("tidemark_log_{table}"), "log")?,
+            channel: derived_name(&format!("tidemark_changes_{table}"), "changes")?,
             function: n("_fn")?,
             trigger: n("_trg")?,
             on_insert: n("_ins")?,
@@ -164,12 +167,15 @@ impl TriggerCapture {
         let keys = keys.join(", ");
         Ok(match d.kind() {
             DbKind::Postgres => {
+                // pg_notify folds identical notifications of one transaction into one, sent
+                // at commit: followers (`replicate --follow`) wake once per transaction.
                 let body = format!(
                     "BEGIN IF TG_OP = 'INSERT' THEN {}; ELSIF TG_OP = 'UPDATE' THEN {}; \
-                     ELSE {}; END IF; RETURN NULL; END",
+                     ELSE {}; END IF; PERFORM pg_notify('{}', ''); RETURN NULL; END",
                     self.log_insert(d, INSERT),
                     self.log_insert(d, UPDATE),
-                    self.log_insert(d, DELETE)
+                    self.log_insert(d, DELETE),
+                    n.channel.as_str().replace('\'', "''")
                 );
                 vec![
                     format!(
@@ -453,6 +459,10 @@ impl CaptureStrategy for TriggerCapture {
             format!("DELETE FROM {log} WHERE {}", passed.join(" AND ")),
             format!("SELECT count(*) FROM {log}"),
         )))
+    }
+
+    fn notify_channel(&self, d: &dyn Dialect) -> Option<String> {
+        (d.kind() == DbKind::Postgres).then(|| self.names.channel.to_string())
     }
 
     fn extent_query(&self, d: &dyn Dialect) -> Option<String> {

@@ -431,6 +431,13 @@ pub trait Snapshot: Send {
     async fn finish(self: Box<Self>) -> Result<()>;
 }
 
+/// Notifications of a channel the database sends (PostgreSQL LISTEN/NOTIFY).
+#[async_trait]
+pub trait Wakeups: Send + Sync {
+    /// Waits for the next notification.
+    async fn next(&mut self) -> Result<()>;
+}
+
 /// A held lock; released by [`LockGuard::release`] or, if the process dies, by the database
 /// or the operating system.
 #[async_trait]
@@ -515,6 +522,10 @@ pub trait Database: Send + Sync {
     /// Takes the capture bound (held back by open write transactions, minus `margin`)
     /// and opens a consistent snapshot right after it.
     async fn snapshot(&self, margin: std::time::Duration) -> Result<Box<dyn Snapshot>>;
+    /// Listens on a notification channel; `None` when the database has no notifications.
+    async fn listen(&self, _channel: &str) -> Result<Option<Box<dyn Wakeups>>> {
+        Ok(None)
+    }
     /// Takes the named lock if it is free; `None` when someone holds it.
     async fn try_lock(&self, name: &str) -> Result<Option<Box<dyn LockGuard>>>;
     /// Inserts rows of text values (`None` = NULL) into `table` fast (COPY, multi-row inserts),

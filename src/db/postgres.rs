@@ -15,7 +15,7 @@ use sqlx::{ConnectOptions as _, Connection, Postgres};
 
 use super::{
     common::Driver, Bound, Column, ColumnKind, ConnectOptions, Database, DbKind, DbUrl, Dialect,
-    LockGuard, Param, RowSink, Snapshot, Stmt, TextRow, Timestamp, Transaction,
+    LockGuard, Param, RowSink, Snapshot, Stmt, TextRow, Timestamp, Transaction, Wakeups,
 };
 use crate::error::{Error, Result};
 use crate::ident::Ident;
@@ -326,6 +326,12 @@ impl Database for PostgresDb {
         }))
     }
 
+    async fn listen(&self, channel: &str) -> Result<Option<Box<dyn Wakeups>>> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+        listener.listen(channel).await?;
+        Ok(Some(Box::new(PgWakeups(listener))))
+    }
+
     async fn try_lock(&self, name: &str) -> Result<Option<Box<dyn LockGuard>>> {
         let digest = Sha256::digest(name.as_bytes());
         let mut first = [0u8; 8];
@@ -391,6 +397,17 @@ impl Database for PostgresDb {
 
     async fn begin(&self) -> Result<Box<dyn Transaction>> {
         Ok(Box::new(PgTx(self.pool.begin().await?)))
+    }
+}
+
+/// A LISTEN connection.
+struct PgWakeups(sqlx::postgres::PgListener);
+
+#[async_trait]
+impl Wakeups for PgWakeups {
+    async fn next(&mut self) -> Result<()> {
+        self.0.recv().await?;
+        Ok(())
     }
 }
 

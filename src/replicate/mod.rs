@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use crate::capture::{strategy_for, CaptureStrategy, Mode};
 use crate::db::{
     connect, ConnectOptions, Database, DbUrl, Param, RowSink, TableInfo, Timestamp, Transaction,
+    Wakeups,
 };
 use crate::error::{Error, Result};
 use crate::ident::{ConsumerId, Ident};
@@ -115,6 +116,8 @@ pub struct Replicator {
     source_id: String,
     plan: Option<Plan>,
     target: Option<Arc<dyn Database>>,
+    /// Following a source whose triggers notify (PostgreSQL): the LISTEN connection.
+    wakeups: Option<Box<dyn Wakeups>>,
 }
 
 impl Replicator {
@@ -147,6 +150,7 @@ impl Replicator {
             source_id,
             plan: None,
             target: None,
+            wakeups: None,
         })
     }
 
@@ -205,6 +209,7 @@ impl Replicator {
                     if !self.opts.follow {
                         break;
                     }
+                    self.listen().await;
                     if o.rows > 0 {
                         idle = self.opts.idle_min;
                         continue;
@@ -230,13 +235,51 @@ impl Replicator {
                 }
                 Err(e) => return Err(e),
             };
+            let woken = async {
+                match self.wakeups.as_mut() {
+                    Some(w) => w.next().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {},
+                r = woken => {
+                    if let Err(e) = r {
+                        // Polling goes on; the next successful run listens again.
+                        tracing::warn!(error = %e, "lost the notification connection");
+                        self.wakeups = None;
+                    }
+                    idle = self.opts.idle_min;
+                }
                 _ = &mut stop => break,
             }
         }
         summary.seconds = t0.elapsed().as_secs_f64();
         Ok(summary)
+    }
+
+    /// Following: listens on the strategy's notification channel if the source has one, so
+    /// that a commit wakes the next run at once (polling stays as the fallback).
+    async fn listen(&mut self) {
+        if self.wakeups.is_some() {
+            return;
+        }
+        let Some(channel) = self
+            .plan
+            .as_ref()
+            .and_then(|p| p.strategy.notify_channel(self.source.dialect()))
+        else {
+            return;
+        };
+        match self.source.listen(&channel).await {
+            Ok(w) => {
+                if w.is_some() {
+                    tracing::info!(%channel, "woken by notifications");
+                }
+                self.wakeups = w;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot listen for notifications; polling"),
+        }
     }
 
     async fn target(&mut self) -> Result<Arc<dyn Database>> {
