@@ -193,9 +193,91 @@ impl SqliteDb {
     }
 }
 
+/// A read of the database file pinned at the capture bound, on a connection of its own that
+/// rusqlite drives from a blocking thread: rows reach the async side in batches, not one by
+/// one through sqlx's worker thread (which cost ~95% of a large read in allocations and
+/// hand-offs).
 struct SqliteSnapshot {
     bound: Bound,
-    tx: sqlx::Transaction<'static, Sqlite>,
+    conn: Option<rusqlite::Connection>,
+}
+
+fn sqlite_error(e: rusqlite::Error) -> Error {
+    Error::Runtime(format!("SQLite: {e}"))
+}
+
+/// Rows read on the blocking thread: every field's bytes in one buffer.
+struct RowBatch {
+    bytes: Vec<u8>,
+    /// `(start, end)` in `bytes` per field, `None` for NULL; `width` per row.
+    fields: Vec<Option<(usize, usize)>>,
+}
+
+const BATCH_BYTES: usize = 256 * 1024;
+
+/// Runs `sql` on `conn` and sends its rows in batches; stops early if the receiver is gone.
+fn read_rows(
+    conn: &rusqlite::Connection,
+    sql: &str,
+    width_out: &std::sync::atomic::AtomicUsize,
+    tx: &tokio::sync::mpsc::Sender<RowBatch>,
+) -> Result<()> {
+    use rusqlite::types::ValueRef;
+    let mut stmt = conn.prepare(sql).map_err(sqlite_error)?;
+    let width = stmt.column_count();
+    width_out.store(width, std::sync::atomic::Ordering::SeqCst);
+    let mut rows = stmt.query([]).map_err(sqlite_error)?;
+    let fresh = || RowBatch {
+        bytes: Vec::with_capacity(BATCH_BYTES + 4096),
+        fields: Vec::with_capacity(4096),
+    };
+    let mut batch = fresh();
+    while let Some(row) = rows.next().map_err(sqlite_error)? {
+        for i in 0..width {
+            let start = batch.bytes.len();
+            match row.get_ref(i).map_err(sqlite_error)? {
+                ValueRef::Null => {
+                    batch.fields.push(None);
+                    continue;
+                }
+                ValueRef::Text(t) | ValueRef::Blob(t) => batch.bytes.extend_from_slice(t),
+                ValueRef::Integer(n) => batch.bytes.extend_from_slice(n.to_string().as_bytes()),
+                ValueRef::Real(f) => batch.bytes.extend_from_slice(f.to_string().as_bytes()),
+            }
+            batch.fields.push(Some((start, batch.bytes.len())));
+        }
+        if batch.bytes.len() >= BATCH_BYTES {
+            let full = std::mem::replace(&mut batch, fresh());
+            if tx.blocking_send(full).is_err() {
+                return Ok(());
+            }
+        }
+    }
+    if !batch.fields.is_empty() {
+        let _ = tx.blocking_send(batch);
+    }
+    Ok(())
+}
+
+impl SqliteSnapshot {
+    /// Runs `work` on the snapshot's connection on a blocking thread.
+    async fn with_conn<T: Send + 'static>(
+        &mut self,
+        work: impl FnOnce(&rusqlite::Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let conn = self
+            .conn
+            .take()
+            .ok_or_else(|| Error::Runtime("SQLite snapshot already ended".into()))?;
+        let (conn, out) = tokio::task::spawn_blocking(move || {
+            let out = work(&conn);
+            (conn, out)
+        })
+        .await
+        .map_err(|e| Error::Runtime(format!("SQLite reader thread failed: {e}")))?;
+        self.conn = Some(conn);
+        out
+    }
 }
 
 #[async_trait]
@@ -205,16 +287,82 @@ impl Snapshot for SqliteSnapshot {
     }
 
     async fn stream(&mut self, select: &str, sink: &mut dyn RowSink) -> Result<u64> {
-        Sqlite::stream_text_rows(&mut self.tx, select, sink).await
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<RowBatch>(4);
+        let width = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let sql = select.to_string();
+        let w = std::sync::Arc::clone(&width);
+        let reading = self.with_conn(move |conn| read_rows(conn, &sql, &w, &tx));
+        let writing = async {
+            let mut n = 0u64;
+            while let Some(batch) = rx.recv().await {
+                let width = width.load(std::sync::atomic::Ordering::SeqCst).max(1);
+                // Text columns hold UTF-8 unless an application stored otherwise; such bytes
+                // are replaced field by field, as sqlx did.
+                let owned: Vec<Option<String>>;
+                let text: Vec<Option<&str>> = match std::str::from_utf8(&batch.bytes) {
+                    Ok(all) => batch
+                        .fields
+                        .iter()
+                        .map(|f| f.map(|(a, b)| &all[a..b]))
+                        .collect(),
+                    Err(_) => {
+                        owned = batch
+                            .fields
+                            .iter()
+                            .map(|f| {
+                                f.map(|(a, b)| {
+                                    String::from_utf8_lossy(&batch.bytes[a..b]).into_owned()
+                                })
+                            })
+                            .collect();
+                        owned.iter().map(|f| f.as_deref()).collect()
+                    }
+                };
+                for row in text.chunks(width) {
+                    sink.write_fields(row)
+                        .map_err(|e| Error::io("write export row", "<sink>", e))?;
+                    n += 1;
+                }
+            }
+            Ok::<u64, Error>(n)
+        };
+        let (read, written) = tokio::join!(reading, writing);
+        // A write failure stops the reader (its channel closes); report the write's error.
+        let n = written?;
+        read?;
+        Ok(n)
     }
 
     async fn query(&mut self, sql: &str) -> Result<Vec<TextRow>> {
-        Sqlite::query(&mut self.tx, sql, &[]).await
+        let sql = sql.to_string();
+        self.with_conn(move |conn| {
+            let mut stmt = conn.prepare(&sql).map_err(sqlite_error)?;
+            let width = stmt.column_count();
+            let mut out = Vec::new();
+            let mut rows = stmt.query([]).map_err(sqlite_error)?;
+            while let Some(row) = rows.next().map_err(sqlite_error)? {
+                let mut r: TextRow = Vec::with_capacity(width);
+                for i in 0..width {
+                    use rusqlite::types::ValueRef;
+                    r.push(match row.get_ref(i).map_err(sqlite_error)? {
+                        ValueRef::Null => None,
+                        ValueRef::Integer(n) => Some(n.to_string()),
+                        ValueRef::Real(f) => Some(f.to_string()),
+                        ValueRef::Text(t) | ValueRef::Blob(t) => {
+                            Some(String::from_utf8_lossy(t).into_owned())
+                        }
+                    });
+                }
+                out.push(r);
+            }
+            Ok(out)
+        })
+        .await
     }
 
-    async fn finish(self: Box<Self>) -> Result<()> {
-        self.tx.commit().await?;
-        Ok(())
+    async fn finish(mut self: Box<Self>) -> Result<()> {
+        self.with_conn(|conn| conn.execute_batch("COMMIT").map_err(sqlite_error))
+            .await
     }
 }
 
@@ -293,12 +441,30 @@ impl Database for SqliteDb {
         let mut writer = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let now = Sqlite::query(&mut writer, &format!("SELECT {NOW_EXPR}"), &[]).await?;
         let bound = Timestamp::parse(now[0][0].as_deref().unwrap_or_default())?;
-        let mut tx = self.pool.begin().await?;
-        Sqlite::query(&mut tx, "SELECT count(*) FROM sqlite_schema", &[]).await?;
+        let path = self.path.clone();
+        let conn = tokio::task::spawn_blocking(move || -> Result<rusqlite::Connection> {
+            use rusqlite::OpenFlags;
+            let conn = rusqlite::Connection::open_with_flags(
+                &path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(sqlite_error)?;
+            conn.busy_timeout(Duration::from_secs(10))
+                .map_err(sqlite_error)?;
+            // The first read of the transaction pins its snapshot.
+            conn.execute_batch("BEGIN").map_err(sqlite_error)?;
+            conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map_err(sqlite_error)?;
+            Ok(conn)
+        })
+        .await
+        .map_err(|e| Error::Runtime(format!("SQLite reader thread failed: {e}")))??;
         writer.rollback().await?;
         Ok(Box::new(SqliteSnapshot {
             bound: Bound::at(bound),
-            tx,
+            conn: Some(conn),
         }))
     }
 
