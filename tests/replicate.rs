@@ -9,72 +9,17 @@ use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{quiesce, tidemark_cmd, TestDb, MARGIN};
+use common::{churn, quiesce, tidemark_cmd, TestDb, MARGIN};
 use sha2::{Digest, Sha256};
 use tidemark::db::{connect, ConnectOptions, Database, DbKind, DbUrl};
 use tidemark::export::replay::{self, Image};
 use tidemark::ident::Ident;
 use tidemark::replicate::{ReplicateOptions, Replicator, Summary, POSITIONS_TABLE};
-use tidemark::seed::{apply_burst, Burst};
 use tidemark::state::StateStore;
 use tidemark::Error;
 
 fn users() -> Ident {
     Ident::new("users").unwrap()
-}
-
-/// Inserts, updates and soft deletes; for `trigger` also hard deletes and a primary key
-/// change, whose (old, new) ids it returns.
-async fn churn(db: &dyn Database, strategy: &str, seed: u64, scale: u64) -> Option<(i64, i64)> {
-    apply_burst(
-        db,
-        &Burst {
-            inserts: 3 * scale,
-            updates: 5 * scale,
-            soft_deletes: scale,
-            seed,
-        },
-    )
-    .await
-    .unwrap();
-    if strategy != "trigger" {
-        return None;
-    }
-    let max: i64 = db.query("SELECT MAX(id) FROM users", &[]).await.unwrap()[0][0]
-        .as_deref()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let mut x = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
-    let mut next = || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        1 + (x % max as u64) as i64
-    };
-    for _ in 0..scale {
-        db.execute("DELETE FROM users WHERE id = ?", &[next().into()])
-            .await
-            .unwrap();
-    }
-    // A live row whose key changes.
-    let moved: i64 = db
-        .query(
-            "SELECT MIN(id) FROM users WHERE id >= ? AND NOT is_deleted",
-            &[next().into()],
-        )
-        .await
-        .unwrap()[0][0]
-        .as_deref()
-        .map_or(max, |s| s.parse().unwrap());
-    let new = max + 1000;
-    db.execute(
-        "UPDATE users SET id = ? WHERE id = ?",
-        &[new.into(), moved.into()],
-    )
-    .await
-    .unwrap();
-    Some((moved, new))
 }
 
 fn options(batch_size: usize) -> ReplicateOptions {

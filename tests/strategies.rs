@@ -8,9 +8,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Raw, TestDb, MARGIN};
+use common::{churn, Raw, TestDb, MARGIN};
 use tidemark::capture::{self, Mode};
-use tidemark::db::{Database, DbKind};
+use tidemark::db::DbKind;
 use tidemark::export::ExportRequest;
 use tidemark::ident::{ConsumerId, Ident};
 use tidemark::seed::{apply_burst, Burst};
@@ -38,48 +38,6 @@ async fn settle() {
 
 async fn quiesce(t: &TestDb) {
     t.quiesce().await
-}
-
-/// Inserts, updates and soft deletes; for `trigger` also hard deletes and a primary key change.
-async fn churn(db: &dyn Database, strategy: &str, seed: u64, scale: u64) {
-    apply_burst(
-        db,
-        &Burst {
-            inserts: 3 * scale,
-            updates: 5 * scale,
-            soft_deletes: scale,
-            seed,
-        },
-    )
-    .await
-    .unwrap();
-    if strategy != "trigger" {
-        return;
-    }
-    let max: i64 = db.query("SELECT MAX(id) FROM users", &[]).await.unwrap()[0][0]
-        .as_deref()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let mut x = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
-    let mut next = || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        1 + (x % max as u64) as i64
-    };
-    for _ in 0..scale {
-        db.execute("DELETE FROM users WHERE id = ?", &[next().into()])
-            .await
-            .unwrap();
-    }
-    let moved = next();
-    db.execute(
-        "UPDATE users SET id = ? WHERE id = ?",
-        &[(max + 1000).into(), moved.into()],
-    )
-    .await
-    .unwrap();
 }
 
 fn text_of(out: &tidemark::export::ExportOutcome) -> String {

@@ -13,7 +13,7 @@ use tidemark::capture::{self, Mode, SetupOptions};
 use tidemark::db::{connect, ConnectOptions, Database, DbKind, DbUrl};
 use tidemark::export::{manifest, replay, ExportOutcome, ExportRequest, Exporter};
 use tidemark::ident::{ConsumerId, Ident};
-use tidemark::seed;
+use tidemark::seed::{self, apply_burst, Burst};
 use tidemark::state::StateStore;
 use tidemark::testkit::{MariaDbServer, PgServer, SqliteFile};
 
@@ -306,4 +306,58 @@ macro_rules! on_each_db {
             }
         }
     };
+}
+
+/// Inserts, updates and soft deletes; for `trigger` also hard deletes and a primary key
+/// change, whose (old, new) ids it returns.
+pub async fn churn(db: &dyn Database, strategy: &str, seed: u64, scale: u64) -> Option<(i64, i64)> {
+    apply_burst(
+        db,
+        &Burst {
+            inserts: 3 * scale,
+            updates: 5 * scale,
+            soft_deletes: scale,
+            seed,
+        },
+    )
+    .await
+    .unwrap();
+    if strategy != "trigger" {
+        return None;
+    }
+    let max: i64 = db.query("SELECT MAX(id) FROM users", &[]).await.unwrap()[0][0]
+        .as_deref()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut x = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        1 + (x % max as u64) as i64
+    };
+    for _ in 0..scale {
+        db.execute("DELETE FROM users WHERE id = ?", &[next().into()])
+            .await
+            .unwrap();
+    }
+    // A live row whose key changes.
+    let moved: i64 = db
+        .query(
+            "SELECT MIN(id) FROM users WHERE id >= ? AND NOT is_deleted",
+            &[next().into()],
+        )
+        .await
+        .unwrap()[0][0]
+        .as_deref()
+        .map_or(max, |s| s.parse().unwrap());
+    let new = max + 1000;
+    db.execute(
+        "UPDATE users SET id = ? WHERE id = ?",
+        &[new.into(), moved.into()],
+    )
+    .await
+    .unwrap();
+    Some((moved, new))
 }
