@@ -53,6 +53,15 @@ pub struct PoolLimits {
 struct Live {
     record: Mutex<JobRecord>,
     done: watch::Sender<bool>,
+    /// The job failed because a database could not be reached (HTTP 503 rather than 500).
+    unavailable: AtomicBool,
+}
+
+/// A finished job, as the synchronous endpoint reports it.
+pub struct Finished {
+    pub record: JobRecord,
+    /// It failed because a database could not be reached.
+    pub unavailable: bool,
 }
 
 impl Live {
@@ -224,6 +233,7 @@ impl Jobs {
         let live = Arc::new(Live {
             record: Mutex::new(record.clone()),
             done,
+            unavailable: AtomicBool::new(false),
         });
         if let Err(e) = self.inner.exporter.state().save_job(&record).await {
             // The job still runs (and fails if the database is down): its end is reported from
@@ -282,7 +292,10 @@ impl Jobs {
                     )
                 };
                 tokio::select! {
-                    r = inner.exporter.export(&req, None) => r.map_err(|e| e.to_string()),
+                    r = inner.exporter.export(&req, None) => r.map_err(|e| {
+                        live.unavailable.store(e.is_unavailable(), Ordering::SeqCst);
+                        e.to_string()
+                    }),
                     _ = inner.cancel.cancelled() => Err(
                         "abandoned: the server stopped before the export finished; the \
                          watermark did not move".to_string()),
@@ -378,12 +391,15 @@ impl Jobs {
     }
 
     /// Waits until the job ends and returns its record.
-    pub async fn wait(&self, id: &str) -> Option<JobRecord> {
+    pub async fn wait(&self, id: &str) -> Option<Finished> {
         let live = lock(&self.inner.known).0.get(id).cloned()?;
         let mut rx = live.done.subscribe();
         // An error means the sender is gone, which only happens after the final send.
         let _ = rx.wait_for(|done| *done).await;
-        Some(live.snapshot())
+        Some(Finished {
+            record: live.snapshot(),
+            unavailable: live.unavailable.load(Ordering::SeqCst),
+        })
     }
 
     /// Jobs pending or running now.

@@ -17,7 +17,7 @@ use axum::error_handling::HandleErrorLayer;
 use axum::http::{HeaderName, Request, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
@@ -336,7 +336,6 @@ pub async fn serve(config: ServeConfig, ready: &dyn Ready) -> Result<()> {
         tracing::warn!("closed connections that were still open after 5 s");
     }
     tracing::info!("stopped");
-    let _ = TokioExecutor::new();
     Ok(())
 }
 

@@ -39,6 +39,34 @@ pub struct AppState {
     pub thresholds: Thresholds,
 }
 
+impl AppState {
+    /// The monitor's report (`/stats`, `/metrics`), given up after `limit`.
+    async fn report(
+        &self,
+        table_totals: bool,
+        limit: Duration,
+    ) -> ApiResult<monitor::StatusReport> {
+        let scope = monitor::Scope {
+            thresholds: self.thresholds,
+            table_totals,
+        };
+        let collect = monitor::collect(
+            self.exporter.source().as_ref(),
+            self.exporter.state(),
+            scope,
+        );
+        tokio::time::timeout(limit, collect)
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the database did not answer in time",
+                )
+            })?
+            .map_err(ApiError::from)
+    }
+}
+
 /// The header naming the consumer.
 pub const CONSUMER_HEADER: &str = "x-consumer-id";
 
@@ -363,14 +391,15 @@ async fn export_sync(
         .jobs
         .submit(consumer.clone(), table, Mode::Incremental)
         .await?;
-    let done = s
+    let finished = s
         .jobs
         .wait(&job.job_id)
         .await
         .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "job vanished"))?;
+    let done = finished.record;
     if done.status != job_status::COMPLETED {
         let message = done.error.clone().unwrap_or_else(|| "export failed".into());
-        let status = if s.exporter.source().ping().await.is_err() {
+        let status = if finished.unavailable {
             StatusCode::SERVICE_UNAVAILABLE
         } else {
             StatusCode::INTERNAL_SERVER_ERROR
@@ -556,25 +585,7 @@ async fn watermark(
     (status = 200, description = "The monitor's report (same as `tidemark status --json`) plus jobs"),
     (status = 503, body = ErrorBody)))]
 async fn stats(State(s): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
-    let report = tokio::time::timeout(
-        Duration::from_secs(30),
-        monitor::collect(
-            s.exporter.source().as_ref(),
-            s.exporter.state(),
-            monitor::Scope {
-                thresholds: s.thresholds,
-                table_totals: true,
-            },
-        ),
-    )
-    .await
-    .map_err(|_| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the database did not answer in time",
-        )
-    })?
-    .map_err(ApiError::from)?;
+    let report = s.report(true, Duration::from_secs(30)).await?;
     let mut value = serde_json::to_value(&report)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     if let Some(map) = value.as_object_mut() {
@@ -588,20 +599,7 @@ async fn stats(State(s): State<AppState>) -> ApiResult<Json<serde_json::Value>> 
 #[utoipa::path(get, path = "/metrics", responses(
     (status = 200, description = "Exports by mode and outcome, rows, durations, HTTP requests, pending changes, lag", content_type = "application/openmetrics-text")))]
 async fn metrics(State(s): State<AppState>) -> Response {
-    let report = tokio::time::timeout(
-        s.health_timeout * 5,
-        monitor::collect(
-            s.exporter.source().as_ref(),
-            s.exporter.state(),
-            monitor::Scope {
-                thresholds: s.thresholds,
-                table_totals: false,
-            },
-        ),
-    )
-    .await
-    .ok()
-    .and_then(|r| r.ok());
+    let report = s.report(false, s.health_timeout * 5).await.ok();
     s.metrics.refresh(report.as_ref());
     (
         [(
