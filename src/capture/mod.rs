@@ -13,7 +13,7 @@ use std::fmt;
 
 use sha2::{Digest, Sha256};
 
-use crate::db::{Bound, Column, ColumnKind, Database, Dialect, TableInfo};
+use crate::db::{Bound, Column, ColumnKind, Database, Dialect, Stmt, TableInfo};
 use crate::error::{Error, Result};
 use crate::ident::Ident;
 use crate::state::{Position, TableConfig};
@@ -259,6 +259,26 @@ pub(crate) fn default_deleted_column(info: &TableInfo, options: &SetupOptions) -
         .deleted_column
         .clone()
         .or_else(|| info.column("is_deleted").map(|c| c.name.to_string()))
+}
+
+/// The creation time column `setup` registers: the one given, or `created_at` if the table has
+/// it as a timestamp.
+pub(crate) fn default_created_column(info: &TableInfo, options: &SetupOptions) -> Option<String> {
+    options.created_column.clone().or_else(|| {
+        info.column("created_at")
+            .filter(|c| c.kind.is_timestamp())
+            .map(|c| c.name.to_string())
+    })
+}
+
+/// Runs statements `setup` or `teardown` made (DDL, no parameters) in one transaction.
+pub(crate) async fn run_all(db: &dyn Database, statements: Vec<String>) -> Result<()> {
+    let stmts: Vec<Stmt> = statements
+        .into_iter()
+        .map(|s| Stmt::new(s, Vec::new()))
+        .collect();
+    db.transaction(&stmts).await?;
+    Ok(())
 }
 
 /// Which live rows a delta export calls `INSERT` (the others are `UPDATE`).

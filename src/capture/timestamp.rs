@@ -5,8 +5,9 @@
 //! interval. Deletes are soft: a true `is_deleted` (configurable) column.
 
 use super::{
-    column_of, default_deleted_column, derived_name, require_key, soft_delete_column, table_select,
-    unfit, CaptureStrategy, Inserted, Mode, Select, SetupOptions, SetupReport,
+    column_of, default_created_column, default_deleted_column, derived_name, require_key,
+    soft_delete_column, table_select, unfit, CaptureStrategy, Inserted, Mode, Select, SetupOptions,
+    SetupReport,
 };
 use crate::db::{Bound, Column, Database, Dialect, TableInfo};
 use crate::error::Result;
@@ -32,11 +33,7 @@ impl TimestampCapture {
                 .clone()
                 .unwrap_or_else(|| "updated_at".into()),
             deleted_column: default_deleted_column(info, options),
-            created_column: options.created_column.clone().or_else(|| {
-                info.column("created_at")
-                    .filter(|c| c.kind.is_timestamp())
-                    .map(|c| c.name.to_string())
-            }),
+            created_column: default_created_column(info, options),
         })
     }
 

@@ -18,10 +18,11 @@
 //! before the interval, else `UPDATE`; an update that changes the key deletes the old one.
 
 use super::{
-    default_deleted_column, derived_name, rendered_columns, require_key, soft_delete_column,
-    table_select, CaptureStrategy, Inserted, Mode, Select, SetupOptions, SetupReport, TxidSnapshot,
+    default_deleted_column, derived_name, rendered_columns, require_key, run_all,
+    soft_delete_column, table_select, CaptureStrategy, Inserted, Mode, Select, SetupOptions,
+    SetupReport, TxidSnapshot,
 };
-use crate::db::{Bound, Column, ColumnKind, Database, DbKind, Dialect, Stmt, TableInfo};
+use crate::db::{Bound, Column, ColumnKind, Database, DbKind, Dialect, TableInfo};
 use crate::error::Result;
 use crate::ident::Ident;
 use crate::state::{Position, TableConfig};
@@ -513,12 +514,7 @@ pub async fn setup(
     let config = TriggerCapture::default_config(info, options)?;
     let capture = TriggerCapture::new(info, &config)?;
     let d = db.dialect();
-    let stmts: Vec<Stmt> = capture
-        .install(d)?
-        .into_iter()
-        .map(|s| Stmt::new(s, Vec::new()))
-        .collect();
-    db.transaction(&stmts).await?;
+    run_all(db, capture.install(d)?).await?;
     let n = &capture.names;
     let triggers: Vec<String> = if d.kind() == DbKind::Postgres {
         vec![
@@ -549,12 +545,7 @@ pub async fn teardown(
     config: &TableConfig,
 ) -> Result<Vec<String>> {
     let capture = TriggerCapture::new(info, config)?;
-    let stmts: Vec<Stmt> = capture
-        .uninstall(db.dialect())
-        .into_iter()
-        .map(|s| Stmt::new(s, Vec::new()))
-        .collect();
-    db.transaction(&stmts).await?;
+    run_all(db, capture.uninstall(db.dialect())).await?;
     Ok(vec![
         "triggers".into(),
         format!("change log {}", capture.names.log),

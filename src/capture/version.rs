@@ -17,10 +17,11 @@
 
 use super::timestamp::{creation_column, inserted_since};
 use super::{
-    column_of, default_deleted_column, derived_name, require_key, soft_delete_column, table_select,
-    unfit, CaptureStrategy, Mode, Select, SetupOptions, SetupReport, TxidSnapshot,
+    column_of, default_created_column, default_deleted_column, derived_name, require_key, run_all,
+    soft_delete_column, table_select, unfit, CaptureStrategy, Mode, Select, SetupOptions,
+    SetupReport, TxidSnapshot,
 };
-use crate::db::{Bound, Column, ColumnKind, Database, DbKind, Dialect, Stmt, TableInfo};
+use crate::db::{Bound, Column, ColumnKind, Database, DbKind, Dialect, TableInfo};
 use crate::error::Result;
 use crate::ident::Ident;
 use crate::state::{Position, TableConfig};
@@ -56,11 +57,7 @@ impl VersionCapture {
                 .clone()
                 .unwrap_or_else(|| DEFAULT_COLUMN.into()),
             deleted_column: default_deleted_column(info, options),
-            created_column: options.created_column.clone().or_else(|| {
-                info.column("created_at")
-                    .filter(|c| c.kind.is_timestamp())
-                    .map(|c| c.name.to_string())
-            }),
+            created_column: default_created_column(info, options),
         }
     }
 
@@ -285,12 +282,7 @@ pub async fn setup(
     )
     .await?;
     installed.push(format!("index {}", n.index));
-    let stmts: Vec<Stmt> = capture
-        .install(d)?
-        .into_iter()
-        .map(|s| Stmt::new(s, Vec::new()))
-        .collect();
-    db.transaction(&stmts).await?;
+    run_all(db, capture.install(d)?).await?;
     if d.kind() == DbKind::Postgres {
         installed.push(format!("function {}", n.function));
         installed.push(format!("trigger {}", n.trigger));
@@ -313,12 +305,7 @@ pub async fn teardown(
     config: &TableConfig,
 ) -> Result<Vec<String>> {
     let capture = VersionCapture::new(info, config)?;
-    let stmts: Vec<Stmt> = capture
-        .uninstall(db.dialect())?
-        .into_iter()
-        .map(|s| Stmt::new(s, Vec::new()))
-        .collect();
-    db.transaction(&stmts).await?;
+    run_all(db, capture.uninstall(db.dialect())?).await?;
     Ok(vec![
         "triggers".into(),
         format!("index {}", capture.names()?.index),
