@@ -84,33 +84,9 @@ async fn transaction_open_across_exports(kind: DbKind) {
     let t = TestDb::new(kind).await;
     t.users(100).await;
     t.export("long", Mode::Full).await;
-    let now = t.db.dialect().now_expr();
-    let mut raw = Raw::open(&t).await;
-    raw.exec(if kind == DbKind::Sqlite {
-        "BEGIN IMMEDIATE"
-    } else {
-        "BEGIN"
-    })
-    .await;
-    // A new row, so that the other writers below never wait for this transaction's locks.
-    raw.exec(&format!(
-        "INSERT INTO users (id, name, email, created_at, updated_at, is_deleted) \
-         VALUES (1000000, 'late writer', 'late@example.com', {now}, {now}, FALSE)"
-    ))
-    .await;
+    let mut raw = Raw::late_writer(&t).await;
     if kind == DbKind::Sqlite {
-        let exporter = t.exporter().await;
-        let req = t.request("long", Mode::Delta);
-        let pending = tokio::spawn(async move { exporter.export(&req, None).await });
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        assert!(
-            !pending.is_finished(),
-            "the export must wait for the writer"
-        );
-        raw.exec("COMMIT").await;
-        let out = pending.await.unwrap().unwrap();
-        let text = std::fs::read_to_string(out.file.unwrap()).unwrap();
-        assert!(text.contains("late writer"));
+        raw.commit_while_sqlite_export_waits(&t, "long").await;
     } else {
         // Other transactions commit meanwhile, with later cursor values.
         apply_burst(t.db.as_ref(), &burst(7, 5)).await.unwrap();

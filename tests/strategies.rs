@@ -90,32 +90,9 @@ async fn transaction_open_across_exports(kind: DbKind, strategy: &str) {
             }
         })
     });
-    let now = t.db.dialect().now_expr();
-    let mut raw = Raw::open(&t).await;
-    raw.exec(if kind == DbKind::Sqlite {
-        "BEGIN IMMEDIATE"
-    } else {
-        "BEGIN"
-    })
-    .await;
-    raw.exec(&format!(
-        "INSERT INTO users (id, name, email, created_at, updated_at, is_deleted) \
-         VALUES (1000000, 'late writer', 'late@example.com', {now}, {now}, FALSE)"
-    ))
-    .await;
+    let mut raw = Raw::late_writer(&t).await;
     if kind == DbKind::Sqlite {
-        // One writer at a time: the export waits for this one.
-        let exporter = t.exporter().await;
-        let req = t.request("long", Mode::Delta);
-        let pending = tokio::spawn(async move { exporter.export(&req, None).await });
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        assert!(
-            !pending.is_finished(),
-            "the export must wait for the writer"
-        );
-        raw.exec("COMMIT").await;
-        let out = pending.await.unwrap().unwrap();
-        assert!(text_of(&out).contains("late writer"));
+        raw.commit_while_sqlite_export_waits(&t, "long").await;
     } else {
         // Later transactions (with later ids) commit first, across two exports.
         for round in 0..2u64 {

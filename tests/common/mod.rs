@@ -224,6 +224,42 @@ impl Raw {
         }
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
+
+    /// A transaction that inserts user 1000000, `late writer`, and stays open (on SQLite
+    /// holding the write lock). A new row, so that other writers never wait for its locks.
+    pub async fn late_writer(t: &TestDb) -> Raw {
+        let now = t.db.dialect().now_expr();
+        let mut raw = Raw::open(t).await;
+        raw.exec(if t.kind == DbKind::Sqlite {
+            "BEGIN IMMEDIATE"
+        } else {
+            "BEGIN"
+        })
+        .await;
+        raw.exec(&format!(
+            "INSERT INTO users (id, name, email, created_at, updated_at, is_deleted) \
+             VALUES (1000000, 'late writer', 'late@example.com', {now}, {now}, FALSE)"
+        ))
+        .await;
+        raw
+    }
+
+    /// SQLite has one writer: a delta export of `consumer` started while this transaction holds
+    /// the write lock waits for it, and once it commits the export carries its row.
+    pub async fn commit_while_sqlite_export_waits(mut self, t: &TestDb, consumer: &str) {
+        let exporter = t.exporter().await;
+        let req = t.request(consumer, Mode::Delta);
+        let pending = tokio::spawn(async move { exporter.export(&req, None).await });
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(
+            !pending.is_finished(),
+            "the export must wait for the writer"
+        );
+        self.exec("COMMIT").await;
+        let out = pending.await.unwrap().unwrap();
+        let text = std::fs::read_to_string(out.file.unwrap()).unwrap();
+        assert!(text.contains("late writer"), "{text}");
+    }
 }
 
 /// Waits until the capture bound can pass every write made so far: MariaDB's bound is held
