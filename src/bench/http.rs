@@ -154,6 +154,17 @@ fn failed(e: impl std::fmt::Display) -> Error {
     Error::Runtime(format!("bench: HTTP request failed: {e}"))
 }
 
+/// Sends `request` and reads its JSON answer.
+async fn json_of(request: reqwest::RequestBuilder) -> Result<serde_json::Value> {
+    request
+        .send()
+        .await
+        .map_err(failed)?
+        .json()
+        .await
+        .map_err(failed)
+}
+
 /// `clients` tasks sending requests made by `make` for `seconds`; returns the latencies.
 async fn load<F, Fut>(clients: usize, seconds: f64, make: F) -> Result<Latency>
 where
@@ -277,15 +288,12 @@ pub async fn run(
 
     log("HTTP: /health while a full export of the large table runs");
     let server = serve(big_url, &out)?;
-    let started: serde_json::Value = client
-        .post(format!("{}/exports/full", server.base))
-        .header("X-Consumer-ID", "http-full")
-        .send()
-        .await
-        .map_err(failed)?
-        .json()
-        .await
-        .map_err(failed)?;
+    let started = json_of(
+        client
+            .post(format!("{}/exports/full", server.base))
+            .header("X-Consumer-ID", "http-full"),
+    )
+    .await?;
     let job = started["jobId"]
         .as_str()
         .ok_or_else(|| failed(format!("no job: {started}")))?
@@ -304,14 +312,7 @@ pub async fn run(
             ms.push(t.elapsed().as_secs_f64() * 1000.0);
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let v: serde_json::Value = client
-            .get(format!("{}/exports/{job}", server.base))
-            .send()
-            .await
-            .map_err(failed)?
-            .json()
-            .await
-            .map_err(failed)?;
+        let v = json_of(client.get(format!("{}/exports/{job}", server.base))).await?;
         match v["status"].as_str() {
             Some("completed") => break v,
             Some("failed") => return Err(failed(format!("full export failed: {v}"))),
