@@ -172,6 +172,9 @@ impl SqliteDb {
             .create_if_missing(options.create_if_missing)
             .busy_timeout(Duration::from_secs(30))
             .foreign_keys(false)
+            // The bundled SQLite keeps temporary files (sorts, GROUP BY, statement journals of
+            // savepoints) in memory by default: a large interval would grow the process with it.
+            .pragma("temp_store", "FILE")
             // Rows cross from sqlx's worker thread in a channel; a deeper one wakes the
             // reader less often (replication reads 10^5 rows per run).
             .row_buffer_size(1024)
@@ -450,6 +453,9 @@ impl Database for SqliteDb {
             )
             .map_err(sqlite_error)?;
             conn.busy_timeout(Duration::from_secs(10))
+                .map_err(sqlite_error)?;
+            // Sorts and GROUP BY of a large interval spill to disk, not to memory (see connect).
+            conn.pragma_update(None, "temp_store", "FILE")
                 .map_err(sqlite_error)?;
             // The first read of the transaction pins its snapshot.
             conn.execute_batch("BEGIN").map_err(sqlite_error)?;
