@@ -263,20 +263,21 @@ async fn table_exists(t: &TestDb, name: &str) -> bool {
     t.db.describe(&Ident::new(name).unwrap()).await.is_ok()
 }
 
-/// The images of the log's entries, in change order: (operation, before, after).
-async fn images(t: &TestDb, log: &str) -> Vec<(String, serde_json::Value, serde_json::Value)> {
+/// The images of the log's entries as its view shows them, in change order:
+/// (operation, before, after).
+async fn images(t: &TestDb, view: &str) -> Vec<(String, serde_json::Value, serde_json::Value)> {
     let cast = |c: &str| match t.kind {
         DbKind::Postgres => format!("{c}::text"),
         _ => c.to_string(),
     };
-    let log = Ident::new(log).unwrap();
+    let view = Ident::new(view).unwrap();
     let rows =
         t.db.query(
             &format!(
                 "SELECT operation, {}, {} FROM {} ORDER BY change_id",
                 cast("before_image"),
                 cast("after_image"),
-                t.db.dialect().quote(&log)
+                t.db.dialect().quote(&view)
             ),
             &[],
         )
@@ -315,13 +316,42 @@ async fn trigger_setup_is_idempotent_follows_columns_and_tears_down(kind: DbKind
     t.db.execute("UPDATE users SET nickname = 'nick' WHERE id = 3", &[])
         .await
         .unwrap();
-    let log = images(&t, "tidemark_log_users").await;
+    let log = images(&t, "tidemark_changes_users").await;
     let (op, before, after) = log.last().unwrap();
     assert_eq!(op, "UPDATE");
     assert_eq!(before["nickname"], serde_json::Value::Null);
     assert_eq!(after["nickname"], "nick");
     assert_eq!(after["name"], "once");
+    // The first update's after image is the second's before image.
+    assert_eq!(log[0].2["name"], "once");
+    assert_eq!(log[0].2["nickname"], serde_json::Value::Null);
 
+    // A key change: the after image carries the new key, and the next change of the new key
+    // continues from it.
+    t.db.execute("UPDATE users SET id = 1000 WHERE id = 3", &[])
+        .await
+        .unwrap();
+    t.db.execute("UPDATE users SET name = 'moved' WHERE id = 1000", &[])
+        .await
+        .unwrap();
+    t.db.execute("DELETE FROM users WHERE id = 1000", &[])
+        .await
+        .unwrap();
+    let log = images(&t, "tidemark_changes_users").await;
+    let [moved, renamed, deleted] = &log[log.len() - 3..] else {
+        panic!("three more entries: {log:?}");
+    };
+    assert_eq!(
+        (moved.1["id"].as_i64(), moved.2["id"].as_i64()),
+        (Some(3), Some(1000))
+    );
+    assert_eq!(moved.2["name"], "once");
+    assert_eq!(renamed.1, moved.2);
+    assert_eq!(renamed.2["name"], "moved");
+    assert_eq!(deleted.1, renamed.2);
+    assert!(deleted.2.is_null());
+
+    assert!(table_exists(&t, "tidemark_changes_users").await);
     let info = t.db.describe(&table).await.unwrap();
     let config = t.state().await.table_config(&table).await.unwrap().unwrap();
     capture::teardown(t.db.as_ref(), &info, &config)
@@ -329,6 +359,7 @@ async fn trigger_setup_is_idempotent_follows_columns_and_tears_down(kind: DbKind
         .unwrap();
     assert_eq!(triggers_on(&t, "users").await, 0);
     assert!(!table_exists(&t, "tidemark_log_users").await);
+    assert!(!table_exists(&t, "tidemark_changes_users").await);
     if kind == DbKind::Postgres {
         assert_eq!(
             t.count("SELECT count(*) FROM pg_proc WHERE proname LIKE 'tidemark%'")
@@ -453,7 +484,7 @@ async fn trigger_images_keep_types_and_odd_names(kind: DbKind) {
         .await
         .unwrap();
 
-    let log = images(&t, "tidemark_log_order").await;
+    let log = images(&t, "tidemark_changes_order").await;
     let ops: Vec<&str> = log.iter().map(|(o, _, _)| o.as_str()).collect();
     assert_eq!(ops, ["INSERT", "UPDATE", "DELETE"]);
     let (_, none, ins) = &log[0];

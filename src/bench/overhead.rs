@@ -39,7 +39,7 @@ impl CaptureOverhead {
             self.deletes,
             "no capture",
             self.plain.seconds,
-            "trigger strategy (change log, JSON images)",
+            "trigger strategy (change log with before images)",
             self.trigger.seconds,
             r(&self.trigger),
             "version strategy (version column)",

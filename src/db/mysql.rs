@@ -94,15 +94,18 @@ impl Dialect for MysqlDialect {
 
     fn json_image(&self, row: &str, columns: &[Column]) -> String {
         // JSON_OBJECT prints integers, decimals and doubles as exact JSON numbers. TIMESTAMP
-        // values are shown in the writer's session zone, so they are converted to UTC;
-        // binary becomes `\x` hex text (the backslash as CHAR(92): no escaping mode matters).
+        // values are shown in the reader's session zone, so they are rebuilt in UTC from the
+        // stored instant (UNIX_TIMESTAMP of a TIMESTAMP column reads it as is, microseconds
+        // too) — without naming the session zone, which a view may not; binary becomes `\x`
+        // hex text (the backslash as CHAR(92): no escaping mode matters).
         let fields: Vec<String> = columns
             .iter()
             .map(|c| {
                 let v = format!("{row}.{}", self.quote(&c.name));
                 let value = match c.kind {
                     ColumnKind::TimestampTz => format!(
-                        "DATE_FORMAT(CONVERT_TZ({v}, @@session.time_zone, '+00:00'), {TS_FORMAT})"
+                        "DATE_FORMAT(TIMESTAMPADD(MICROSECOND, UNIX_TIMESTAMP({v}) * 1000000, \
+                         TIMESTAMP'1970-01-01 00:00:00.000000'), {TS_FORMAT})"
                     ),
                     ColumnKind::Timestamp => format!("DATE_FORMAT({v}, {TS_FORMAT})"),
                     ColumnKind::Bytes => {
