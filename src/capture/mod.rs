@@ -13,7 +13,7 @@ use std::fmt;
 
 use sha2::{Digest, Sha256};
 
-use crate::db::{Bound, Column, ColumnKind, Database, Dialect, Stmt, TableInfo};
+use crate::db::{Bound, Column, ColumnKind, Database, Dialect, Snapshot, Stmt, TableInfo};
 use crate::error::{Error, Result};
 use crate::ident::Ident;
 use crate::state::{Position, TableConfig};
@@ -67,6 +67,33 @@ impl fmt::Display for Mode {
 pub struct Select {
     pub header: Vec<String>,
     pub sql: String,
+}
+
+/// The position a read through `snapshot` reaches from `before`: the snapshot's capture bound,
+/// with the change log's extent where `strategy` counts by it. Exports and replication both
+/// start their reads here, so they cut intervals the same way.
+pub async fn reach(
+    strategy: &dyn CaptureStrategy,
+    dialect: &dyn Dialect,
+    snapshot: &mut dyn Snapshot,
+    before: Option<&Position>,
+) -> Result<Position> {
+    let mut bound = snapshot.bound();
+    if let Some(q) = strategy.extent_query(dialect) {
+        let rows = snapshot.query(&q).await?;
+        let value = rows.first().and_then(|r| r.first().cloned().flatten());
+        bound.extent = Some(
+            value
+                .as_deref()
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| {
+                    Error::Runtime(format!(
+                        "the change log's extent is not a number: {value:?}"
+                    ))
+                })?,
+        );
+    }
+    Ok(strategy.position_after(&bound, before))
 }
 
 /// A way of finding a table's changes.

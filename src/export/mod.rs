@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::capture::{strategy_for, Mode, Select};
+use crate::capture::{self, strategy_for, Mode, Select};
 use crate::db::{Bound, Database, RowSink, TableInfo, Timestamp};
 use crate::error::{Error, Result};
 use crate::ident::{ConsumerId, Ident};
@@ -143,15 +143,13 @@ impl Exporter {
         let export_id = req.id.clone().unwrap_or_else(new_export_id);
 
         let mut snapshot = self.source.snapshot(self.margin).await?;
-        let mut bound = snapshot.bound();
-        if let Some(q) = strategy.extent_query(self.source.dialect()) {
-            let rows = snapshot.query(&q).await?;
-            bound.extent = rows
-                .first()
-                .and_then(|r| r.first().cloned().flatten())
-                .and_then(|v| v.parse().ok());
-        }
-        let after = strategy.position_after(&bound, before.as_ref());
+        let after = capture::reach(
+            strategy.as_ref(),
+            self.source.dialect(),
+            snapshot.as_mut(),
+            before.as_ref(),
+        )
+        .await?;
         let select = strategy.select(self.source.dialect(), req.mode, before.as_ref(), &after)?;
         let stem = file_stem(
             req.mode,

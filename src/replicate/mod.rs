@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use crate::capture::{strategy_for, CaptureStrategy, Mode};
+use crate::capture::{self, strategy_for, CaptureStrategy, Mode};
 use crate::db::{
     connect, ConnectOptions, Database, DbUrl, Param, RowSink, TableInfo, Timestamp, Transaction,
     Wakeups,
@@ -358,9 +358,13 @@ impl Replicator {
             .map(Position::from_json)
             .transpose()?;
         let mut snapshot = self.source.snapshot(self.opts.margin).await?;
-        let after = plan
-            .strategy
-            .position_after(&snapshot.bound(), before.as_ref());
+        let after = capture::reach(
+            plan.strategy.as_ref(),
+            self.source.dialect(),
+            snapshot.as_mut(),
+            before.as_ref(),
+        )
+        .await?;
         let select =
             plan.strategy
                 .select(self.source.dialect(), Mode::Delta, before.as_ref(), &after)?;
@@ -370,6 +374,7 @@ impl Replicator {
         let (sender, mut batches) = mpsc::channel::<Vec<Change>>(2);
         let batch_size = self.opts.batch_size;
         let sql = select.sql;
+        tracing::debug!(%sql, "reading the interval's changes");
         let reader = tokio::spawn(async move {
             let mut sink = BatchSink {
                 sender,
@@ -564,8 +569,7 @@ impl BatchSink {
 
 impl RowSink for BatchSink {
     fn write_fields(&mut self, fields: &[Option<&str>]) -> std::io::Result<()> {
-        let owned = fields.iter().map(|f| f.map(str::to_string)).collect();
-        self.push(Change::from_fields(owned)?)
+        self.push(Change::from_fields(fields.iter().copied())?)
     }
 
     fn write_csv_record(&mut self, record: &[u8]) -> std::io::Result<()> {
