@@ -16,6 +16,7 @@ where
     Self::Arguments: IntoArguments<Self>,
     for<'c> &'c mut Self::Connection: Executor<'c, Database = Self>,
     for<'a> String: Encode<'a, Self> + Decode<'a, Self> + Type<Self>,
+    for<'a> std::sync::Arc<str>: Encode<'a, Self> + Type<Self>,
     for<'a> Option<String>: Encode<'a, Self> + Type<Self>,
     for<'a> &'a str: Decode<'a, Self> + Type<Self>,
     for<'a> i64: Encode<'a, Self> + Decode<'a, Self> + Type<Self>,

@@ -266,21 +266,27 @@ impl<'de> serde::Deserialize<'de> for Timestamp {
     }
 }
 
-/// A statement parameter. State and seed statements bind only these.
+/// A statement parameter. State and seed statements bind only these. Text is shared: a
+/// replicated value is bound without a copy (SQLite takes an `Arc<str>` as it is).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Param {
-    Text(String),
+    Text(Arc<str>),
     Int(i64),
     Null,
 }
 
 impl From<&str> for Param {
     fn from(s: &str) -> Self {
-        Param::Text(s.to_string())
+        Param::Text(s.into())
     }
 }
 impl From<String> for Param {
     fn from(s: String) -> Self {
+        Param::Text(s.into())
+    }
+}
+impl From<Arc<str>> for Param {
+    fn from(s: Arc<str>) -> Self {
         Param::Text(s)
     }
 }

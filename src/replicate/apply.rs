@@ -5,6 +5,7 @@
 //! the reader of PostgreSQL's COPY CSV records, which tells NULL (empty) from "" (quoted).
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use crate::db::{Column, ColumnKind, Database, DbKind, Dialect, Param, TableInfo, Transaction};
 use crate::error::{Error, Result};
@@ -17,19 +18,23 @@ pub enum Op {
     Delete,
 }
 
-/// One delta row: the operation as the source named it and the column texts in source order.
+/// One delta row: the operation as the source named it and the column texts in source order,
+/// shared so that binding them to a statement copies nothing.
 #[derive(Debug, Clone)]
 pub struct Change {
     pub op: Op,
     pub op_name: &'static str,
-    pub values: Vec<Option<String>>,
+    pub values: Vec<Option<Arc<str>>>,
 }
 
 impl Change {
     /// Builds a change from a delta row's fields (operation first).
-    pub fn from_fields(fields: Vec<Option<String>>) -> std::io::Result<Change> {
+    pub fn from_fields<T: AsRef<str> + Into<Arc<str>>>(
+        fields: impl IntoIterator<Item = Option<T>>,
+    ) -> std::io::Result<Change> {
         let mut it = fields.into_iter();
-        let (op, op_name) = match it.next().flatten().as_deref() {
+        let first = it.next().flatten();
+        let (op, op_name) = match first.as_ref().map(AsRef::as_ref) {
             Some("DELETE") => (Op::Delete, "DELETE"),
             Some("INSERT") => (Op::Upsert, "INSERT"),
             Some("UPDATE") => (Op::Upsert, "UPDATE"),
@@ -42,7 +47,7 @@ impl Change {
         Ok(Change {
             op,
             op_name,
-            values: it.collect(),
+            values: it.map(|v| v.map(Into::into)).collect(),
         })
     }
 }
@@ -200,11 +205,7 @@ impl TargetTable {
                 format!(
                     "{}={}",
                     self.columns[i],
-                    c.values
-                        .get(i)
-                        .cloned()
-                        .flatten()
-                        .unwrap_or_else(|| "NULL".into())
+                    c.values.get(i).and_then(|v| v.as_deref()).unwrap_or("NULL")
                 )
             })
             .collect();
@@ -216,8 +217,8 @@ impl TargetTable {
         self.columns.len()
     }
 
-    fn key_of(&self, c: &Change) -> Vec<Option<String>> {
-        self.key.iter().map(|&i| c.values[i].clone()).collect()
+    fn key_of<'c>(&self, c: &'c Change) -> Vec<Option<&'c str>> {
+        self.key.iter().map(|&i| c.values[i].as_deref()).collect()
     }
 
     /// Applies `changes` (each key at most once per group; a repeated key starts a new group so
@@ -226,7 +227,7 @@ impl TargetTable {
     pub async fn apply(&self, tx: &mut dyn Transaction, changes: &[Change]) -> Result<(u64, u64)> {
         let mut done = (0u64, 0u64);
         let mut start = 0;
-        let mut seen: HashSet<Vec<Option<String>>> = HashSet::new();
+        let mut seen: HashSet<Vec<Option<&str>>> = HashSet::new();
         for (i, c) in changes.iter().enumerate() {
             if c.values.len() != self.columns.len() {
                 return Err(Error::Runtime(format!(

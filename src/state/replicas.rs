@@ -44,7 +44,7 @@ impl StateStore {
                         r.target_table.as_str().into(),
                         r.position.as_ref().map(Position::to_json).into(),
                         // As text: see `save_job`.
-                        Param::Text(r.rows_applied.to_string()),
+                        Param::from(r.rows_applied.to_string()),
                         r.updated_at.to_string().into(),
                     ],
                 ),
