@@ -458,8 +458,8 @@ pub async fn run(opts: &BenchOptions, log: &(dyn Fn(&str) + Sync)) -> Result<Ben
 const REPLICATION_DBS: [&str; 4] = [
     "tidemark_bench_repl_src",
     "tidemark_bench_repl_dst",
-    "tidemark_bench_repl_src_tenth",
-    "tidemark_bench_repl_dst_tenth",
+    "tidemark_bench_repl_src_tenfold",
+    "tidemark_bench_repl_dst_tenfold",
 ];
 
 impl BenchReport {
