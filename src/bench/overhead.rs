@@ -1,12 +1,13 @@
 //! The write overhead of capture: the same application writes — 100,000 inserts, 50,000
 //! updates and 10,000 hard deletes in transactions of 1,000 rows, run by the `sqlite3` shell
 //! so that only the database's own work is timed — on a SQLite users table without capture,
-//! with the `trigger` strategy's triggers and with the `version` strategy's.
+//! with the `trigger` strategy's triggers and with the `version` strategy's; medians of five
+//! rounds that take the three in turn.
 
 use std::path::Path;
 use std::process::Command;
 
-use super::{measure, Measured};
+use super::{measure_once, summarize, Measured};
 use crate::capture::{self, SetupOptions};
 use crate::db::{connect, ConnectOptions, DbUrl};
 use crate::error::{Error, Result};
@@ -30,7 +31,7 @@ impl CaptureOverhead {
         let r = |m: &Measured| m.seconds / self.plain.seconds.max(1e-9);
         format!(
             "\nwrite overhead of capture on SQLite ({} inserts, {} updates, {} deletes; 1,000 rows \
-             per transaction; sqlite3 shell, WAL, synchronous=NORMAL)\n\
+             per transaction; sqlite3 shell, WAL, synchronous=NORMAL; median of 5 interleaved rounds)\n\
              {:<48} {:>8.3} s\n\
              {:<48} {:>8.3} s  {:.2}× (target ≤ 1.6×)\n\
              {:<48} {:>8.3} s  {:.2}×\n",
@@ -107,42 +108,47 @@ async fn template(path: &Path, strategy: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-/// Runs the workload three times on fresh copies of each template.
+/// Runs the workload on fresh copies of each template, five rounds taking each variant in
+/// turn, so that whatever else the machine does weighs on all of them alike; the median of each.
 pub async fn run(dir: &Path, log: &(dyn Fn(&str) + Sync)) -> Result<CaptureOverhead> {
+    const ROUNDS: usize = 5;
     let (inserts, updates, deletes) = (100_000, 50_000, 10_000);
     let script = dir.join("capture-workload.sql");
     std::fs::write(&script, workload(inserts, updates, deletes))
         .map_err(|e| Error::io("write", &script, e))?;
-    let mut results = Vec::new();
-    for strategy in [None, Some("trigger"), Some("version")] {
-        log(&format!(
-            "capture write overhead: {}",
-            strategy.unwrap_or("no capture")
-        ));
+    let variants = [None, Some("trigger"), Some("version")];
+    let mut templates = Vec::new();
+    for strategy in variants {
         let name = strategy.unwrap_or("plain");
         let tpl = dir.join(format!("capture-{name}.template.db"));
         template(&tpl, strategy).await?;
-        let work = dir.join(format!("capture-{name}.db"));
-        let m = measure(3, |_| {
+        templates.push((tpl, dir.join(format!("capture-{name}.db"))));
+    }
+    let mut runs: Vec<Vec<Measured>> = vec![Vec::new(); variants.len()];
+    for round in 1..=ROUNDS {
+        log(&format!(
+            "capture write overhead: round {round} of {ROUNDS} (no capture, trigger, version)"
+        ));
+        for ((tpl, work), measured) in templates.iter().zip(&mut runs) {
             for suffix in ["", "-wal", "-shm"] {
                 let _ = std::fs::remove_file(format!("{}{suffix}", work.display()));
             }
-            std::fs::copy(&tpl, &work).map_err(|e| Error::io("copy", &tpl, e))?;
+            std::fs::copy(tpl, work).map_err(|e| Error::io("copy", tpl, e))?;
             let mut c = Command::new("sh");
             c.arg("-c")
                 .arg("sqlite3 \"$0\" < \"$1\" > /dev/null")
-                .arg(&work)
+                .arg(work)
                 .arg(&script);
-            Ok(c)
-        })?;
-        results.push(m);
+            measured.push(measure_once(&mut c)?);
+        }
     }
+    let median = |i: usize| summarize(&runs[i]);
     Ok(CaptureOverhead {
         inserts,
         updates,
         deletes,
-        plain: results[0],
-        trigger: results[1],
-        version: results[2],
+        plain: median(0),
+        trigger: median(1),
+        version: median(2),
     })
 }
