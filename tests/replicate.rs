@@ -9,7 +9,7 @@ use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{churn, quiesce, tidemark_cmd, TestDb, MARGIN};
+use common::{churn, odd_insert, odd_table, quiesce, tidemark_cmd, TestDb, MARGIN};
 use sha2::{Digest, Sha256};
 use tidemark::db::{connect, ConnectOptions, Database, DbKind, DbUrl};
 use tidemark::export::replay::{self, Image};
@@ -30,14 +30,17 @@ fn options(batch_size: usize) -> ReplicateOptions {
 }
 
 async fn replicate_once(src: &TestDb, target: &DbUrl, batch_size: usize) -> Result<Summary, Error> {
-    Replicator::new(
-        Arc::clone(&src.db),
-        src.state().await,
-        target.clone(),
-        options(batch_size),
-    )?
-    .run(std::future::pending())
-    .await
+    replicate_with(src, target, options(batch_size)).await
+}
+
+async fn replicate_with(
+    src: &TestDb,
+    target: &DbUrl,
+    opts: ReplicateOptions,
+) -> Result<Summary, Error> {
+    Replicator::new(Arc::clone(&src.db), src.state().await, target.clone(), opts)?
+        .run(std::future::pending())
+        .await
 }
 
 async fn image(db: &dyn Database, state: &StateStore) -> Image {
@@ -135,6 +138,124 @@ async fn sqlite_to_postgres_timestamp() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_to_sqlite_version() {
     rounds(DbKind::Mysql, DbKind::Sqlite, "version").await
+}
+
+/// `img` with the texts of column `column` replaced by the doubles they read as.
+fn floats_as_values(mut img: Image, column: &str) -> Image {
+    let i = img.columns.iter().position(|c| c == column).unwrap();
+    for row in img.rows.values_mut() {
+        if !row[i].is_empty() {
+            let v: f64 = row[i]
+                .parse()
+                .unwrap_or_else(|e| panic!("{:?}: {e}", row[i]));
+            row[i] = format!("{v:e}");
+        }
+    }
+    img
+}
+
+/// Values whose types must survive — a key column called `it's`, 2^53 + 1, floats at the edge
+/// of their range, a timestamp with microseconds, binary data, NULL — replicated into another
+/// database: the target's rows read back the same, and it holds them in its own types (bytes
+/// as bytes, not as their hex text; integers exact).
+async fn typed_values(from: DbKind, to: DbKind) {
+    let src = TestDb::new(from).await;
+    let dst = TestDb::new(to).await;
+    let table = odd_table(&src).await;
+    src.db
+        .execute(&odd_insert(from, 1, "first"), &[])
+        .await
+        .unwrap();
+    let report = src.setup(&table, "trigger").await;
+    let mut opts = ReplicateOptions::new(table.clone());
+    opts.margin = MARGIN;
+    let first = replicate_with(&src, &dst.url, opts.clone()).await.unwrap();
+    assert_eq!(first.rows, 1, "initial copy");
+
+    let big: i64 = 9_007_199_254_740_993;
+    let d = src.db.dialect();
+    let (q, k) = (d.quote(&table), d.quote(&Ident::new("it's").unwrap()));
+    for sql in [
+        odd_insert(from, big, "O''Brien \"q\""),
+        format!("UPDATE {q} SET f = 1e300, n = 7 WHERE {k} = 1"),
+        format!("UPDATE {q} SET f = -2.2250738585072014e-308 WHERE {k} = {big}"),
+    ] {
+        src.db.execute(&sql, &[]).await.unwrap();
+    }
+    quiesce(src.db.as_ref()).await;
+    let s = replicate_with(&src, &dst.url, opts).await.unwrap();
+    assert_eq!((s.upserts, s.deletes), (2, 0), "{s:?}");
+
+    let a = replay::table_image(src.db.as_ref(), &src.state().await, &table)
+        .await
+        .unwrap();
+    // The target table has no `updated_at`: read it as the source's registration says.
+    let dst_state = dst.state().await;
+    dst_state
+        .save_table_config(&table, &report.config)
+        .await
+        .unwrap();
+    let b = replay::table_image(dst.db.as_ref(), &dst_state, &table)
+        .await
+        .unwrap();
+    // Each database prints a double its own way (1e+300, 1e300, 1.0e+300): compare values.
+    let (a, b) = (floats_as_values(a, "f"), floats_as_values(b, "f"));
+    let diff = replay::differences(&a, &b, 10);
+    assert!(diff.is_empty(), "{from:?}→{to:?}: {diff:#?}");
+    assert_eq!(checksum(&a), checksum(&b));
+
+    let d = dst.db.dialect();
+    let (q, k) = (d.quote(&table), d.quote(&Ident::new("it's").unwrap()));
+    let bytes = match to {
+        DbKind::Sqlite => "CASE WHEN typeof(b) = 'blob' THEN hex(b) END",
+        DbKind::Postgres => "upper(encode(b, 'hex'))",
+        DbKind::Mysql => "HEX(b)",
+    };
+    let rows = dst
+        .db
+        .query(&format!("SELECT {bytes} FROM {q} ORDER BY {k}"), &[])
+        .await
+        .unwrap();
+    let hex: Vec<Option<String>> = rows.into_iter().map(|r| r[0].clone()).collect();
+    assert_eq!(
+        hex,
+        [Some("00FF10".to_string()), Some("00FF10".to_string())]
+    );
+    for (what, filter) in [
+        ("2^53 + 1 exact", format!("{k} = {big}")),
+        ("1e300", format!("{k} = 1 AND f = 1e300 AND n = 7")),
+        (
+            "the smallest normal double",
+            format!("f = -2.2250738585072014e-308"),
+        ),
+    ] {
+        assert_eq!(
+            dst.count(&format!("SELECT count(*) FROM {q} WHERE {filter}"))
+                .await,
+            1,
+            "{from:?}→{to:?}: {what}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_values_postgres_to_sqlite() {
+    typed_values(DbKind::Postgres, DbKind::Sqlite).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_values_sqlite_to_mariadb() {
+    typed_values(DbKind::Sqlite, DbKind::Mysql).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_values_mariadb_to_postgres() {
+    typed_values(DbKind::Mysql, DbKind::Postgres).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_values_sqlite_to_sqlite() {
+    typed_values(DbKind::Sqlite, DbKind::Sqlite).await
 }
 
 /// A target-side constraint refuses one change: replication stops with an error naming it,

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{churn, Raw, TestDb, MARGIN};
+use common::{churn, odd_insert, odd_table, Raw, TestDb, MARGIN};
 use tidemark::capture::{self, Mode};
 use tidemark::db::DbKind;
 use tidemark::export::ExportRequest;
@@ -414,41 +414,6 @@ async fn version_setup_is_idempotent_stamps_and_tears_down(kind: DbKind) {
         .unwrap();
 }
 crate::on_each_db!(version_setup_is_idempotent_stamps_and_tears_down);
-
-/// A table and columns whose names need quoting, with values whose types must survive.
-async fn odd_table(t: &TestDb) -> Ident {
-    let ddl = match t.kind {
-        DbKind::Postgres => {
-            "CREATE TABLE \"order\" (\"it's\" BIGINT PRIMARY KEY, \
-             \"first name\" TEXT, f DOUBLE PRECISION, ts TIMESTAMPTZ, b BYTEA, n INTEGER)"
-        }
-        DbKind::Mysql => {
-            "CREATE TABLE `order` (`it's` BIGINT PRIMARY KEY, \
-             `first name` TEXT, f DOUBLE, ts TIMESTAMP(6) NULL, b LONGBLOB, n INT)"
-        }
-        DbKind::Sqlite => {
-            "CREATE TABLE \"order\" (\"it's\" INTEGER PRIMARY KEY, \
-             \"first name\" TEXT, f REAL, ts TEXT, b BLOB, n INTEGER)"
-        }
-    };
-    t.db.execute(ddl, &[]).await.unwrap();
-    Ident::new("order").unwrap()
-}
-
-fn odd_insert(kind: DbKind, id: i64, name: &str) -> String {
-    let (table, k, first) = match kind {
-        DbKind::Mysql => ("`order`", "`it's`", "`first name`"),
-        _ => ("\"order\"", "\"it's\"", "\"first name\""),
-    };
-    let (ts, b) = match kind {
-        DbKind::Postgres => ("'2026-11-21 04:37:00.123456+00'", "'\\x00ff10'::bytea"),
-        DbKind::Mysql => ("'2026-11-21 04:37:00.123456'", "X'00ff10'"),
-        DbKind::Sqlite => ("'2026-11-21T04:37:00.123456Z'", "X'00ff10'"),
-    };
-    format!(
-        "INSERT INTO {table} ({k}, {first}, f, ts, b, n) VALUES ({id}, '{name}', 0.1, {ts}, {b}, NULL)"
-    )
-}
 
 fn odd_request(t: &TestDb, consumer: &str, mode: Mode) -> ExportRequest {
     ExportRequest::new(

@@ -56,8 +56,13 @@ impl Dialect for SqliteDialect {
                  WHEN typeof({c}) IN ('integer', 'real') THEN strftime('%Y-%m-%dT%H:%M:%f', {c}, 'unixepoch') || '000Z' \
                  ELSE strftime('%Y-%m-%dT%H:%M:%f', {c}) || '000Z' END"
             ),
+            // A real as text has 15 digits, which loses precision: quote() prints as many as
+            // read back to the same double (infinities, beyond the largest double, by name).
             _ => format!(
-                "CASE typeof({c}) WHEN 'blob' THEN '\\x' || lower(hex({c})) ELSE CAST({c} AS TEXT) END"
+                "CASE typeof({c}) WHEN 'blob' THEN '\\x' || lower(hex({c})) \
+                 WHEN 'real' THEN CASE WHEN abs({c}) <= 1.7976931348623157e308 THEN quote({c}) \
+                 WHEN {c} > 0 THEN 'Infinity' ELSE '-Infinity' END \
+                 ELSE CAST({c} AS TEXT) END"
             ),
         }
     }

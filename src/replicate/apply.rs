@@ -339,6 +339,12 @@ fn value_expr(kind: DbKind, col: &Column) -> String {
         },
         DbKind::Sqlite => match col.kind {
             ColumnKind::Bool => "(? = 'true')".into(),
+            // `\x` hex back to a blob; SQLite types each value, so a source's BLOB column may
+            // hold text, which stays as it is.
+            ColumnKind::Bytes => "(SELECT CASE WHEN substr(v, 1, 2) = '\\x' \
+                                  THEN COALESCE(unhex(substr(v, 3)), v) ELSE v END \
+                                  FROM (SELECT ? AS v))"
+                .into(),
             // Column affinity turns numeric text into numbers; timestamps stay canonical text.
             _ => "?".into(),
         },
