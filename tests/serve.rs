@@ -167,6 +167,29 @@ async fn wait_status(c: &reqwest::Client, s: &Server, id: &str, want: &str) {
     }
 }
 
+/// Waits until a temporary export file in `out` holds at least 1 MB.
+async fn streaming_into(out: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let growing = std::fs::read_dir(out).ok().is_some_and(|d| {
+            d.flatten().any(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(tidemark::sink::file::TMP_PREFIX)
+                    && e.metadata().is_ok_and(|m| m.len() >= 1 << 20)
+            })
+        });
+        if growing {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no export streaming into {out:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 async fn state_of(url: &DbUrl) -> StateStore {
     let db = connect(url, ConnectOptions::default())
         .await
@@ -513,7 +536,9 @@ async fn database_stopped_mid_export_and_started_again() {
 
     let id = start_job(&c, &s, "full", "big").await;
     wait_status(&c, &s, &id, "running").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Stop the server once rows are streaming into the export's temporary file: a fixed
+    // pause could outlast the export on a busy machine.
+    streaming_into(&out).await;
     server.stop().expect("stop PostgreSQL");
 
     let t0 = Instant::now();
