@@ -968,6 +968,9 @@ async fn compose_commands_run_outside_a_container() {
     let base = line.trim().rsplit(' ').next().unwrap().to_string();
     let c = client();
     assert_eq!(get(&c, &format!("{base}/health")).await.0, 200, "{line}");
+    // Rows stamped within the capture margin (100 ms by default) wait for the next export; a
+    // fast machine gets here sooner than that after seeding.
+    tokio::time::sleep(tidemark::export::DEFAULT_MARGIN * 3).await;
     let (status, body) = call(
         &c,
         reqwest::Method::POST,
