@@ -19,6 +19,7 @@ use crate::sink::csv::CsvWriter;
 use crate::sink::file::{free_name, publish, write_aside, AtomicFile, TMP_PREFIX};
 use crate::state::{status, ExportRecord, Position, StateStore};
 use manifest::Manifest;
+use tokio_util::sync::CancellationToken;
 
 /// What to export.
 #[derive(Debug, Clone)]
@@ -31,6 +32,10 @@ pub struct ExportRequest {
     pub id: Option<String>,
     /// The time that names the file (when the export was requested); now when `None`.
     pub named_at: Option<Timestamp>,
+    /// Once cancelled, the export stops at its next row, removes its file and fails without
+    /// moving the watermark. Past its last row it finishes: publishing and committing take
+    /// milliseconds, and stopping there would leave work for the next export to repair.
+    pub cancel: Option<CancellationToken>,
 }
 
 impl ExportRequest {
@@ -43,6 +48,7 @@ impl ExportRequest {
             out_dir,
             id: None,
             named_at: None,
+            cancel: None,
         }
     }
 }
@@ -173,6 +179,7 @@ impl Exporter {
                 inner: &mut writer,
                 rows: 0,
                 progress,
+                cancel: req.cancel.as_ref(),
             };
             snapshot.stream(&select.sql, &mut sink).await
         };
@@ -358,27 +365,35 @@ struct Counting<'a> {
     inner: &'a mut dyn RowSink,
     rows: u64,
     progress: Option<Progress<'a>>,
+    cancel: Option<&'a CancellationToken>,
 }
 
+/// The message of an export stopped by [`ExportRequest::cancel`].
+const ABANDONED: &str = "stopped before its last row";
+
 impl Counting<'_> {
-    fn tick(&mut self) {
+    fn tick(&mut self) -> std::io::Result<()> {
+        if self.cancel.is_some_and(CancellationToken::is_cancelled) {
+            return Err(std::io::Error::other(ABANDONED));
+        }
         self.rows += 1;
         if self.rows.is_multiple_of(8192) {
             if let Some(p) = self.progress {
                 p(self.rows);
             }
         }
+        Ok(())
     }
 }
 
 impl RowSink for Counting<'_> {
     fn write_fields(&mut self, fields: &[Option<&str>]) -> std::io::Result<()> {
-        self.tick();
+        self.tick()?;
         self.inner.write_fields(fields)
     }
 
     fn write_csv_record(&mut self, record: &[u8]) -> std::io::Result<()> {
-        self.tick();
+        self.tick()?;
         self.inner.write_csv_record(record)
     }
 }

@@ -83,6 +83,10 @@ type Known = (
 /// How many jobs this process remembers; older finished ones are answered from state only.
 const KEEP_IN_MEMORY: usize = 10_000;
 
+/// How long an abandoned export may take to stop by itself (at its next row, or finishing its
+/// commit) before it is dropped where it stands.
+const ABANDON_WAIT: Duration = Duration::from_secs(5);
+
 struct Inner {
     exporter: Exporter,
     out_dir: std::path::PathBuf,
@@ -284,6 +288,7 @@ impl Jobs {
                 let req = ExportRequest {
                     id: Some(job.job_id.clone()),
                     named_at: Some(job.created_at),
+                    cancel: Some(inner.cancel.clone()),
                     ..ExportRequest::new(
                         job.consumer.clone(),
                         job.table.clone(),
@@ -291,14 +296,29 @@ impl Jobs {
                         inner.out_dir.clone(),
                     )
                 };
-                tokio::select! {
-                    r = inner.exporter.export(&req, None) => r.map_err(|e| {
+                let export = inner.exporter.export(&req, None);
+                tokio::pin!(export);
+                let abandoned = "abandoned: the server stopped before the export finished; the \
+                                 watermark did not move";
+                let result = tokio::select! {
+                    r = &mut export => Some(r),
+                    // The export sees the signal at its next row and cleans up after itself;
+                    // one past its last row finishes. Only one stuck on the database is dropped
+                    // (it has written nothing yet, or its prepared state is repaired later).
+                    _ = inner.cancel.cancelled() => {
+                        tokio::time::timeout(ABANDON_WAIT, &mut export).await.ok()
+                    }
+                };
+                match result {
+                    Some(Ok(outcome)) => Ok(outcome),
+                    Some(Err(e)) if inner.cancel.is_cancelled() => {
+                        Err(format!("{abandoned} ({e})"))
+                    }
+                    Some(Err(e)) => {
                         live.unavailable.store(e.is_unavailable(), Ordering::SeqCst);
-                        e.to_string()
-                    }),
-                    _ = inner.cancel.cancelled() => Err(
-                        "abandoned: the server stopped before the export finished; the \
-                         watermark did not move".to_string()),
+                        Err(e.to_string())
+                    }
+                    None => Err(abandoned.to_string()),
                 }
             }
         };
