@@ -492,6 +492,39 @@ async fn trigger_images_keep_types_and_odd_names(kind: DbKind) {
 }
 crate::on_each_db!(trigger_images_keep_types_and_odd_names);
 
+/// MariaDB shows TIMESTAMP values in each session's zone: images are UTC whatever the zone of
+/// the session that wrote the change (the trigger) or reads the view (the after image).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trigger_images_are_utc_in_any_mariadb_session_zone() {
+    let t = TestDb::new(DbKind::Mysql).await;
+    let table = odd_table(&t).await;
+    t.db.execute(&odd_insert(DbKind::Mysql, 1, "first"), &[])
+        .await
+        .unwrap();
+    t.setup(&table, "trigger").await;
+    let mut writer = Raw::open(&t).await;
+    writer.exec("SET time_zone = '+05:00'").await;
+    writer
+        .exec("UPDATE `order` SET ts = '2026-11-21 10:00:00.654321' WHERE `it's` = 1")
+        .await;
+    let mut reader = Raw::open(&t).await;
+    reader.exec("SET time_zone = '-03:00'").await;
+    let image = |side: &str| {
+        format!(
+            "SELECT CAST(JSON_UNQUOTE(JSON_EXTRACT({side}, '$.ts')) AS CHAR) \
+             FROM tidemark_changes_order ORDER BY change_id"
+        )
+    };
+    assert_eq!(
+        reader.texts(&image("before_image")).await,
+        ["2026-11-21T04:37:00.123456Z"]
+    );
+    assert_eq!(
+        reader.texts(&image("after_image")).await,
+        ["2026-11-21T05:00:00.654321Z"]
+    );
+}
+
 async fn version_odd_names(kind: DbKind) {
     let t = TestDb::new(kind).await;
     let table = odd_table(&t).await;

@@ -225,6 +225,31 @@ impl Raw {
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
 
+    /// The first column of `sql`'s rows, as text (NULL as "").
+    pub async fn texts(&mut self, sql: &str) -> Vec<String> {
+        use sqlx::Row;
+        let q = sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()));
+        let first = |v: Result<Option<String>, sqlx::Error>| v.unwrap().unwrap_or_default();
+        match self {
+            Raw::Pg(c) => q.fetch_all(c).await.map(|r| {
+                r.iter()
+                    .map(|r| first(r.try_get::<Option<String>, _>(0)))
+                    .collect()
+            }),
+            Raw::My(c) => q.fetch_all(c).await.map(|r| {
+                r.iter()
+                    .map(|r| first(r.try_get::<Option<String>, _>(0)))
+                    .collect()
+            }),
+            Raw::Lite(c) => q.fetch_all(c).await.map(|r| {
+                r.iter()
+                    .map(|r| first(r.try_get::<Option<String>, _>(0)))
+                    .collect()
+            }),
+        }
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
     /// A transaction that inserts user 1000000, `late writer`, and stays open (on SQLite
     /// holding the write lock). A new row, so that other writers never wait for its locks.
     pub async fn late_writer(t: &TestDb) -> Raw {
