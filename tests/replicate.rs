@@ -238,6 +238,50 @@ async fn typed_values(from: DbKind, to: DbKind) {
     }
 }
 
+/// SQLite types each value: a BLOB column may hold text, which reaches a target as that text's
+/// bytes (not as NULL from a failed hex decoding), next to a real blob decoded from `\x` hex.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_in_a_sqlite_blob_column_keeps_its_bytes() {
+    let src = TestDb::new(DbKind::Sqlite).await;
+    let table = odd_table(&src).await;
+    src.db
+        .execute(&odd_insert(DbKind::Sqlite, 1, "blob"), &[])
+        .await
+        .unwrap();
+    src.db
+        .execute(
+            "INSERT INTO \"order\" (\"it's\", b) VALUES (2, 'plain'), (3, '\\xzz')",
+            &[],
+        )
+        .await
+        .unwrap();
+    src.setup(&table, "trigger").await;
+    for to in [DbKind::Mysql, DbKind::Postgres, DbKind::Sqlite] {
+        let dst = TestDb::new(to).await;
+        let mut opts = ReplicateOptions::new(table.clone());
+        opts.margin = MARGIN;
+        replicate_with(&src, &dst.url, opts).await.unwrap();
+        let (bytes, k) = match to {
+            DbKind::Mysql => ("HEX(b)", "`it's`"),
+            DbKind::Postgres => ("upper(encode(b, 'hex'))", "\"it's\""),
+            DbKind::Sqlite => ("hex(b)", "\"it's\""),
+        };
+        let q = dst.db.dialect().quote(&table);
+        let rows = dst
+            .db
+            .query(&format!("SELECT {bytes} FROM {q} ORDER BY {k}"), &[])
+            .await
+            .unwrap();
+        let hex: Vec<Option<String>> = rows.into_iter().map(|r| r[0].clone()).collect();
+        let text = |s: &str| Some(hex::encode_upper(s));
+        assert_eq!(
+            hex,
+            [Some("00FF10".into()), text("plain"), text("\\xzz")],
+            "{to:?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typed_values_postgres_to_sqlite() {
     typed_values(DbKind::Postgres, DbKind::Sqlite).await

@@ -328,19 +328,33 @@ fn dialect_of(kind: DbKind) -> &'static dyn Dialect {
 fn value_expr(kind: DbKind, col: &Column) -> String {
     match kind {
         // The catalog's own spelling of the type (format_type), so every type casts from text.
-        DbKind::Postgres => format!("CAST(? AS {})", col.sql_type),
+        DbKind::Postgres => match col.kind {
+            // `\x` hex back to bytes; other text (from a SQLite source's BLOB column) as its
+            // UTF-8 bytes, where a cast would read backslashes as escapes.
+            ColumnKind::Bytes => "(SELECT CASE WHEN v ~ '^\\\\x([0-9a-fA-F]{2})*$' \
+                                  THEN decode(substr(v, 3), 'hex') ELSE convert_to(v, 'UTF8') END \
+                                  FROM (SELECT CAST(? AS text) AS v) AS tidemark_value)"
+                .into(),
+            _ => format!("CAST(? AS {})", col.sql_type),
+        },
         DbKind::Mysql => match col.kind {
             ColumnKind::Bool => "(? = 'true')".into(),
             ColumnKind::Timestamp | ColumnKind::TimestampTz => {
                 "STR_TO_DATE(?, '%Y-%m-%dT%H:%i:%s.%fZ')".into()
             }
-            ColumnKind::Bytes => "UNHEX(SUBSTRING(?, 3))".into(),
+            // `\x` hex back to bytes; text from a SQLite source's BLOB column (SQLite types
+            // each value) stays as it is.
+            ColumnKind::Bytes => {
+                "(SELECT CASE WHEN LEFT(v, 2) = CONCAT(CHAR(92 USING utf8mb4), 'x') \
+                                  THEN COALESCE(UNHEX(SUBSTRING(v, 3)), v) ELSE v END \
+                                  FROM (SELECT ? AS v) AS tidemark_value)"
+                    .into()
+            }
             _ => "?".into(),
         },
         DbKind::Sqlite => match col.kind {
             ColumnKind::Bool => "(? = 'true')".into(),
-            // `\x` hex back to a blob; SQLite types each value, so a source's BLOB column may
-            // hold text, which stays as it is.
+            // `\x` hex back to a blob; text from a SQLite source's BLOB column stays as it is.
             ColumnKind::Bytes => "(SELECT CASE WHEN substr(v, 1, 2) = '\\x' \
                                   THEN COALESCE(unhex(substr(v, 3)), v) ELSE v END \
                                   FROM (SELECT ? AS v))"
