@@ -22,11 +22,35 @@ fn users() -> Ident {
     Ident::new("users").unwrap()
 }
 
-fn options(batch_size: usize) -> ReplicateOptions {
-    let mut o = ReplicateOptions::new(users());
+/// Replication of `table` with the tests' capture margin.
+fn options_for(table: &Ident) -> ReplicateOptions {
+    let mut o = ReplicateOptions::new(table.clone());
     o.margin = MARGIN;
+    o
+}
+
+fn options(batch_size: usize) -> ReplicateOptions {
+    let mut o = options_for(&users());
     o.batch_size = batch_size;
     o
+}
+
+/// Column `b` of the odd table in `db`, in key order, as upper-case hex of its bytes; on
+/// SQLite, with `blobs_only`, NULL for a value that is not a blob.
+async fn hex_of_b(db: &dyn Database, table: &Ident, blobs_only: bool) -> Vec<Option<String>> {
+    let bytes = match db.kind() {
+        DbKind::Sqlite if blobs_only => "CASE WHEN typeof(b) = 'blob' THEN hex(b) END",
+        DbKind::Sqlite => "hex(b)",
+        DbKind::Postgres => "upper(encode(b, 'hex'))",
+        DbKind::Mysql => "HEX(b)",
+    };
+    let d = db.dialect();
+    let (q, k) = (d.quote(table), d.quote(&Ident::new("it's").unwrap()));
+    let rows = db
+        .query(&format!("SELECT {bytes} FROM {q} ORDER BY {k}"), &[])
+        .await
+        .unwrap();
+    rows.into_iter().map(|r| r[0].clone()).collect()
 }
 
 async fn replicate_once(src: &TestDb, target: &DbUrl, batch_size: usize) -> Result<Summary, Error> {
@@ -167,8 +191,7 @@ async fn typed_values(from: DbKind, to: DbKind) {
         .await
         .unwrap();
     let report = src.setup(&table, "trigger").await;
-    let mut opts = ReplicateOptions::new(table.clone());
-    opts.margin = MARGIN;
+    let opts = options_for(&table);
     let first = replicate_with(&src, &dst.url, opts.clone()).await.unwrap();
     assert_eq!(first.rows, 1, "initial copy");
 
@@ -204,19 +227,9 @@ async fn typed_values(from: DbKind, to: DbKind) {
     assert!(diff.is_empty(), "{from:?}→{to:?}: {diff:#?}");
     assert_eq!(checksum(&a), checksum(&b));
 
+    let hex = hex_of_b(dst.db.as_ref(), &table, true).await;
     let d = dst.db.dialect();
     let (q, k) = (d.quote(&table), d.quote(&Ident::new("it's").unwrap()));
-    let bytes = match to {
-        DbKind::Sqlite => "CASE WHEN typeof(b) = 'blob' THEN hex(b) END",
-        DbKind::Postgres => "upper(encode(b, 'hex'))",
-        DbKind::Mysql => "HEX(b)",
-    };
-    let rows = dst
-        .db
-        .query(&format!("SELECT {bytes} FROM {q} ORDER BY {k}"), &[])
-        .await
-        .unwrap();
-    let hex: Vec<Option<String>> = rows.into_iter().map(|r| r[0].clone()).collect();
     assert_eq!(
         hex,
         [Some("00FF10".to_string()), Some("00FF10".to_string())]
@@ -258,21 +271,10 @@ async fn text_in_a_sqlite_blob_column_keeps_its_bytes() {
     src.setup(&table, "trigger").await;
     for to in [DbKind::Mysql, DbKind::Postgres, DbKind::Sqlite] {
         let dst = TestDb::new(to).await;
-        let mut opts = ReplicateOptions::new(table.clone());
-        opts.margin = MARGIN;
-        replicate_with(&src, &dst.url, opts).await.unwrap();
-        let (bytes, k) = match to {
-            DbKind::Mysql => ("HEX(b)", "`it's`"),
-            DbKind::Postgres => ("upper(encode(b, 'hex'))", "\"it's\""),
-            DbKind::Sqlite => ("hex(b)", "\"it's\""),
-        };
-        let q = dst.db.dialect().quote(&table);
-        let rows = dst
-            .db
-            .query(&format!("SELECT {bytes} FROM {q} ORDER BY {k}"), &[])
+        replicate_with(&src, &dst.url, options_for(&table))
             .await
             .unwrap();
-        let hex: Vec<Option<String>> = rows.into_iter().map(|r| r[0].clone()).collect();
+        let hex = hex_of_b(dst.db.as_ref(), &table, false).await;
         let text = |s: &str| Some(hex::encode_upper(s));
         assert_eq!(
             hex,
