@@ -117,7 +117,7 @@ enum Command {
         /// Output directory
         #[arg(long, env = "TIDEMARK_OUTPUT_DIR", default_value = "output")]
         out: PathBuf,
-        /// How far behind the server clock capture stays, in milliseconds (PostgreSQL, MySQL)
+        /// Longest time a write may take from stamping its time to being listed as running by the server, in ms (PostgreSQL, MySQL); reads wait this long so that they see every change committed before they started
         #[arg(long, default_value_t = DEFAULT_MARGIN.as_millis() as u64)]
         margin_ms: u64,
     },
@@ -145,7 +145,7 @@ enum Command {
         /// Rows per batch
         #[arg(long, default_value_t = crate::replicate::DEFAULT_BATCH_SIZE)]
         batch_size: usize,
-        /// How far behind the server clock capture stays, in milliseconds (PostgreSQL, MySQL)
+        /// Longest time a write may take from stamping its time to being listed as running by the server, in ms (PostgreSQL, MySQL); reads wait this long so that they see every change committed before they started
         #[arg(long, default_value_t = DEFAULT_MARGIN.as_millis() as u64)]
         margin_ms: u64,
     },
@@ -596,6 +596,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         outcome.mode, outcome.table, outcome.consumer
                     ),
                 }
+                if let Some(since) = &outcome.held_back_since {
+                    eprintln!("note: {}", held_back_note(since));
+                }
             }
         }
         Command::Watermark { action } => watermark(&cli, action).await?,
@@ -676,6 +679,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         String::new()
                     }
                 );
+                if let Some(since) = &summary.held_back_since {
+                    eprintln!("note: {}", held_back_note(since));
+                }
             }
         }
         Command::Status { thresholds } => {
@@ -853,4 +859,12 @@ async fn watermark(cli: &Cli, action: &WatermarkAction) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// What a user is told when a transaction open at the start of a read holds changes back.
+fn held_back_note(since: &crate::db::Timestamp) -> String {
+    format!(
+        "changes since {since} are held back: a write transaction that was open when this run \
+         started has not committed yet; a later run delivers them once it ends"
+    )
 }

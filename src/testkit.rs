@@ -284,6 +284,8 @@ impl MariaDbServer {
             .arg("--bind-address=127.0.0.1")
             .arg(format!("--pid-file={}", dir.join("pid").display()))
             .arg(format!("--log-error={}", dir.join("err.log").display()))
+            // Its own temporary directory: other programs may clean /tmp under it.
+            .arg(format!("--tmpdir={}", dir.display()))
             .arg(format!("--log-bin={}", data.join("binlog").display()))
             .args([
                 "--binlog-format=ROW",

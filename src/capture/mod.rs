@@ -13,7 +13,7 @@ use std::fmt;
 
 use sha2::{Digest, Sha256};
 
-use crate::db::{Bound, Column, ColumnKind, Database, Dialect, Snapshot, Stmt, TableInfo};
+use crate::db::{Bound, ClockNeed, Column, ColumnKind, Database, Dialect, Snapshot, Stmt, TableInfo};
 use crate::error::{Error, Result};
 use crate::ident::Ident;
 use crate::state::{Position, TableConfig};
@@ -100,6 +100,8 @@ pub async fn reach(
 pub trait CaptureStrategy: Send + Sync {
     /// The strategy's name (`timestamp`, …).
     fn name(&self) -> &'static str;
+    /// What its positions rest on, and so where a snapshot must wait for the clock bound.
+    fn clock_need(&self) -> ClockNeed;
     /// The position an export reaches when it reads a snapshot with capture bound `bound`,
     /// starting from `before`. Never earlier than `before`.
     fn position_after(&self, bound: &Bound, before: Option<&Position>) -> Position;

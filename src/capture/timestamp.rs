@@ -9,7 +9,7 @@ use super::{
     soft_delete_column, table_select, unfit, CaptureStrategy, Inserted, Mode, Select, SetupOptions,
     SetupReport,
 };
-use crate::db::{Bound, Column, Database, Dialect, TableInfo};
+use crate::db::{Bound, ClockNeed, Column, Database, Dialect, TableInfo};
 use crate::error::Result;
 use crate::ident::Ident;
 use crate::state::{Position, TableConfig};
@@ -111,6 +111,10 @@ pub(crate) fn inserted_since(
 impl CaptureStrategy for TimestampCapture {
     fn name(&self) -> &'static str {
         "timestamp"
+    }
+
+    fn clock_need(&self) -> ClockNeed {
+        ClockNeed::Always
     }
 
     fn position_after(&self, bound: &Bound, before: Option<&Position>) -> Position {

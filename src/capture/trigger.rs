@@ -25,7 +25,9 @@ use super::{
     soft_delete_column, table_select, CaptureStrategy, Inserted, Mode, Select, SetupOptions,
     SetupReport, TxidSnapshot,
 };
-use crate::db::{Bound, Column, ColumnKind, Database, DbKind, Dialect, TableInfo, Timestamp};
+use crate::db::{
+    Bound, ClockNeed, Column, ColumnKind, Database, DbKind, Dialect, TableInfo, Timestamp,
+};
 use crate::error::Result;
 use crate::ident::Ident;
 use crate::state::{Position, TableConfig};
@@ -498,6 +500,10 @@ fn key_list_pairs(d: &dyn Dialect, keys: &[Ident]) -> Vec<String> {
 impl CaptureStrategy for TriggerCapture {
     fn name(&self) -> &'static str {
         "trigger"
+    }
+
+    fn clock_need(&self) -> ClockNeed {
+        ClockNeed::UnlessTxidsOrLogIds
     }
 
     fn position_after(&self, bound: &Bound, before: Option<&Position>) -> Position {

@@ -21,7 +21,7 @@ use super::{
     soft_delete_column, table_select, unfit, CaptureStrategy, Mode, Select, SetupOptions,
     SetupReport, TxidSnapshot,
 };
-use crate::db::{Bound, Column, ColumnKind, Database, DbKind, Dialect, TableInfo};
+use crate::db::{Bound, ClockNeed, Column, ColumnKind, Database, DbKind, Dialect, TableInfo};
 use crate::error::Result;
 use crate::ident::Ident;
 use crate::state::{Position, TableConfig};
@@ -198,6 +198,10 @@ fn micros(p: &Position) -> i64 {
 impl CaptureStrategy for VersionCapture {
     fn name(&self) -> &'static str {
         "version"
+    }
+
+    fn clock_need(&self) -> ClockNeed {
+        ClockNeed::UnlessTxids
     }
 
     fn position_after(&self, bound: &Bound, before: Option<&Position>) -> Position {

@@ -179,3 +179,57 @@ fn affected<DB: sqlx::Database>(done: &DB::QueryResult) -> u64 {
         0
     }
 }
+
+/// What one look at the database tells about its writers: its clock, and the earliest time a
+/// write still running (or a write transaction still open) may have stamped.
+pub(crate) struct Probe {
+    pub now: super::Timestamp,
+    pub earliest_open: Option<super::Timestamp>,
+}
+
+/// Settles a capture bound for a database that stamps changes by its clock: the bound is the
+/// clock less the margin, held back to the earliest time an open write may have stamped, and
+/// it is waited for until it has passed the instant of the first look (so every change
+/// committed before the call is below it) — for at most `margin + max_wait`. A write open
+/// since before that instant and still open then is not waited for any longer: the bound stops
+/// at its start and [`super::Settled::held_back_since`] says so.
+pub(crate) async fn settle<F, Fut>(
+    options: &super::SnapshotOptions,
+    mut probe: F,
+) -> Result<(super::Timestamp, super::Settled)>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Probe>>,
+{
+    let started = std::time::Instant::now();
+    let asked = probe().await?.now;
+    tokio::time::sleep(options.margin).await;
+    loop {
+        let p = probe().await?;
+        let mut bound = p.now.minus(options.margin);
+        if let Some(open) = p.earliest_open {
+            bound = bound.min(open);
+        }
+        let waited = started.elapsed();
+        let waited_ms = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX);
+        if bound >= asked {
+            return Ok((
+                bound,
+                super::Settled {
+                    waited_ms,
+                    held_back_since: None,
+                },
+            ));
+        }
+        if waited >= options.margin + options.max_wait {
+            return Ok((
+                bound,
+                super::Settled {
+                    waited_ms,
+                    held_back_since: Some(bound),
+                },
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}

@@ -235,7 +235,13 @@ impl Timestamp {
         self.0
     }
 
-    /// This time minus `d`.
+    /// This time plus `d` (unchanged if that is out of range).
+    pub fn plus(&self, d: std::time::Duration) -> Self {
+        let d = chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+        Timestamp(self.0.checked_add_signed(d).unwrap_or(self.0))
+    }
+
+    /// This time less `d` (unchanged if that is out of range).
     pub fn minus(&self, d: std::time::Duration) -> Self {
         let d = chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
         Timestamp(self.0.checked_sub_signed(d).unwrap_or(self.0))
@@ -408,15 +414,73 @@ pub struct Bound {
     /// commit order (a SQLite change log: one writer at a time); see
     /// `CaptureStrategy::extent_query`.
     pub extent: Option<i64>,
+    /// How the bound was settled: how long it waited, and whether a transaction open when the
+    /// snapshot was asked for holds changes back.
+    pub settled: Settled,
 }
 
 impl Bound {
-    /// A bound on the clock only.
+    /// A bound on the clock only, settled at once.
     pub fn at(time: Timestamp) -> Self {
         Bound {
             time,
             txids: None,
             extent: None,
+            settled: Settled::default(),
+        }
+    }
+}
+
+/// How long a snapshot waited for its capture bound to pass the instant it was asked for, and
+/// what it could not wait for.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Settled {
+    /// Milliseconds spent waiting (at most [`SnapshotOptions::max_wait`] plus the margin).
+    pub waited_ms: u64,
+    /// Set when a write transaction that was already open when the snapshot was asked for is
+    /// still open: changes stamped from this time on wait for a later read (they are never
+    /// lost; a later export delivers them once that transaction ends).
+    pub held_back_since: Option<Timestamp>,
+}
+
+/// Where a strategy's positions need the clock bound to be exact (and so where taking a
+/// snapshot must wait for the bound to pass the instant it was asked for).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClockNeed {
+    /// Positions are cursor times on every database.
+    Always,
+    /// Positions are transaction snapshots where the database has them (PostgreSQL), times
+    /// elsewhere.
+    UnlessTxids,
+    /// As [`ClockNeed::UnlessTxids`], and change-log ids where a database hands them out in
+    /// commit order (SQLite, one writer at a time).
+    UnlessTxidsOrLogIds,
+}
+
+/// How to take a snapshot.
+#[derive(Debug, Clone, Copy)]
+pub struct SnapshotOptions {
+    /// How long a write may take, at most, from stamping its time to being listed as running
+    /// by the database (the race a bound must allow for).
+    pub margin: std::time::Duration,
+    /// What the positions rest on.
+    pub clock: ClockNeed,
+    /// The longest wait for writes that were running when the snapshot was asked for to end;
+    /// past it their changes are held back for a later read and the bound says so.
+    pub max_wait: std::time::Duration,
+}
+
+impl SnapshotOptions {
+    /// The longest wait for open transactions by default: short enough that an export never
+    /// waits a second in all, long enough for ordinary write transactions to commit.
+    pub const DEFAULT_MAX_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+    /// Options with the default wait.
+    pub fn new(margin: std::time::Duration, clock: ClockNeed) -> Self {
+        SnapshotOptions {
+            margin,
+            clock,
+            max_wait: Self::DEFAULT_MAX_WAIT,
         }
     }
 }
@@ -525,9 +589,13 @@ pub trait Database: Send + Sync {
             .filter_map(|r| r.into_iter().next().flatten())
             .collect())
     }
-    /// Takes the capture bound (held back by open write transactions, minus `margin`)
-    /// and opens a consistent snapshot right after it.
-    async fn snapshot(&self, margin: std::time::Duration) -> Result<Box<dyn Snapshot>>;
+    /// Opens a consistent snapshot whose capture bound covers every change committed before
+    /// this call (read your writes): it waits, at most `options.margin + options.max_wait`,
+    /// until no write that could still stamp a time below the bound is running; a write
+    /// transaction open since before the call is not waited for past that, and the bound then
+    /// stops at its start and says so ([`Settled::held_back_since`]). Never does a change that
+    /// is not visible in the snapshot have a time below the bound.
+    async fn snapshot(&self, options: &SnapshotOptions) -> Result<Box<dyn Snapshot>>;
     /// Listens on a notification channel; `None` when the database has no notifications.
     async fn listen(&self, _channel: &str) -> Result<Option<Box<dyn Wakeups>>> {
         Ok(None)

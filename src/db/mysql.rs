@@ -16,8 +16,9 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlPoolOpti
 use sqlx::{ConnectOptions as _, Connection, MySql};
 
 use super::{
-    common::Driver, Bound, Column, ColumnKind, ConnectOptions, Database, DbKind, DbUrl, Dialect,
-    LockGuard, Param, RowSink, Snapshot, Stmt, TextRow, Timestamp, Transaction,
+    common::{settle, Driver, Probe},
+    Bound, Column, ColumnKind, ConnectOptions, Database, DbKind, DbUrl, Dialect,
+    LockGuard, Param, RowSink, Snapshot, SnapshotOptions, Stmt, TextRow, Timestamp, Transaction,
 };
 use crate::error::{Error, Result};
 use crate::ident::Ident;
@@ -152,12 +153,18 @@ impl Dialect for MysqlDialect {
     }
 }
 
-/// The age in whole seconds of the oldest transaction listed as `ACTIVE` in the text of
-/// `SHOW ENGINE INNODB STATUS` (`---TRANSACTION 25, ACTIVE 2 sec`, `ACTIVE (PREPARED) 2 sec`).
-fn oldest_active_seconds(status: &str) -> Option<u64> {
+/// The comment that starts every statement of a snapshot (see `Database::snapshot`).
+const SNAPSHOT_TAG: &str = "/* tidemark snapshot */";
+
+/// The age in whole seconds of the oldest transaction that has written (it has a transaction
+/// id: `---TRANSACTION 25, ACTIVE 2 sec`, `ACTIVE (PREPARED) 2 sec`) listed as `ACTIVE` in the
+/// text of `SHOW ENGINE INNODB STATUS`. Transactions that have not written are listed by
+/// address (`---TRANSACTION (0x7f…), ACTIVE 3 sec`) and left out.
+fn oldest_writer_seconds(status: &str) -> Option<u64> {
     status
         .lines()
-        .filter(|l| l.starts_with("---TRANSACTION"))
+        .filter_map(|l| l.strip_prefix("---TRANSACTION "))
+        .filter(|l| l.starts_with(|c: char| c.is_ascii_digit()))
         .filter_map(|l| {
             let rest = l.split_once("ACTIVE ")?.1;
             let rest = rest.strip_prefix("(PREPARED) ").unwrap_or(rest);
@@ -222,11 +229,12 @@ impl Snapshot for MysqlSnapshot {
     }
 
     async fn stream(&mut self, select: &str, sink: &mut dyn RowSink) -> Result<u64> {
-        MySql::stream_text_rows(&mut self.tx, select, sink).await
+        let tagged = format!("{SNAPSHOT_TAG} {select}");
+        MySql::stream_text_rows(&mut self.tx, &tagged, sink).await
     }
 
     async fn query(&mut self, sql: &str) -> Result<Vec<TextRow>> {
-        MySql::query(&mut self.tx, sql, &[]).await
+        MySql::query(&mut self.tx, &format!("{SNAPSHOT_TAG} {sql}"), &[]).await
     }
 
     async fn finish(self: Box<Self>) -> Result<()> {
@@ -311,41 +319,63 @@ impl Database for MysqlDb {
         MySql::query(&mut conn, sql, params).await
     }
 
-    async fn snapshot(&self, margin: Duration) -> Result<Box<dyn Snapshot>> {
+    async fn snapshot(&self, options: &SnapshotOptions) -> Result<Box<dyn Snapshot>> {
+        // `NOW()` is the start of the statement and `SYSDATE()` the time of the write, so a
+        // time below the bound can still be stamped only by a statement running now (its
+        // start: `TIME_MS` ago) or be held by a transaction that has written and not committed
+        // (it has an InnoDB transaction id; one that has only read cannot have stamped
+        // anything yet). Statements of tidemark's own read-only snapshots are left out.
         let sql = format!(
             "SELECT DATE_FORMAT(NOW(6), {TS_FORMAT}), \
-               (SELECT DATE_FORMAT(MIN(trx_started), {TS_FORMAT}) FROM information_schema.INNODB_TRX \
-                 WHERE trx_mysql_thread_id <> CONNECTION_ID()), \
                (SELECT CAST(CEIL(MAX(TIME_MS)) AS SIGNED) FROM information_schema.PROCESSLIST \
-                 WHERE ID <> CONNECTION_ID() AND COMMAND IN ('Query', 'Execute'))"
+                 WHERE ID <> CONNECTION_ID() AND COMMAND IN ('Query', 'Execute') \
+                   AND COALESCE(INFO, '') NOT LIKE '{SNAPSHOT_TAG}%')"
         );
-        let rows = self.query(&sql, &[]).await?;
-        let row = &rows[0];
-        let now = Timestamp::parse(row[0].as_deref().unwrap_or_default())?;
-        let mut bound = now.minus(margin);
-        if let Some(started) = row[1].as_deref() {
-            // trx_started has whole seconds; the true start is within the second after it.
-            // (A possibly stale cache: the status below is what makes the bound exact.)
-            bound = bound.min(Timestamp::parse(started)?);
-        }
-        if let Some(ms) = row[2].as_deref().and_then(|s| s.parse::<u64>().ok()) {
-            // A running statement stamped NOW() when it began, up to TIME_MS (+1 ms) ago.
-            bound = bound.min(now.minus(Duration::from_millis(ms + 1)));
-        }
-        // Read after the clock: a transaction missing from it started after `now`.
-        let status = self.query("SHOW ENGINE INNODB STATUS", &[]).await?;
-        let text = status.first().and_then(|r| r.get(2).cloned().flatten());
-        if let Some(secs) = text.as_deref().and_then(oldest_active_seconds) {
-            // "ACTIVE n sec" counts whole seconds of the clock: it started less than n + 1
-            // seconds before the status was made, which was after `now`.
-            bound = bound.min(now.minus(Duration::from_secs(secs + 1)));
-        }
+        let probe = || async {
+            let mut conn = self.pool.acquire().await?;
+            let rows = MySql::query(&mut conn, &sql, &[]).await?;
+            let row = rows
+                .first()
+                .ok_or_else(|| Error::Runtime("the clock query returned no row".into()))?;
+            let now = Timestamp::parse(&row.first().cloned().flatten().unwrap_or_default())?;
+            let mut earliest: Option<Timestamp> = None;
+            let mut hold = |t: Timestamp| earliest = Some(earliest.map_or(t, |e| e.min(t)));
+            if let Some(ms) = row
+                .get(1)
+                .cloned()
+                .flatten()
+                .and_then(|s| s.parse::<u64>().ok())
+            {
+                // A running statement stamped NOW() when it began, up to TIME_MS (+1 ms) ago.
+                hold(now.minus(Duration::from_millis(ms + 1)));
+            }
+            // Read after the clock: a transaction missing from it started after `now`.
+            let status = MySql::query(&mut conn, "SHOW ENGINE INNODB STATUS", &[]).await?;
+            let text = status.first().and_then(|r| r.get(2).cloned().flatten());
+            if let Some(secs) = text.as_deref().and_then(oldest_writer_seconds) {
+                // "ACTIVE n sec" counts whole seconds of the clock: it started less than
+                // n + 1 seconds before the status was made, which was after `now`.
+                hold(now.minus(Duration::from_secs(secs + 1)));
+            }
+            Ok(Probe {
+                now,
+                earliest_open: earliest,
+            })
+        };
+        let (time, settled) = settle(options, probe).await?;
         let tx = self
             .pool
-            .begin_with("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+            .begin_with(sqlx::AssertSqlSafe(format!(
+                "{SNAPSHOT_TAG} START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY"
+            )))
             .await?;
         Ok(Box::new(MysqlSnapshot {
-            bound: Bound::at(bound),
+            bound: Bound {
+                time,
+                txids: None,
+                extent: None,
+                settled,
+            },
             tx,
         }))
     }
@@ -411,19 +441,20 @@ impl Database for MysqlDb {
 
 #[cfg(test)]
 mod tests {
-    use super::oldest_active_seconds;
+    use super::oldest_writer_seconds;
 
     #[test]
-    fn oldest_active_transaction_is_read_from_innodb_status() {
+    fn oldest_writing_transaction_is_read_from_innodb_status() {
         let status = "LIST OF TRANSACTIONS FOR EACH SESSION:\n\
             ---TRANSACTION 25, ACTIVE 2 sec\n\
             2 lock struct(s), heap size 1128, 0 row lock(s), undo log entries 2\n\
             ---TRANSACTION 26, ACTIVE (PREPARED) 17 sec committing\n\
+            ---TRANSACTION (0x7f5856c11180), ACTIVE 40 sec\n\
             ---TRANSACTION (0x7f0c), not started\n\
             ---TRANSACTION 27, ACTIVE 0 sec inserting\n";
-        assert_eq!(oldest_active_seconds(status), Some(17));
+        assert_eq!(oldest_writer_seconds(status), Some(17));
         assert_eq!(
-            oldest_active_seconds("---TRANSACTION (0x1), not started"),
+            oldest_writer_seconds("---TRANSACTION (0x1), ACTIVE 9 sec"),
             None
         );
     }

@@ -14,13 +14,18 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions as _, Connection, Postgres};
 
 use super::{
-    common::Driver, Bound, Column, ColumnKind, ConnectOptions, Database, DbKind, DbUrl, Dialect,
-    LockGuard, Param, RowSink, Snapshot, Stmt, TextRow, Timestamp, Transaction, Wakeups,
+    common::{settle, Driver, Probe},
+    Bound, ClockNeed, Column, ColumnKind, ConnectOptions, Database, DbKind, DbUrl, Dialect,
+    LockGuard, Param, RowSink, Settled, Snapshot, SnapshotOptions, Stmt, TextRow, Timestamp, Transaction,
+    Wakeups,
 };
 use crate::error::{Error, Result};
 use crate::ident::Ident;
 
 const TS_FORMAT: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'";
+
+/// The application name of snapshot connections (see [`PostgresDb`]).
+const SNAPSHOT_APP: &str = "tidemark snapshot";
 
 /// SQL text for PostgreSQL.
 pub struct PostgresDialect;
@@ -147,6 +152,10 @@ fn numbered(sql: &str) -> String {
 /// A PostgreSQL database.
 pub struct PostgresDb {
     pool: PgPool,
+    /// Connections for snapshots only: their transactions are READ ONLY and they carry
+    /// [`SNAPSHOT_APP`] as their application name, so that other exports' bounds are not held
+    /// back by them (a read-only transaction never stamps a row).
+    snapshots: PgPool,
     options: PgConnectOptions,
     url: DbUrl,
 }
@@ -170,8 +179,13 @@ impl PostgresDb {
                 target: url.redacted(),
                 source,
             })?;
+        let snapshots = PgPoolOptions::new()
+            .max_connections(options.max_connections.unwrap_or(8))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_lazy_with(opts.clone().application_name(SNAPSHOT_APP));
         Ok(PostgresDb {
             pool,
+            snapshots,
             options: opts,
             url: url.clone(),
         })
@@ -293,34 +307,53 @@ impl Database for PostgresDb {
         Postgres::query(&mut conn, &numbered(sql), params).await
     }
 
-    async fn snapshot(&self, margin: Duration) -> Result<Box<dyn Snapshot>> {
-        // The bound is read in its own transaction before the snapshot begins: a transaction
-        // that commits in between is visible to the snapshot, one that is still open then
-        // held the bound back. (pg_stat_activity is cached per transaction, so it must not
-        // share the snapshot's.)
+    async fn snapshot(&self, options: &SnapshotOptions) -> Result<Box<dyn Snapshot>> {
+        // Each look is its own transaction: pg_stat_activity is read once per transaction.
+        // `now()` stamps rows with their transaction's start, so every open transaction of
+        // this database counts (it may still write), but not snapshots of tidemark's own.
         let sql = format!(
-            "SELECT to_char(LEAST(clock_timestamp() - make_interval(secs => ?::bigint / 1000000.0), \
-               (SELECT min(xact_start) FROM pg_stat_activity \
+            "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', {TS_FORMAT}), \
+               (SELECT to_char(min(xact_start) AT TIME ZONE 'UTC', {TS_FORMAT}) \
+                FROM pg_stat_activity \
                 WHERE datname = current_database() AND pid <> pg_backend_pid() \
-                  AND backend_type = 'client backend')) AT TIME ZONE 'UTC', {TS_FORMAT})"
+                  AND backend_type = 'client backend' \
+                  AND application_name IS DISTINCT FROM '{SNAPSHOT_APP}')"
         );
-        let margin_us = i64::try_from(margin.as_micros()).unwrap_or(i64::MAX);
-        let rows = self.query(&sql, &[Param::Int(margin_us)]).await?;
-        let time = Timestamp::parse(rows[0][0].as_deref().unwrap_or_default())?;
+        let probe = || async {
+            let rows = self.query(&sql, &[]).await?;
+            let row = rows
+                .first()
+                .ok_or_else(|| Error::Runtime("the clock query returned no row".into()))?;
+            let text = |i: usize| row.get(i).cloned().flatten();
+            Ok(Probe {
+                now: Timestamp::parse(&text(0).unwrap_or_default())?,
+                earliest_open: text(1).as_deref().map(Timestamp::parse).transpose()?,
+            })
+        };
+        let (time, settled) = if options.clock == ClockNeed::Always {
+            settle(options, probe).await?
+        } else {
+            // Positions are the snapshot's transaction ids: exact without waiting. The time
+            // only labels (INSERT or UPDATE by creation time) and measures lag.
+            let p = probe().await?;
+            let time = p.earliest_open.map_or(p.now, |o| o.min(p.now));
+            (time, Settled::default())
+        };
         let mut tx = self
-            .pool
+            .snapshots
             .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await?;
         // The first statement fixes the transaction's snapshot; in REPEATABLE READ
         // pg_current_snapshot() is that very snapshot, so the txids it names as finished are
         // exactly the transactions whose rows this read sees.
         let snap = Postgres::query(&mut tx, "SELECT pg_current_snapshot()::text", &[]).await?;
-        let txids = snap.first().and_then(|r| r[0].clone());
+        let txids = snap.first().and_then(|r| r.first().cloned().flatten());
         Ok(Box::new(PgSnapshot {
             bound: Bound {
                 time,
                 txids,
                 extent: None,
+                settled,
             },
             tx,
         }))

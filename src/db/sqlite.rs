@@ -14,11 +14,15 @@ use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use sqlx::{ConnectOptions as _, Sqlite};
 
 use super::{
-    common::Driver, Bound, Column, ColumnKind, ConnectOptions, Database, DbKind, DbUrl, Dialect,
-    LockGuard, Param, RowSink, Snapshot, Stmt, TextRow, Timestamp, Transaction,
+    common::Driver, Bound, ClockNeed, Column, ColumnKind, ConnectOptions, Database, DbKind, DbUrl,
+    Dialect, LockGuard, Param, RowSink, Settled, Snapshot, SnapshotOptions, Stmt, TextRow,
+    Timestamp, Transaction,
 };
 use crate::error::{Error, Result};
 use crate::ident::Ident;
+
+/// How long a connection of the pool waits for a lock held by another.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// SQLite's clock as a canonical cursor value. SQLite's clock has millisecond precision; the
 /// three zeros keep every value the same width so that text order is time order.
@@ -160,6 +164,40 @@ pub struct SqliteDb {
 }
 
 impl SqliteDb {
+    /// SQLite's clock, as `now()`-like defaults of the demo schema stamp rows.
+    async fn clock(conn: &mut sqlx::SqliteConnection) -> Result<Timestamp> {
+        let now = Sqlite::query(conn, &format!("SELECT {NOW_EXPR}"), &[]).await?;
+        let text = now.first().and_then(|r| r.first().cloned().flatten());
+        Timestamp::parse(&text.unwrap_or_default())
+    }
+
+    /// Under the write lock: the clock counts milliseconds, so wait for the next one and
+    /// return its start. Every time stamped before the lock is below it, every later one at
+    /// or above it.
+    async fn next_tick(conn: &mut sqlx::SqliteConnection) -> Result<Timestamp> {
+        let t0 = Self::clock(conn).await?;
+        loop {
+            let t = Self::clock(conn).await?;
+            if t > t0 {
+                return Ok(t0.plus(Duration::from_millis(1)).min(t));
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+    }
+
+    /// Gives a connection its usual lock wait back and returns it to the pool.
+    async fn restore_busy_timeout(
+        mut conn: sqlx::pool::PoolConnection<Sqlite>,
+    ) -> Result<()> {
+        let ms = BUSY_TIMEOUT.as_millis();
+        if let Err(e) = Sqlite::execute(&mut conn, &format!("PRAGMA busy_timeout = {ms}"), &[]).await
+        {
+            conn.close_on_drop();
+            return Err(e);
+        }
+        Ok(())
+    }
+
     /// Opens the file named by `url`.
     pub async fn connect(url: &DbUrl, options: ConnectOptions) -> Result<Self> {
         let opts = SqliteConnectOptions::from_str(url.as_str()).map_err(|e| Error::InvalidUrl {
@@ -175,7 +213,7 @@ impl SqliteDb {
         }
         let opts = opts
             .create_if_missing(options.create_if_missing)
-            .busy_timeout(Duration::from_secs(30))
+            .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(false)
             // The bundled SQLite keeps temporary files (sorts, GROUP BY, statement journals of
             // savepoints) in memory by default: a large interval would grow the process with it.
@@ -208,6 +246,17 @@ impl SqliteDb {
 struct SqliteSnapshot {
     bound: Bound,
     conn: Option<rusqlite::Connection>,
+}
+
+/// SQLITE_BUSY or SQLITE_LOCKED (with their extended codes): another connection holds the lock.
+fn is_busy(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => d
+            .code()
+            .and_then(|c| c.parse::<i64>().ok())
+            .is_some_and(|c| matches!(c & 0xff, 5 | 6)),
+        _ => false,
+    }
 }
 
 fn sqlite_error(e: rusqlite::Error) -> Error {
@@ -443,12 +492,44 @@ impl Database for SqliteDb {
         Sqlite::query(&mut conn, sql, params).await
     }
 
-    async fn snapshot(&self, _margin: Duration) -> Result<Box<dyn Snapshot>> {
-        // The write lock waits for any writer in flight and keeps new ones out while the
-        // clock is read and the read snapshot is pinned; no margin is needed.
-        let mut writer = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let now = Sqlite::query(&mut writer, &format!("SELECT {NOW_EXPR}"), &[]).await?;
-        let bound = Timestamp::parse(now[0][0].as_deref().unwrap_or_default())?;
+    async fn snapshot(&self, options: &SnapshotOptions) -> Result<Box<dyn Snapshot>> {
+        let started = std::time::Instant::now();
+        // A change log's ids are handed out in commit order (one writer at a time): its
+        // positions need no lock and no clock. Times do: the write lock waits for a writer in
+        // flight and keeps new ones out while the clock is read and the read is pinned.
+        let mut time = Timestamp::now();
+        let mut settled = Settled::default();
+        let mut locked = None;
+        if options.clock != ClockNeed::UnlessTxidsOrLogIds {
+            let mut conn = self.pool.acquire().await?;
+            let wait = options.margin + options.max_wait;
+            let wait_ms = wait.as_millis();
+            Sqlite::execute(&mut conn, &format!("PRAGMA busy_timeout = {wait_ms}"), &[]).await?;
+            match Sqlite::execute(&mut conn, "BEGIN IMMEDIATE", &[]).await {
+                Ok(_) => match Self::next_tick(&mut conn).await {
+                    Ok(t) => {
+                        time = t;
+                        locked = Some(conn);
+                    }
+                    Err(e) => {
+                        conn.close_on_drop();
+                        return Err(e);
+                    }
+                },
+                Err(Error::Database(e)) if is_busy(&e) => {
+                    // A write transaction holds the database past the wait: its times are
+                    // unknown, so this read covers nothing new by the clock.
+                    time = Timestamp::from_datetime(chrono::DateTime::UNIX_EPOCH);
+                    settled.held_back_since = Some(time);
+                    Self::restore_busy_timeout(conn).await?;
+                }
+                Err(e) => {
+                    conn.close_on_drop();
+                    return Err(e);
+                }
+            }
+            settled.waited_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        }
         let path = self.path.clone();
         let conn = tokio::task::spawn_blocking(move || -> Result<rusqlite::Connection> {
             use rusqlite::OpenFlags;
@@ -471,10 +552,22 @@ impl Database for SqliteDb {
             Ok(conn)
         })
         .await
-        .map_err(|e| Error::Runtime(format!("SQLite reader thread failed: {e}")))??;
-        writer.rollback().await?;
+        .map_err(|e| Error::Runtime(format!("SQLite reader thread failed: {e}")));
+        if let Some(mut lock) = locked {
+            if let Err(e) = Sqlite::execute(&mut lock, "ROLLBACK", &[]).await {
+                lock.close_on_drop();
+                return Err(e);
+            }
+            Self::restore_busy_timeout(lock).await?;
+        }
+        let conn = conn??;
         Ok(Box::new(SqliteSnapshot {
-            bound: Bound::at(bound),
+            bound: Bound {
+                time,
+                txids: None,
+                extent: None,
+                settled,
+            },
             conn: Some(conn),
         }))
     }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::capture::{self, strategy_for, Mode, Select};
-use crate::db::{Bound, Database, RowSink, TableInfo, Timestamp};
+use crate::db::{Bound, Database, RowSink, SnapshotOptions, TableInfo, Timestamp};
 use crate::error::{Error, Result};
 use crate::ident::{ConsumerId, Ident};
 use crate::sink::csv::CsvWriter;
@@ -80,6 +80,12 @@ pub struct ExportOutcome {
     pub duration_ms: u64,
     /// Exports of an earlier, interrupted run that this one completed or rolled back.
     pub repaired: Vec<String>,
+    /// Milliseconds the export waited for its snapshot to cover every change committed
+    /// before it started (writes in flight, the capture margin).
+    pub waited_ms: u64,
+    /// Set when changes from this time on are held back: a write transaction that was open
+    /// when the export started still is. A later export delivers them once it ends.
+    pub held_back_since: Option<Timestamp>,
 }
 
 /// Called with the number of rows written so far.
@@ -93,9 +99,10 @@ pub struct Exporter {
     margin: Duration,
 }
 
-/// How far behind the database clock a capture bound stays by default on servers, so that a
-/// transaction that is starting at the very instant the bound is read is not missed.
-pub const DEFAULT_MARGIN: Duration = Duration::from_millis(100);
+/// How long, by default, a write on a server may take from stamping its time to being listed as
+/// running (`pg_stat_activity`, the MySQL process list): a snapshot waits this long before it
+/// trusts the list (see `Database::snapshot`). The race it covers lasts microseconds.
+pub const DEFAULT_MARGIN: Duration = Duration::from_millis(50);
 
 impl Exporter {
     /// An exporter of `source` keeping its state in `state`.
@@ -148,7 +155,18 @@ impl Exporter {
         let started_at = Timestamp::now();
         let export_id = req.id.clone().unwrap_or_else(new_export_id);
 
-        let mut snapshot = self.source.snapshot(self.margin).await?;
+        let mut snapshot = self
+            .source
+            .snapshot(&SnapshotOptions::new(self.margin, strategy.clock_need()))
+            .await?;
+        let settled = snapshot.bound().settled;
+        let waited_ms = settled.waited_ms;
+        let held_back_since = settled
+            .held_back_since
+            .map(|h| before.as_ref().map_or(h, |b| b.time().max(h)));
+        if let Some(since) = &held_back_since {
+            tracing::info!(%since, "changes held back by a transaction still open");
+        }
         let after = capture::reach(
             strategy.as_ref(),
             self.source.dialect(),
@@ -209,6 +227,8 @@ impl Exporter {
                 watermark_after: before,
                 duration_ms: elapsed_ms(t0),
                 repaired,
+                waited_ms,
+                held_back_since,
             });
         }
         let written = writer.into_inner().finish()?;
@@ -286,6 +306,8 @@ impl Exporter {
             watermark_after: Some(after),
             duration_ms: elapsed_ms(t0),
             repaired,
+            waited_ms,
+            held_back_since,
         })
     }
 

@@ -9,7 +9,7 @@ use std::io::BufReader;
 use std::path::Path;
 
 use crate::capture::Mode;
-use crate::db::{Database, RowSink};
+use crate::db::{ClockNeed, Database, RowSink, SnapshotOptions};
 use crate::error::{Error, Result};
 use crate::ident::{ConsumerId, Ident};
 use crate::sink::csv::reader;
@@ -117,7 +117,12 @@ impl RowSink for Collect {
 /// Reads the live rows of `table` now, rendered exactly as a full export renders them.
 pub async fn table_image(db: &dyn Database, state: &StateStore, table: &Ident) -> Result<Image> {
     let (info, select) = super::full_select(db, state, table).await?;
-    let mut snapshot = db.snapshot(std::time::Duration::ZERO).await?;
+    let mut snapshot = db
+        .snapshot(&SnapshotOptions::new(
+            std::time::Duration::ZERO,
+            ClockNeed::UnlessTxidsOrLogIds,
+        ))
+        .await?;
     let mut sink = Collect {
         columns: select.header.clone(),
         key: info.primary_key.clone(),

@@ -20,8 +20,8 @@ use tokio::sync::mpsc;
 
 use crate::capture::{self, strategy_for, CaptureStrategy, Mode};
 use crate::db::{
-    connect, ConnectOptions, Database, DbUrl, Param, RowSink, TableInfo, Timestamp, Transaction,
-    Wakeups,
+    connect, ConnectOptions, Database, DbUrl, Param, RowSink, Settled, SnapshotOptions, TableInfo, Timestamp,
+    Transaction, Wakeups,
 };
 use crate::error::{Error, Result};
 use crate::ident::{ConsumerId, Ident};
@@ -80,6 +80,8 @@ pub struct RunOutcome {
     pub position_after: Option<Position>,
     /// False when there was nothing to apply and the position stayed.
     pub committed: bool,
+    /// How the source snapshot's bound was settled (waited, held back).
+    pub settled: Settled,
 }
 
 /// What `replicate` did over all its runs.
@@ -98,6 +100,12 @@ pub struct Summary {
     pub retries: u64,
     pub position: Option<Position>,
     pub seconds: f64,
+    /// Milliseconds the runs waited for their source snapshots to cover every change
+    /// committed before they started.
+    pub waited_ms: u64,
+    /// Set when the last run could not deliver changes from this time on: a write transaction
+    /// open on the source since before it started still is (a later run delivers them).
+    pub held_back_since: Option<Timestamp>,
 }
 
 struct Plan {
@@ -184,6 +192,8 @@ impl Replicator {
             retries: 0,
             position: None,
             seconds: 0.0,
+            waited_ms: 0,
+            held_back_since: None,
         };
         tokio::pin!(stop);
         let mut idle = self.opts.idle_min;
@@ -200,6 +210,8 @@ impl Replicator {
                     summary.rows += o.rows;
                     summary.upserts += o.upserts;
                     summary.deletes += o.deletes;
+                    summary.waited_ms += o.settled.waited_ms;
+                    summary.held_back_since = o.settled.held_back_since;
                     if o.committed {
                         summary.commits += 1;
                         summary.position = o.position_after.clone();
@@ -357,7 +369,14 @@ impl Replicator {
             .and_then(|r| r[0].as_deref())
             .map(Position::from_json)
             .transpose()?;
-        let mut snapshot = self.source.snapshot(self.opts.margin).await?;
+        let mut snapshot = self
+            .source
+            .snapshot(&SnapshotOptions::new(
+                self.opts.margin,
+                plan.strategy.clock_need(),
+            ))
+            .await?;
+        let settled = snapshot.bound().settled;
         let after = capture::reach(
             plan.strategy.as_ref(),
             self.source.dialect(),
@@ -394,6 +413,12 @@ impl Replicator {
         });
         let mut outcome = RunOutcome {
             position_before: before.clone(),
+            settled: Settled {
+                held_back_since: settled
+                    .held_back_since
+                    .map(|h| before.as_ref().map_or(h, |b| b.time().max(h))),
+                ..settled
+            },
             ..RunOutcome::default()
         };
         while let Some(batch) = batches.recv().await {

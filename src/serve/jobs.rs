@@ -232,6 +232,8 @@ impl Jobs {
             owner: self.inner.owner.clone(),
             created_at,
             finished_at: None,
+            waited_ms: None,
+            held_back_since: None,
         };
         let (done, _) = watch::channel(false);
         let live = Arc::new(Live {
@@ -350,6 +352,8 @@ impl Jobs {
                 Ok(o) => {
                     r.status = job_status::COMPLETED.into();
                     r.rows = Some(o.rows);
+                    r.waited_ms = Some(o.waited_ms);
+                    r.held_back_since = o.held_back_since;
                     r.output_filename = o.file.as_deref().and_then(file_name_of_path);
                 }
                 Err(e) => {

@@ -174,6 +174,13 @@ pub struct JobBody {
     output_filename: Option<String>,
     rows_exported: Option<u64>,
     duration_ms: Option<u64>,
+    /// Milliseconds the export waited for its snapshot to cover every change committed
+    /// before it started.
+    waited_ms: Option<u64>,
+    /// Changes from this time on were held back by a write transaction open when the export
+    /// started; a later export delivers them.
+    #[schema(value_type = Option<String>)]
+    held_back_since: Option<Timestamp>,
     error: Option<String>,
     #[schema(value_type = String)]
     created_at: Timestamp,
@@ -192,6 +199,8 @@ impl From<JobRecord> for JobBody {
             output_filename: j.output_filename,
             rows_exported: j.rows,
             duration_ms: j.duration_ms,
+            waited_ms: j.waited_ms,
+            held_back_since: j.held_back_since,
             error: j.error,
             created_at: j.created_at,
             finished_at: j.finished_at,
@@ -414,8 +423,15 @@ async fn export_sync(
             "path": s.out_dir.join(file),
             "rows": done.rows.unwrap_or(0),
             "jobId": done.job_id,
+            "waitedMs": done.waited_ms,
+            "heldBackSince": done.held_back_since,
         }),
-        None => json!({ "message": "No new data to export", "consumer_id": consumer }),
+        None => json!({
+            "message": "No new data to export",
+            "consumer_id": consumer,
+            "waitedMs": done.waited_ms,
+            "heldBackSince": done.held_back_since,
+        }),
     }))
 }
 

@@ -36,6 +36,12 @@ pub struct JobRecord {
     pub owner: String,
     pub created_at: Timestamp,
     pub finished_at: Option<Timestamp>,
+    /// How long the export waited for its snapshot to cover every change committed before it
+    /// started (kept while the server runs).
+    pub waited_ms: Option<u64>,
+    /// Changes from this time on were held back by a transaction open when the export started
+    /// (kept while the server runs).
+    pub held_back_since: Option<Timestamp>,
 }
 
 impl JobRecord {
@@ -128,6 +134,8 @@ impl StateStore {
                     owner: text(9).unwrap_or_default(),
                     created_at: Timestamp::parse(r[10].as_deref().unwrap_or_default())?,
                     finished_at: r[11].as_deref().map(Timestamp::parse).transpose()?,
+                    waited_ms: None,
+                    held_back_since: None,
                 })
             })
             .collect()
