@@ -318,10 +318,10 @@ async fn every_endpoint_and_its_errors() {
     assert_eq!(table["strategy"], "timestamp");
     assert_eq!(table["changes"]["total"].as_u64(), Some(500));
     let app = &table["consumers"][0];
-    assert_eq!(app["consumerId"], "app");
+    assert_eq!(app["consumer_id"], "app");
     assert_eq!(app["pending"]["total"].as_u64(), Some(20), "{stats}");
-    assert_eq!(app["pending"]["UPDATE"].as_u64(), Some(20), "{stats}");
-    assert!(app["lagSeconds"].as_f64().unwrap() > 0.0);
+    assert_eq!(app["pending"]["update"].as_u64(), Some(20), "{stats}");
+    assert!(app["lag_seconds"].as_f64().unwrap() > 0.0);
     let delta = finished_job(&c, &s, &start_job(&c, &s, "delta", "app").await).await;
     assert_eq!(delta["status"], "completed");
     assert_eq!(delta["rowsExported"].as_u64(), Some(20));
