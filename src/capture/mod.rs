@@ -523,6 +523,36 @@ mod tests {
     }
 
     #[test]
+    fn oldest_change_times_read_back_in_either_form() {
+        let q = |form| OldestChange {
+            sql: String::new(),
+            form,
+        };
+        let t = Timestamp::parse("2026-11-28T20:00:00.123456Z").unwrap();
+        let micros = t.as_datetime().timestamp_micros().to_string();
+        assert_eq!(
+            q(TimeForm::EpochMicros).parse(Some(&micros)).unwrap(),
+            Some(t)
+        );
+        assert_eq!(
+            q(TimeForm::EpochMicros)
+                .parse(Some(&format!("{micros}.0000")))
+                .unwrap(),
+            Some(t)
+        );
+        assert_eq!(
+            q(TimeForm::Rfc3339)
+                .parse(Some("2026-11-28T20:00:00.123456Z"))
+                .unwrap(),
+            Some(t)
+        );
+        assert_eq!(q(TimeForm::Rfc3339).parse(None).unwrap(), None);
+        assert_eq!(q(TimeForm::EpochMicros).parse(Some("")).unwrap(), None);
+        assert!(q(TimeForm::EpochMicros).parse(Some("soon")).is_err());
+        assert!(q(TimeForm::Rfc3339).parse(Some("yesterday")).is_err());
+    }
+
+    #[test]
     fn derived_names_fit_identifiers() {
         assert_eq!(
             derived_name("tidemark_log_users", "log").unwrap().as_str(),
