@@ -262,10 +262,14 @@ impl CaptureStrategy for VersionCapture {
             kind: ColumnKind::TimestampTz,
             nullable: true,
         };
+        // A transaction that committed before the setting was turned on has no commit time:
+        // then the oldest pending change cannot be dated (NULL), rather than dated too young.
         Ok(Some(OldestChange {
             sql: format!(
-                "SELECT {} FROM (SELECT min(pg_xact_commit_timestamp(({v} % 4294967296)::text::xid)) \
-                 AS tidemark_committed FROM {table} WHERE {}) tidemark_oldest",
+                "SELECT {} FROM (SELECT CASE WHEN count(*) = count(c) THEN min(c) END \
+                 AS tidemark_committed FROM (SELECT \
+                 pg_xact_commit_timestamp(({v} % 4294967296)::text::xid) AS c \
+                 FROM {table} WHERE {}) tidemark_pending) tidemark_oldest",
                 d.render(&committed),
                 interval.join(" AND ")
             ),
