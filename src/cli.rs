@@ -149,7 +149,8 @@ enum Command {
         #[arg(long, default_value_t = DEFAULT_MARGIN.as_millis() as u64)]
         margin_ms: u64,
     },
-    /// Per table and consumer: changes by operation, position, pending changes, lag and health
+    /// Per table, consumer and replica: changes by operation, position, pending changes, lag
+    /// (the age of the oldest undelivered change) and health; exits 1 when anything lags
     Status {
         #[command(flatten)]
         thresholds: ThresholdArgs,
@@ -700,6 +701,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 print_json(&report)?;
             } else {
                 print!("{}", monitor::render(&report));
+            }
+            // The exit code carries the verdict: 1 when anything lags or cannot be read.
+            if report.health != "ok" {
+                return Err(Error::Unhealthy {
+                    verdict: report.health.to_string(),
+                    detail: report.problems().join("; "),
+                }
+                .into());
             }
         }
         Command::Prune { table, dry_run } => {

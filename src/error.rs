@@ -53,6 +53,9 @@ pub enum Error {
     /// `tidemark verify` found a broken chain or checksum.
     #[error("verification failed: {0}")]
     Verify(String),
+    /// `tidemark status` found a consumer or replica lagging, or a table it cannot read.
+    #[error("status {verdict}: {detail}")]
+    Unhealthy { verdict: String, detail: String },
     /// Anything else that is the tool's or the environment's fault.
     #[error("{0}")]
     Runtime(String),

@@ -12,7 +12,7 @@ use crate::state::{Position, StateStore};
 
 /// When a consumer counts as lagging.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "snake_case")]
 pub struct Thresholds {
     /// Lag in seconds above which a consumer is lagging.
     pub max_lag_secs: f64,
@@ -33,17 +33,14 @@ impl Default for Thresholds {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Counts {
     pub total: u64,
-    #[serde(rename = "INSERT")]
     pub insert: u64,
-    #[serde(rename = "UPDATE")]
     pub update: u64,
-    #[serde(rename = "DELETE")]
     pub delete: u64,
 }
 
 /// One consumer of one table.
 #[derive(Debug, Clone, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "snake_case")]
 pub struct ConsumerStatus {
     pub consumer_id: ConsumerId,
     /// `export` (a watermark) or `replica` (`tidemark replicate`).
@@ -58,16 +55,24 @@ pub struct ConsumerStatus {
     pub updated_at: Timestamp,
     /// Changes not yet delivered to this consumer.
     pub pending: Counts,
-    /// Seconds since the oldest change this consumer has not been given could have been made
-    /// (0 when nothing is pending).
+    /// The change time of the oldest change not yet delivered (none when nothing is pending,
+    /// or when the strategy cannot date it; see `lag_from`).
+    pub oldest_pending: Option<Timestamp>,
+    /// The age of the oldest change not yet delivered, in seconds: the report's time minus
+    /// `oldest_pending`; 0 when nothing is pending.
     pub lag_seconds: f64,
+    /// What the lag is measured from: `oldest_pending` (the oldest pending change's time),
+    /// `position` (the strategy cannot date its changes, e.g. PostgreSQL `version` without
+    /// `track_commit_timestamp`: every pending change was committed after the position's
+    /// time, so its age is at most the position's) or `nothing_pending`.
+    pub lag_from: &'static str,
     /// `ok` or `lagging`.
     pub health: &'static str,
 }
 
 /// One captured table.
 #[derive(Debug, Clone, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "snake_case")]
 pub struct TableStatus {
     pub table: Ident,
     /// The registered strategy (`timestamp` defaults when not set up).
@@ -82,11 +87,12 @@ pub struct TableStatus {
 
 /// The whole report.
 #[derive(Debug, Clone, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "snake_case")]
 pub struct StatusReport {
     pub timestamp: Timestamp,
     pub source: String,
-    /// `ok`, `warning` (a consumer lags or a table cannot be read) or `error`.
+    /// `ok`, `lagging` (a consumer or replica lags) or `unhealthy` (a table cannot be read);
+    /// `tidemark status` exits 1 unless `ok`.
     pub health: &'static str,
     pub thresholds: Thresholds,
     pub tables: Vec<TableStatus>,
@@ -170,11 +176,13 @@ pub async fn collect(
         }
         tables.push(status);
     }
-    let health = if tables
+    let health = if tables.iter().any(|t| t.error.is_some()) {
+        "unhealthy"
+    } else if tables
         .iter()
-        .any(|t| t.error.is_some() || t.consumers.iter().any(|c| c.health != "ok"))
+        .any(|t| t.consumers.iter().any(|c| c.health != "ok"))
     {
-        "warning"
+        "lagging"
     } else {
         "ok"
     };
@@ -229,11 +237,31 @@ async fn inspect(
     let mut consumers = Vec::new();
     for w in watermarks {
         let pending = count(Some(w.position.clone())).await?;
+        let (oldest_pending, lag_from) = if pending.total == 0 {
+            (None, "nothing_pending")
+        } else {
+            let after = strategy.position_after(&Bound::at(now), Some(&w.position));
+            let oldest =
+                match strategy.oldest_change(source.dialect(), Some(&w.position), &after)? {
+                    Some(q) => {
+                        let rows = source.query(&q.sql, &[]).await?;
+                        q.parse(
+                            rows.first()
+                                .and_then(|r| r.first())
+                                .and_then(|v| v.as_deref()),
+                        )?
+                    }
+                    None => None,
+                };
+            match oldest {
+                Some(t) => (Some(t), "oldest_pending"),
+                None => (None, "position"),
+            }
+        };
         let lag_seconds = if pending.total == 0 {
             0.0
         } else {
-            let ms = (now.as_datetime() - w.position.time().as_datetime()).num_milliseconds();
-            (ms.max(0) as f64) / 1000.0
+            seconds_between(oldest_pending.unwrap_or_else(|| w.position.time()), now)
         };
         let lagging =
             lag_seconds > thresholds.max_lag_secs || pending.total > thresholds.max_pending;
@@ -245,11 +273,48 @@ async fn inspect(
             position: w.position.clone(),
             updated_at: w.updated_at,
             pending,
+            oldest_pending,
             lag_seconds,
+            lag_from,
             health: if lagging { "lagging" } else { "ok" },
         });
     }
     Ok((changes, consumers))
+}
+
+/// Seconds from `then` to `now`, never negative (a change stamped ahead of the database clock
+/// is not late).
+fn seconds_between(then: Timestamp, now: Timestamp) -> f64 {
+    let micros = (now.as_datetime() - then.as_datetime())
+        .num_microseconds()
+        .unwrap_or(i64::MAX);
+    (micros.max(0) as f64) / 1_000_000.0
+}
+
+impl StatusReport {
+    /// Why the verdict is not `ok`, one line each: tables that cannot be read, consumers and
+    /// replicas that lag (and by what).
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for t in &self.tables {
+            if let Some(e) = &t.error {
+                out.push(format!("{}: cannot inspect: {e}", t.table));
+            }
+            for c in t.consumers.iter().filter(|c| c.health != "ok") {
+                out.push(format!(
+                    "{} {} on {}: lagging ({} pending, oldest {:.1} s old; thresholds {} pending, {} s)",
+                    c.kind,
+                    c.consumer_id.as_str(),
+                    t.table,
+                    c.pending.total,
+                    c.lag_seconds,
+                    self.thresholds.max_pending,
+                    self.thresholds.max_lag_secs
+                ));
+            }
+        }
+        out
+    }
 }
 
 /// The report as text for people.
@@ -300,12 +365,17 @@ pub fn render(report: &StatusReport) -> String {
         for k in &t.consumers {
             let _ = writeln!(
                 out,
-                "  {:<8} {:<24} {:<28} {:>10} {:>10.1}  {}{}",
+                "  {:<8} {:<24} {:<28} {:>10} {:>10}  {}{}",
                 k.kind,
                 k.consumer_id.as_str(),
                 k.watermark.to_string(),
                 k.pending.total,
-                k.lag_seconds,
+                // Measured from the position: an upper bound.
+                if k.lag_from == "position" {
+                    format!("≤{:.1}", k.lag_seconds)
+                } else {
+                    format!("{:.1}", k.lag_seconds)
+                },
                 k.health,
                 k.target
                     .as_deref()
@@ -316,7 +386,8 @@ pub fn render(report: &StatusReport) -> String {
     }
     let _ = writeln!(
         out,
-        "\nthresholds: lag > {} s or pending > {} is lagging",
+        "\nlag: the age of the oldest change not yet delivered (0 when none is pending)\n\
+         thresholds: lag > {} s or pending > {} is lagging",
         report.thresholds.max_lag_secs, report.thresholds.max_pending
     );
     out

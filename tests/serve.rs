@@ -318,10 +318,10 @@ async fn every_endpoint_and_its_errors() {
     assert_eq!(table["strategy"], "timestamp");
     assert_eq!(table["changes"]["total"].as_u64(), Some(500));
     let app = &table["consumers"][0];
-    assert_eq!(app["consumerId"], "app");
+    assert_eq!(app["consumer_id"], "app");
     assert_eq!(app["pending"]["total"].as_u64(), Some(20), "{stats}");
-    assert_eq!(app["pending"]["UPDATE"].as_u64(), Some(20), "{stats}");
-    assert!(app["lagSeconds"].as_f64().unwrap() > 0.0);
+    assert_eq!(app["pending"]["update"].as_u64(), Some(20), "{stats}");
+    assert!(app["lag_seconds"].as_f64().unwrap() > 0.0);
     let delta = finished_job(&c, &s, &start_job(&c, &s, "delta", "app").await).await;
     assert_eq!(delta["status"], "completed");
     assert_eq!(delta["rowsExported"].as_u64(), Some(20));
@@ -1000,4 +1000,120 @@ async fn compose_commands_run_outside_a_container() {
         );
     }
     assert!(text.contains("request_id"), "{text}");
+}
+
+/// Every object key in `v`, at any depth.
+fn keys_of(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                out.push(k.clone());
+                keys_of(x, out);
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| keys_of(x, out)),
+        _ => {}
+    }
+}
+
+/// The value of the sample `name{labels}` in metrics text.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {series}:\n{text}"))
+}
+
+/// `/stats` and `/metrics` report lag as `tidemark status` does: the age of the oldest change
+/// not yet delivered (a change-log entry dated an hour back: 3600 s, lagging over
+/// `--max-lag-secs 60`), 0 once delivered; keys are snake_case and the metric's HELP says
+/// what lag is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_and_metrics_report_lag_as_the_age_of_the_oldest_pending_change() {
+    let t = TestDb::new(DbKind::Postgres).await;
+    t.users_with(20, "trigger").await;
+    let hour_ago = t.db.now().await.unwrap().minus(Duration::from_secs(3600));
+    let two_hours_ago = hour_ago.minus(Duration::from_secs(3600));
+    let out = t.cli(&[
+        "watermark",
+        "set",
+        "--consumer",
+        "aged",
+        "--to",
+        &two_hours_ago.to_string(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    t.db.execute("UPDATE users SET name = 'aged' WHERE id = 1", &[])
+        .await
+        .unwrap();
+    t.db.execute(
+        &format!("UPDATE tidemark_log_users SET changed_at = '{hour_ago}'::timestamptz"),
+        &[],
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(t.url.as_str(), dir.path(), &["--max-lag-secs", "60"], &[]);
+    let c = client();
+    let series = "tidemark_lag_seconds{table=\"users\",consumer=\"aged\"}";
+
+    let (status, stats) = get(&c, &s.url("/stats")).await;
+    assert_eq!(status, 200, "{stats}");
+    let aged = &stats["tables"][0]["consumers"][0];
+    assert_eq!(aged["consumer_id"], "aged", "{stats}");
+    assert_eq!(aged["pending"]["total"], 1, "{stats}");
+    let lag = aged["lag_seconds"].as_f64().unwrap();
+    assert!((lag - 3600.0).abs() < 15.0, "lag {lag}: {stats}");
+    assert_eq!(aged["health"], "lagging", "{stats}");
+    assert_eq!(stats["health"], "lagging", "{stats}");
+    let mut keys = Vec::new();
+    keys_of(&stats, &mut keys);
+    for k in &keys {
+        assert!(
+            k.chars()
+                .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_'),
+            "key {k:?} is not snake_case: {stats}"
+        );
+    }
+    let text = c
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let lag = sample(&text, series);
+    assert!((lag - 3600.0).abs() < 15.0, "metric lag {lag}:\n{text}");
+    assert_eq!(
+        sample(
+            &text,
+            "tidemark_pending_changes{table=\"users\",consumer=\"aged\"}"
+        ),
+        1.0
+    );
+    let help = text
+        .lines()
+        .find(|l| l.starts_with("# HELP tidemark_lag_seconds "))
+        .unwrap_or_else(|| panic!("no HELP for lag:\n{text}"));
+    assert!(help.contains("oldest change not yet delivered"), "{help}");
+
+    // Delivered through the API: lag 0 on both, however old the watermark was.
+    let (status, body) = call(&c, reqwest::Method::POST, &s.url("/export/aged"), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rows"], 1, "{body}");
+    let (_, stats) = get(&c, &s.url("/stats")).await;
+    let aged = &stats["tables"][0]["consumers"][0];
+    assert_eq!(aged["pending"]["total"], 0, "{stats}");
+    assert_eq!(aged["lag_seconds"].as_f64(), Some(0.0), "{stats}");
+    assert_eq!(stats["health"], "ok", "{stats}");
+    let text = c
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(sample(&text, series), 0.0, "{text}");
 }

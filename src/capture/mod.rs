@@ -13,7 +13,9 @@ use std::fmt;
 
 use sha2::{Digest, Sha256};
 
-use crate::db::{Bound, ClockNeed, Column, ColumnKind, Database, Dialect, Snapshot, Stmt, TableInfo};
+use crate::db::{
+    Bound, ClockNeed, Column, ColumnKind, Database, Dialect, Snapshot, Stmt, TableInfo, Timestamp,
+};
 use crate::error::{Error, Result};
 use crate::ident::Ident;
 use crate::state::{Position, TableConfig};
@@ -148,6 +150,59 @@ pub trait CaptureStrategy: Send + Sync {
             "SELECT tidemark_op, count(*) FROM ({}) tidemark_delta GROUP BY tidemark_op",
             delta.sql
         ))
+    }
+    /// A query for the change time of the oldest change from `before` (none: from the
+    /// beginning) to `after` — of what [`CaptureStrategy::count_changes`] counts — which is
+    /// what a consumer's lag is measured from. `None` (or a NULL answer while changes are
+    /// pending): the strategy cannot date its changes, and lag is bounded by the position's
+    /// time instead.
+    fn oldest_change(
+        &self,
+        _dialect: &dyn Dialect,
+        _before: Option<&Position>,
+        _after: &Position,
+    ) -> Result<Option<OldestChange>> {
+        Ok(None)
+    }
+}
+
+/// How the one value of an [`CaptureStrategy::oldest_change`] query gives a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeForm {
+    /// RFC 3339 text, as [`Dialect::render`] prints timestamps.
+    Rfc3339,
+    /// Microseconds since the Unix epoch (the clock versions of `version` on MariaDB and
+    /// SQLite).
+    EpochMicros,
+}
+
+/// A query for the change time of the oldest change in an interval: one row, one value, NULL
+/// when the interval holds no change or the strategy cannot date it.
+#[derive(Debug, Clone)]
+pub struct OldestChange {
+    pub sql: String,
+    pub form: TimeForm,
+}
+
+impl OldestChange {
+    /// The time in the query's answer (`None`: no value).
+    pub fn parse(&self, value: Option<&str>) -> Result<Option<Timestamp>> {
+        let Some(v) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+            return Ok(None);
+        };
+        match self.form {
+            TimeForm::Rfc3339 => Timestamp::parse(v).map(Some),
+            TimeForm::EpochMicros => {
+                let bad = || Error::Runtime(format!("a change time of {v:?} µs is not a time"));
+                // MariaDB may print an integral DECIMAL with a fraction.
+                let micros: i64 = match v.split_once('.') {
+                    Some((whole, _)) => whole.parse().map_err(|_| bad())?,
+                    None => v.parse().map_err(|_| bad())?,
+                };
+                let t = chrono::DateTime::from_timestamp_micros(micros).ok_or_else(bad)?;
+                Ok(Some(Timestamp::from_datetime(t)))
+            }
+        }
     }
 }
 
@@ -467,6 +522,36 @@ mod tests {
         ] {
             assert!(TxidSnapshot::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn oldest_change_times_read_back_in_either_form() {
+        let q = |form| OldestChange {
+            sql: String::new(),
+            form,
+        };
+        let t = Timestamp::parse("2026-11-28T20:00:00.123456Z").unwrap();
+        let micros = t.as_datetime().timestamp_micros().to_string();
+        assert_eq!(
+            q(TimeForm::EpochMicros).parse(Some(&micros)).unwrap(),
+            Some(t)
+        );
+        assert_eq!(
+            q(TimeForm::EpochMicros)
+                .parse(Some(&format!("{micros}.0000")))
+                .unwrap(),
+            Some(t)
+        );
+        assert_eq!(
+            q(TimeForm::Rfc3339)
+                .parse(Some("2026-11-28T20:00:00.123456Z"))
+                .unwrap(),
+            Some(t)
+        );
+        assert_eq!(q(TimeForm::Rfc3339).parse(None).unwrap(), None);
+        assert_eq!(q(TimeForm::EpochMicros).parse(Some("")).unwrap(), None);
+        assert!(q(TimeForm::EpochMicros).parse(Some("soon")).is_err());
+        assert!(q(TimeForm::Rfc3339).parse(Some("yesterday")).is_err());
     }
 
     #[test]

@@ -6,8 +6,8 @@
 
 use super::{
     column_of, default_created_column, default_deleted_column, derived_name, require_key,
-    soft_delete_column, table_select, unfit, CaptureStrategy, Inserted, Mode, Select, SetupOptions,
-    SetupReport,
+    soft_delete_column, table_select, unfit, CaptureStrategy, Inserted, Mode, OldestChange, Select,
+    SetupOptions, SetupReport, TimeForm,
 };
 use crate::db::{Bound, ClockNeed, Column, Database, Dialect, TableInfo};
 use crate::error::Result;
@@ -132,17 +132,7 @@ impl CaptureStrategy for TimestampCapture {
         after: &Position,
     ) -> Result<Select> {
         let cursor = d.quote(&self.cursor.name);
-        let mut interval: Vec<String> = Vec::new();
-        if let Some(p) = before {
-            interval.push(format!(
-                "{cursor} >= {}",
-                d.timestamp_literal(&p.time(), &self.cursor)
-            ));
-        }
-        interval.push(format!(
-            "{cursor} < {}",
-            d.timestamp_literal(&after.time(), &self.cursor)
-        ));
+        let interval = self.interval(d, before, after);
         let mut order = vec![cursor];
         order.extend(self.info.primary_key.iter().map(|k| d.quote(k)));
         Ok(table_select(
@@ -154,6 +144,49 @@ impl CaptureStrategy for TimestampCapture {
             &interval,
             &order,
         ))
+    }
+
+    fn oldest_change(
+        &self,
+        d: &dyn Dialect,
+        before: Option<&Position>,
+        after: &Position,
+    ) -> Result<Option<OldestChange>> {
+        // A row's change time is its cursor value; the cursor index finds the smallest.
+        let cursor = d.quote(&self.cursor.name);
+        Ok(Some(OldestChange {
+            sql: format!(
+                "SELECT {} FROM {} WHERE {} ORDER BY {cursor} LIMIT 1",
+                d.render(&self.cursor),
+                d.quote(&self.info.name),
+                self.interval(d, before, after).join(" AND ")
+            ),
+            form: TimeForm::Rfc3339,
+        }))
+    }
+}
+
+impl TimestampCapture {
+    /// The conditions of rows whose cursor lies in `[before, after)`.
+    fn interval(
+        &self,
+        d: &dyn Dialect,
+        before: Option<&Position>,
+        after: &Position,
+    ) -> Vec<String> {
+        let cursor = d.quote(&self.cursor.name);
+        let mut interval: Vec<String> = Vec::new();
+        if let Some(p) = before {
+            interval.push(format!(
+                "{cursor} >= {}",
+                d.timestamp_literal(&p.time(), &self.cursor)
+            ));
+        }
+        interval.push(format!(
+            "{cursor} < {}",
+            d.timestamp_literal(&after.time(), &self.cursor)
+        ));
+        interval
     }
 }
 

@@ -22,8 +22,8 @@
 
 use super::{
     default_deleted_column, derived_name, rendered_columns, require_key, run_all,
-    soft_delete_column, table_select, CaptureStrategy, Inserted, Mode, Select, SetupOptions,
-    SetupReport, TxidSnapshot,
+    soft_delete_column, table_select, CaptureStrategy, Inserted, Mode, OldestChange, Select,
+    SetupOptions, SetupReport, TimeForm, TxidSnapshot,
 };
 use crate::db::{
     Bound, ClockNeed, Column, ColumnKind, Database, DbKind, Dialect, TableInfo, Timestamp,
@@ -362,14 +362,8 @@ impl TriggerCapture {
         v
     }
 
-    /// The changes between `before` and `after` as rows of the table (see the module doc).
-    fn changes(
-        &self,
-        d: &dyn Dialect,
-        mode: Mode,
-        before: &Position,
-        after: &Position,
-    ) -> Result<Select> {
+    /// The condition on log entries `l` of the changes from `before` to `after`.
+    fn interval(&self, d: &dyn Dialect, before: &Position, after: &Position) -> Result<String> {
         let mut interval: Vec<String> = Vec::new();
         match (before.txids(), before.change_id()) {
             (Some(t), _) => interval.push(TxidSnapshot::parse(t)?.not_visible("l.txid")),
@@ -392,7 +386,18 @@ impl TriggerCapture {
                 Self::changed_at(d, &after.time())?
             )),
         }
-        let interval = interval.join(" AND ");
+        Ok(interval.join(" AND "))
+    }
+
+    /// The changes between `before` and `after` as rows of the table (see the module doc).
+    fn changes(
+        &self,
+        d: &dyn Dialect,
+        mode: Mode,
+        before: &Position,
+        after: &Position,
+    ) -> Result<Select> {
+        let interval = self.interval(d, before, after)?;
         let keys = &self.info.primary_key;
         let key_list: Vec<String> = keys.iter().map(|k| d.quote(k)).collect();
         let key_list = key_list.join(", ");
@@ -539,6 +544,47 @@ impl CaptureStrategy for TriggerCapture {
             format!("DELETE FROM {log} WHERE {}", passed.join(" AND ")),
             format!("SELECT count(*) FROM {log}"),
         )))
+    }
+
+    /// The oldest `changed_at` among the log entries of the interval: the time the trigger
+    /// wrote it, within the writing transaction. From the beginning (no position) the changes
+    /// are the table's rows, which carry no change time.
+    fn oldest_change(
+        &self,
+        d: &dyn Dialect,
+        before: Option<&Position>,
+        after: &Position,
+    ) -> Result<Option<OldestChange>> {
+        let Some(before) = before else {
+            return Ok(None);
+        };
+        let log = d.quote(&self.names.log);
+        let interval = self.interval(d, before, after)?;
+        let oldest =
+            format!("SELECT min(l.changed_at) AS changed_at FROM {log} l WHERE {interval}");
+        let sql = match d.kind() {
+            // SQLite's log keeps a Julian day number (see `install`).
+            DbKind::Sqlite => format!(
+                "SELECT strftime('%Y-%m-%dT%H:%M:%f', changed_at) || '000Z' \
+                 FROM ({oldest}) tidemark_oldest"
+            ),
+            _ => {
+                let column = Column {
+                    name: Ident::new("changed_at")?,
+                    sql_type: "timestamp".into(),
+                    kind: ColumnKind::TimestampTz,
+                    nullable: true,
+                };
+                format!(
+                    "SELECT {} FROM ({oldest}) tidemark_oldest",
+                    d.render(&column)
+                )
+            }
+        };
+        Ok(Some(OldestChange {
+            sql,
+            form: TimeForm::Rfc3339,
+        }))
     }
 
     fn notify_channel(&self, d: &dyn Dialect) -> Option<String> {

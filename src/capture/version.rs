@@ -18,8 +18,8 @@
 use super::timestamp::{creation_column, inserted_since};
 use super::{
     column_of, default_created_column, default_deleted_column, derived_name, require_key, run_all,
-    soft_delete_column, table_select, unfit, CaptureStrategy, Mode, Select, SetupOptions,
-    SetupReport, TxidSnapshot,
+    soft_delete_column, table_select, unfit, CaptureStrategy, Mode, OldestChange, Select,
+    SetupOptions, SetupReport, TimeForm, TxidSnapshot,
 };
 use crate::db::{Bound, ClockNeed, Column, ColumnKind, Database, DbKind, Dialect, TableInfo};
 use crate::error::Result;
@@ -219,6 +219,78 @@ impl CaptureStrategy for VersionCapture {
         after: &Position,
     ) -> Result<Select> {
         let v = d.quote(&self.version.name);
+        let interval = self.interval(d, before, after)?;
+        let mut order = vec![v];
+        order.extend(self.info.primary_key.iter().map(|k| d.quote(k)));
+        Ok(table_select(
+            d,
+            &self.info,
+            mode,
+            self.deleted.as_ref(),
+            inserted_since(d, before, self.created.as_ref()),
+            &interval,
+            &order,
+        ))
+    }
+
+    /// MariaDB and SQLite: the smallest version, the clock time of the oldest write.
+    /// PostgreSQL: a version is a transaction id, which says nothing about time by itself;
+    /// the commit time PostgreSQL records for it when `track_commit_timestamp` is on dates it
+    /// exactly. With that setting off the query answers NULL, and lag is bounded by the
+    /// position's time: every pending version was committed after the position's snapshot.
+    fn oldest_change(
+        &self,
+        d: &dyn Dialect,
+        before: Option<&Position>,
+        after: &Position,
+    ) -> Result<Option<OldestChange>> {
+        let v = d.quote(&self.version.name);
+        let mut interval = self.interval(d, before, after)?;
+        let table = d.quote(&self.info.name);
+        if d.kind() != DbKind::Postgres {
+            let filter = if interval.is_empty() {
+                String::new()
+            } else {
+                format!(" WHERE {}", interval.join(" AND "))
+            };
+            return Ok(Some(OldestChange {
+                sql: format!("SELECT min({v}) FROM {table}{filter}"),
+                form: TimeForm::EpochMicros,
+            }));
+        }
+        // A one-time filter: the commit times are not read at all when they are not kept.
+        interval.push("current_setting('track_commit_timestamp') = 'on'".into());
+        let committed = Column {
+            name: Ident::new("tidemark_committed")?,
+            sql_type: "timestamp with time zone".into(),
+            kind: ColumnKind::TimestampTz,
+            nullable: true,
+        };
+        // A transaction that committed before the setting was turned on has no commit time:
+        // then the oldest pending change cannot be dated (NULL), rather than dated too young.
+        Ok(Some(OldestChange {
+            sql: format!(
+                "SELECT {} FROM (SELECT CASE WHEN count(*) = count(c) THEN min(c) END \
+                 AS tidemark_committed FROM (SELECT \
+                 pg_xact_commit_timestamp(({v} % 4294967296)::text::xid) AS c \
+                 FROM {table} WHERE {}) tidemark_pending) tidemark_oldest",
+                d.render(&committed),
+                interval.join(" AND ")
+            ),
+            form: TimeForm::Rfc3339,
+        }))
+    }
+}
+
+impl VersionCapture {
+    /// The conditions of rows whose version lies between `before` and `after`.
+    fn interval(
+        &self,
+        d: &dyn Dialect,
+        before: Option<&Position>,
+        after: &Position,
+    ) -> Result<Vec<String>> {
+        let v = d.quote(&self.version.name);
         let mut interval: Vec<String> = Vec::new();
         match (before, before.and_then(Position::txids)) {
             (Some(_), Some(t)) => interval.push(TxidSnapshot::parse(t)?.not_visible(&v)),
@@ -237,17 +309,7 @@ impl CaptureStrategy for VersionCapture {
                 format!("{v} < {}", micros(after))
             });
         }
-        let mut order = vec![v];
-        order.extend(self.info.primary_key.iter().map(|k| d.quote(k)));
-        Ok(table_select(
-            d,
-            &self.info,
-            mode,
-            self.deleted.as_ref(),
-            inserted_since(d, before, self.created.as_ref()),
-            &interval,
-            &order,
-        ))
+        Ok(interval)
     }
 }
 

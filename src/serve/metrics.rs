@@ -113,7 +113,7 @@ impl Metrics {
         );
         registry.register(
             "lag_seconds",
-            "Age of the oldest undelivered change, per table and consumer",
+            "Age in seconds of the oldest change not yet delivered to the consumer or replica (0 when none is pending), per table and consumer",
             lag.clone(),
         );
         registry.register(
