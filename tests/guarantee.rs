@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Raw, TestDb, MARGIN};
+use common::{Raw, TestDb};
 use tidemark::capture::Mode;
 use tidemark::db::DbKind;
 use tidemark::ident::{ConsumerId, Ident};
@@ -20,10 +20,6 @@ fn burst(seed: u64, scale: u64) -> Burst {
         soft_deletes: scale,
         seed,
     }
-}
-
-async fn settle() {
-    tokio::time::sleep(MARGIN * 3).await;
 }
 
 async fn replay_random_workload(kind: DbKind) {
@@ -41,14 +37,12 @@ async fn replay_random_workload(kind: DbKind) {
         apply_burst(t.db.as_ref(), &burst(round + 1, 1 + next() % 20))
             .await
             .unwrap();
-        settle().await;
         let mode = match next() % 4 {
             0 => Mode::Full,
             _ => Mode::Delta,
         };
         t.export("replayer", mode).await;
     }
-    t.quiesce().await;
     t.export("replayer", Mode::Delta).await;
     t.assert_replay_equals_table("replayer").await;
 }
@@ -70,7 +64,6 @@ async fn equal_cursor_value_after_export(kind: DbKind) {
     )
     .await
     .unwrap();
-    t.quiesce().await;
     let delta = t.export("tie", Mode::Delta).await;
     let text = std::fs::read_to_string(delta.file.expect("a delta file")).unwrap();
     assert!(text.contains("UPDATE,7,tied row,"), "{text}");
@@ -81,7 +74,7 @@ on_each_db!(equal_cursor_value_after_export);
 /// A transaction that stamps a row, stays open across an export and commits after it: the row
 /// is in a later export, never lost. (SQLite has one writer: the export waits for it.)
 async fn transaction_open_across_exports(kind: DbKind) {
-    let t = TestDb::new(kind).await;
+    let t = TestDb::alone(kind).await;
     t.users(100).await;
     t.export("long", Mode::Full).await;
     let mut raw = Raw::late_writer(&t).await;
@@ -90,14 +83,12 @@ async fn transaction_open_across_exports(kind: DbKind) {
     } else {
         // Other transactions commit meanwhile, with later cursor values.
         apply_burst(t.db.as_ref(), &burst(7, 5)).await.unwrap();
-        settle().await;
         let first = t.export("long", Mode::Delta).await;
         if let Some(f) = &first.file {
             let text = std::fs::read_to_string(f).unwrap();
             assert!(!text.contains("late writer"), "uncommitted row exported");
         }
         raw.exec("COMMIT").await;
-        t.quiesce().await;
         let second = t.export("long", Mode::Delta).await;
         let text = std::fs::read_to_string(second.file.expect("late row exported")).unwrap();
         assert!(text.contains("late writer"), "{text}");
@@ -116,7 +107,6 @@ async fn concurrent_exports_serialize(kind: DbKind) {
         apply_burst(t.db.as_ref(), &burst(round + 11, 40))
             .await
             .unwrap();
-        settle().await;
         let exporter = t.exporter().await;
         let mut tasks = Vec::new();
         for _ in 0..6 {
@@ -137,7 +127,6 @@ async fn concurrent_exports_serialize(kind: DbKind) {
         }
         assert!(ok >= 1);
     }
-    t.quiesce().await;
     t.export("racer", Mode::Delta).await;
     let chains = tidemark::export::manifest::chains(t.out.path()).unwrap();
     let chain = &chains[&("racer".to_string(), "users".to_string())];
@@ -193,7 +182,6 @@ async fn killed_mid_export_is_repaired(kind: DbKind) {
         apply_burst(t.db.as_ref(), &burst(100 + i as u64, 4))
             .await
             .unwrap();
-        settle().await;
         let files_before = t.count_files();
         let wm_before = state.watermark(&consumer, &table).await.unwrap().unwrap();
         let crashed = export_cli(Some(fault));
@@ -216,7 +204,6 @@ async fn killed_mid_export_is_repaired(kind: DbKind) {
         apply_burst(t.db.as_ref(), &burst(200 + i as u64, 3))
             .await
             .unwrap();
-        t.quiesce().await;
         let next = export_cli(None);
         assert!(
             next.status.success(),
@@ -239,7 +226,6 @@ async fn killed_mid_export_is_repaired(kind: DbKind) {
         apply_burst(t.db.as_ref(), &burst(300 + i, 10))
             .await
             .unwrap();
-        settle().await;
         let mut child = delta_cmd()
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -249,7 +235,6 @@ async fn killed_mid_export_is_repaired(kind: DbKind) {
         let _ = child.kill();
         let _ = child.wait();
     }
-    t.quiesce().await;
     let last = export_cli(None);
     assert!(
         last.status.success(),

@@ -16,10 +16,6 @@ use common::{tidemark_cmd, Raw, TestDb};
 use serde_json::Value;
 use tidemark::db::DbKind;
 
-/// MariaDB's transactions are server-wide and the tests share one server: a test that holds a
-/// write transaction open on purpose runs alone there, as it would in a user's database.
-static MARIADB_ALONE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
-
 /// Rounds of (commit, read) per path, database and strategy.
 const ROUNDS: usize = 50;
 /// Users seeded before the rounds; rounds update and delete distinct ones among them.
@@ -268,7 +264,6 @@ async fn replica_name(replica: &tidemark::db::DbUrl, id: i64) -> Option<String> 
 }
 
 async fn read_your_writes(kind: DbKind, strategy: &str) {
-    let _shared = MARIADB_ALONE.read().await;
     let t = TestDb::new(kind).await;
     t.users_with(SEEDED, strategy).await;
     let src = t.url.as_str().to_string();
@@ -276,12 +271,18 @@ async fn read_your_writes(kind: DbKind, strategy: &str) {
     let base = ["export", "--table", "users", "--out", &out, "--json"];
 
     // Nothing twice without need: a delta right after a full export writes no file.
-    let full = run_json(&t, &[&base[..], &["--consumer", "cli", "--mode", "full"]].concat());
+    let full = run_json(
+        &t,
+        &[&base[..], &["--consumer", "cli", "--mode", "full"]].concat(),
+    );
     let live = t
         .count("SELECT count(*) FROM users WHERE NOT is_deleted")
         .await;
     assert_eq!(full["rows"].as_i64(), Some(live), "{full}");
-    let again = run_json(&t, &[&base[..], &["--consumer", "cli", "--mode", "delta"]].concat());
+    let again = run_json(
+        &t,
+        &[&base[..], &["--consumer", "cli", "--mode", "delta"]].concat(),
+    );
     assert!(
         again["file"].is_null(),
         "{kind} {strategy}: a delta right after a full export wrote {again}"
@@ -297,7 +298,14 @@ async fn read_your_writes(kind: DbKind, strategy: &str) {
     let replica_path: PathBuf = replica_dir.path().join("replica.db");
     let replica = format!("sqlite://{}", replica_path.display());
     let replica_url = tidemark::db::DbUrl::parse(&replica).unwrap();
-    let replicate = ["replicate", "--table", "users", "--target", &replica, "--json"];
+    let replicate = [
+        "replicate",
+        "--table",
+        "users",
+        "--target",
+        &replica,
+        "--json",
+    ];
     run_json(&t, &replicate);
 
     let ops: &[Op] = if strategy == "trigger" {
@@ -327,7 +335,10 @@ async fn read_your_writes(kind: DbKind, strategy: &str) {
         let name = format!("cli {round}");
         writer.apply(op, id, &name).await;
         let t0 = Instant::now();
-        let o = run_json(&t, &[&base[..], &["--consumer", "cli", "--mode", "delta"]].concat());
+        let o = run_json(
+            &t,
+            &[&base[..], &["--consumer", "cli", "--mode", "delta"]].concat(),
+        );
         lag.push(t0.elapsed().as_millis() as u64);
         cli_waits.push(o["waited_ms"].as_u64().expect("waited_ms"));
         assert!(o["held_back_since"].is_null(), "{}: {o}", what("cli"));
@@ -368,7 +379,10 @@ async fn read_your_writes(kind: DbKind, strategy: &str) {
         }
     }
     // The CLI consumer has yet to see the last HTTP and replica rounds' changes.
-    run_json(&t, &[&base[..], &["--consumer", "cli", "--mode", "delta"]].concat());
+    run_json(
+        &t,
+        &[&base[..], &["--consumer", "cli", "--mode", "delta"]].concat(),
+    );
     t.assert_replay_equals_table("cli").await;
     let (cm, cx) = median_max(&mut cli_waits);
     let (hm, hx) = median_max(&mut http_waits);
@@ -382,23 +396,34 @@ async fn read_your_writes(kind: DbKind, strategy: &str) {
 /// A transaction left open is never waited for: the export returns at once, says what it
 /// holds back (where the strategy must), and a later export delivers everything.
 async fn open_transaction_is_not_waited_for(kind: DbKind, strategy: &str) {
-    let _alone = if kind == DbKind::Mysql {
-        Some(MARIADB_ALONE.write().await)
-    } else {
-        None
-    };
-    let t = TestDb::new(kind).await;
+    let t = TestDb::alone(kind).await;
     t.users_with(50, strategy).await;
     let out = t.out.path().to_string_lossy().into_owned();
     // SQLite has one writer: an export whose state is in the same file could not record its
     // position while another writer holds the file, so the state lives elsewhere there.
     let state_dir = tempfile::tempdir().unwrap();
     let state = format!("sqlite://{}", state_dir.path().join("state.db").display());
-    let mut base = vec!["export", "--consumer", "c", "--table", "users", "--out", &out];
+    let mut base = vec![
+        "export",
+        "--consumer",
+        "c",
+        "--table",
+        "users",
+        "--out",
+        &out,
+    ];
     base.push("--json");
     if kind == DbKind::Sqlite {
         base.extend(["--state", state.as_str()]);
-        let setup = t.cli(&["setup", "--table", "users", "--strategy", strategy, "--state", &state]);
+        let setup = t.cli(&[
+            "setup",
+            "--table",
+            "users",
+            "--strategy",
+            strategy,
+            "--state",
+            &state,
+        ]);
         assert!(setup.status.success(), "{setup:?}");
     }
     run_json(&t, &[&base[..], &["--mode", "full"]].concat());
@@ -433,7 +458,13 @@ async fn open_transaction_is_not_waited_for(kind: DbKind, strategy: &str) {
     if exact {
         // Transaction snapshots and commit-ordered ids need not hold anything back.
         assert!(o["held_back_since"].is_null(), "{o}");
-        assert_delivered(&csv, Op::Update, 7, "committed", "beside an open transaction");
+        assert_delivered(
+            &csv,
+            Op::Update,
+            7,
+            "committed",
+            "beside an open transaction",
+        );
     } else {
         assert!(
             !o["held_back_since"].is_null(),

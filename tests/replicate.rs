@@ -9,7 +9,7 @@ use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{churn, odd_insert, odd_table, quiesce, tidemark_cmd, TestDb, MARGIN};
+use common::{churn, odd_insert, odd_table, tidemark_cmd, TestDb, MARGIN};
 use sha2::{Digest, Sha256};
 use tidemark::db::{connect, ConnectOptions, Database, DbKind, DbUrl};
 use tidemark::export::replay::{self, Image};
@@ -109,7 +109,6 @@ async fn rounds(from: DbKind, to: DbKind, strategy: &str) {
     let mut deletes = 0;
     for round in 0..4u64 {
         let moved = churn(src.db.as_ref(), strategy, round + 1, 2 + (round * 7) % 11).await;
-        quiesce(src.db.as_ref()).await;
         let s = replicate_once(&src, &dst.url, 16).await.unwrap();
         assert!(s.rows > 0 && s.commits == 1, "round {round}: {s:?}");
         deletes += s.deletes;
@@ -205,7 +204,6 @@ async fn typed_values(from: DbKind, to: DbKind) {
     ] {
         src.db.execute(&sql, &[]).await.unwrap();
     }
-    quiesce(src.db.as_ref()).await;
     let s = replicate_with(&src, &dst.url, opts).await.unwrap();
     assert_eq!((s.upserts, s.deletes), (2, 0), "{s:?}");
 
@@ -476,7 +474,6 @@ async fn kill_9_while_following() {
     // Crashes at the two instants around the commit.
     for (fault, seed) in [("before-commit", 500), ("after-commit", 501)] {
         churn(src.db.as_ref(), "trigger", seed, 4).await;
-        quiesce(src.db.as_ref()).await;
         let out = src.cli_env(
             &[
                 "replicate",
@@ -489,7 +486,6 @@ async fn kill_9_while_following() {
         );
         assert!(!out.status.success(), "{fault}: the fault did not fire");
     }
-    quiesce(src.db.as_ref()).await;
     let child = follow(&src, dst.url.as_str());
     until_same(&src, dst.db.as_ref(), &dst_state, Duration::from_secs(30)).await;
     terminate(child);
@@ -574,7 +570,6 @@ async fn replicas_count_for_status_and_prune(kind: DbKind) {
     src.export("csv", tidemark::capture::Mode::Full).await;
     replicate_once(&src, &dst.url, 64).await.unwrap();
     churn(src.db.as_ref(), "trigger", 7, 3).await;
-    quiesce(src.db.as_ref()).await;
     src.export("csv", tidemark::capture::Mode::Delta).await;
     let log = "SELECT count(*) FROM tidemark_log_users";
     let entries = src.count(log).await;
@@ -614,7 +609,6 @@ async fn replicas_count_for_status_and_prune(kind: DbKind) {
     assert_eq!(src.count(log).await, kept, "{r:?}");
     // What was pruned was delivered: both consumers still match the table afterwards.
     churn(src.db.as_ref(), "trigger", 8, 3).await;
-    quiesce(src.db.as_ref()).await;
     replicate_once(&src, &dst.url, 64).await.unwrap();
     src.export("csv", tidemark::capture::Mode::Delta).await;
     assert_same(&src, dst.db.as_ref(), &dst.state().await, "after prune").await;

@@ -17,8 +17,8 @@ use sqlx::{ConnectOptions as _, Connection, MySql};
 
 use super::{
     common::{settle, Driver, Probe},
-    Bound, Column, ColumnKind, ConnectOptions, Database, DbKind, DbUrl, Dialect,
-    LockGuard, Param, RowSink, Snapshot, SnapshotOptions, Stmt, TextRow, Timestamp, Transaction,
+    Bound, Column, ColumnKind, ConnectOptions, Database, DbKind, DbUrl, Dialect, LockGuard, Param,
+    RowSink, Snapshot, SnapshotOptions, Stmt, TextRow, Timestamp, Transaction,
 };
 use crate::error::{Error, Result};
 use crate::ident::Ident;

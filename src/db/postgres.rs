@@ -16,8 +16,8 @@ use sqlx::{ConnectOptions as _, Connection, Postgres};
 use super::{
     common::{settle, Driver, Probe},
     Bound, ClockNeed, Column, ColumnKind, ConnectOptions, Database, DbKind, DbUrl, Dialect,
-    LockGuard, Param, RowSink, Settled, Snapshot, SnapshotOptions, Stmt, TextRow, Timestamp, Transaction,
-    Wakeups,
+    LockGuard, Param, RowSink, Settled, Snapshot, SnapshotOptions, Stmt, TextRow, Timestamp,
+    Transaction, Wakeups,
 };
 use crate::error::{Error, Result};
 use crate::ident::Ident;

@@ -186,11 +186,10 @@ impl SqliteDb {
     }
 
     /// Gives a connection its usual lock wait back and returns it to the pool.
-    async fn restore_busy_timeout(
-        mut conn: sqlx::pool::PoolConnection<Sqlite>,
-    ) -> Result<()> {
+    async fn restore_busy_timeout(mut conn: sqlx::pool::PoolConnection<Sqlite>) -> Result<()> {
         let ms = BUSY_TIMEOUT.as_millis();
-        if let Err(e) = Sqlite::execute(&mut conn, &format!("PRAGMA busy_timeout = {ms}"), &[]).await
+        if let Err(e) =
+            Sqlite::execute(&mut conn, &format!("PRAGMA busy_timeout = {ms}"), &[]).await
         {
             conn.close_on_drop();
             return Err(e);

@@ -20,8 +20,8 @@ use tokio::sync::mpsc;
 
 use crate::capture::{self, strategy_for, CaptureStrategy, Mode};
 use crate::db::{
-    connect, ConnectOptions, Database, DbUrl, Param, RowSink, Settled, SnapshotOptions, TableInfo, Timestamp,
-    Transaction, Wakeups,
+    connect, ConnectOptions, Database, DbUrl, Param, RowSink, Settled, SnapshotOptions, TableInfo,
+    Timestamp, Transaction, Wakeups,
 };
 use crate::error::{Error, Result};
 use crate::ident::{ConsumerId, Ident};

@@ -37,10 +37,9 @@ pub struct JobRecord {
     pub created_at: Timestamp,
     pub finished_at: Option<Timestamp>,
     /// How long the export waited for its snapshot to cover every change committed before it
-    /// started (kept while the server runs).
+    /// started.
     pub waited_ms: Option<u64>,
-    /// Changes from this time on were held back by a transaction open when the export started
-    /// (kept while the server runs).
+    /// Changes from this time on were held back by a transaction open when the export started.
     pub held_back_since: Option<Timestamp>,
 }
 
@@ -52,7 +51,7 @@ impl JobRecord {
 }
 
 const JOB_COLUMNS: &str = "job_id, consumer_id, table_name, mode, status, output_filename, \
-    row_count, duration_ms, error, owner, created_at, finished_at";
+    row_count, duration_ms, error, owner, created_at, finished_at, waited_ms, held_back_since";
 
 impl StateStore {
     /// Stores the job (insert or replace).
@@ -69,7 +68,7 @@ impl StateStore {
                 Stmt::new(
                     format!(
                         "INSERT INTO tidemark_jobs ({JOB_COLUMNS}) \
-                         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                     ),
                     vec![
                         job.job_id.as_str().into(),
@@ -84,6 +83,8 @@ impl StateStore {
                         job.owner.as_str().into(),
                         job.created_at.to_string().into(),
                         job.finished_at.map(|t| t.to_string()).into(),
+                        int(job.waited_ms),
+                        job.held_back_since.map(|t| t.to_string()).into(),
                     ],
                 ),
             ])
@@ -134,10 +135,56 @@ impl StateStore {
                     owner: text(9).unwrap_or_default(),
                     created_at: Timestamp::parse(r[10].as_deref().unwrap_or_default())?,
                     finished_at: r[11].as_deref().map(Timestamp::parse).transpose()?,
-                    waited_ms: None,
-                    held_back_since: None,
+                    waited_ms: int(12),
+                    held_back_since: r[13].as_deref().map(Timestamp::parse).transpose()?,
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::{connect, ConnectOptions};
+
+    /// A state database made before jobs recorded their wait gains the columns, and keeps its
+    /// jobs.
+    #[tokio::test]
+    async fn an_earlier_jobs_table_is_migrated() {
+        let file = crate::testkit::SqliteFile::new().unwrap();
+        let options = ConnectOptions {
+            create_if_missing: true,
+            max_connections: None,
+        };
+        let db = connect(&file.url, options).await.unwrap();
+        let first = StateStore::open(std::sync::Arc::clone(&db)).await.unwrap();
+        db.execute("DROP TABLE tidemark_jobs", &[]).await.unwrap();
+        db.execute(
+            "CREATE TABLE tidemark_jobs (job_id TEXT PRIMARY KEY, consumer_id TEXT NOT NULL, \
+             table_name TEXT NOT NULL, mode TEXT NOT NULL, status TEXT NOT NULL, \
+             output_filename TEXT, row_count TEXT, duration_ms TEXT, error TEXT, \
+             owner TEXT NOT NULL, created_at TEXT NOT NULL, finished_at TEXT)",
+            &[],
+        )
+        .await
+        .unwrap();
+        db.execute(
+            "INSERT INTO tidemark_jobs VALUES ('a', 'c', 'users', 'full', 'completed', NULL, \
+             '3', '7', NULL, 'h:1', '2026-11-21T04:37:00.000000Z', NULL)",
+            &[],
+        )
+        .await
+        .unwrap();
+        drop(first);
+        let state = StateStore::open(db).await.unwrap();
+        let old = state.job("a").await.unwrap().unwrap();
+        assert_eq!((old.rows, old.waited_ms), (Some(3), None));
+        let mut job = old.clone();
+        job.job_id = "b".into();
+        job.waited_ms = Some(42);
+        job.held_back_since = Some(Timestamp::parse("2026-11-21T04:37:00.5Z").unwrap());
+        state.save_job(&job).await.unwrap();
+        assert_eq!(state.job("b").await.unwrap().unwrap(), job);
     }
 }

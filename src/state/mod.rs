@@ -143,6 +143,7 @@ impl StateStore {
             .await
             .is_ok()
         {
+            Self::migrate(db.as_ref()).await?;
             return Ok(StateStore { db });
         }
         let d = db.dialect();
@@ -168,7 +169,8 @@ impl StateStore {
                 "CREATE TABLE IF NOT EXISTS tidemark_jobs (job_id {k} PRIMARY KEY, \
                  consumer_id {k} NOT NULL, table_name {k} NOT NULL, mode {k} NOT NULL, \
                  status {k} NOT NULL, output_filename {t}, row_count {k}, duration_ms {k}, \
-                 error {t}, owner {k} NOT NULL, created_at {k} NOT NULL, finished_at {k})"
+                 error {t}, owner {k} NOT NULL, created_at {k} NOT NULL, finished_at {k}, \
+                 waited_ms {k}, held_back_since {k})"
             ),
             format!(
                 "CREATE TABLE IF NOT EXISTS tidemark_replicas (replica_id {k} NOT NULL, \
@@ -180,6 +182,25 @@ impl StateStore {
             db.execute(&sql, &[]).await?;
         }
         Ok(StateStore { db })
+    }
+
+    /// Adds what later versions keep to a state database an earlier version made.
+    async fn migrate(db: &dyn Database) -> Result<()> {
+        if db
+            .query("SELECT waited_ms FROM tidemark_jobs WHERE 1 = 0", &[])
+            .await
+            .is_err()
+        {
+            let k = db.dialect().key_type();
+            for column in ["waited_ms", "held_back_since"] {
+                db.execute(
+                    &format!("ALTER TABLE tidemark_jobs ADD COLUMN {column} {k}"),
+                    &[],
+                )
+                .await?;
+            }
+        }
+        Ok(())
     }
 
     /// Takes the export lock of (consumer, table), or fails with [`Error::Busy`].
