@@ -36,6 +36,14 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// An output file could not be written (full disk, file size limit, read-only or
+    /// unwritable directory). Its temporary file is removed and nothing is published.
+    #[error("{}", write_failure(path, cause))]
+    Write {
+        path: PathBuf,
+        /// The error of the file system (not a `source`: the message already says it).
+        cause: std::io::Error,
+    },
     /// Another export for the same consumer and table holds the lock.
     #[error("an export for consumer {consumer:?} and table {table:?} is already running")]
     Busy { consumer: String, table: String },
@@ -96,6 +104,41 @@ impl Error {
             source,
         }
     }
+}
+
+impl Error {
+    /// Shorthand for [`Error::Write`]: writing `path` (the file as it would be published)
+    /// failed with `cause`.
+    pub fn write(path: impl Into<PathBuf>, cause: std::io::Error) -> Self {
+        Error::Write {
+            path: path.into(),
+            cause,
+        }
+    }
+
+    /// True when the disk (or the process's file size limit) had no room for a file.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, Error::Write { cause, .. } if matches!(
+            cause.kind(),
+            std::io::ErrorKind::StorageFull
+                | std::io::ErrorKind::FileTooLarge
+                | std::io::ErrorKind::QuotaExceeded
+        ))
+    }
+}
+
+/// The message of [`Error::Write`]: what the file system said, in words, and the file.
+fn write_failure(path: &std::path::Path, cause: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    let what = match cause.kind() {
+        ErrorKind::StorageFull => "no space left on device",
+        ErrorKind::QuotaExceeded => "disk quota exceeded",
+        ErrorKind::FileTooLarge => "file size limit exceeded",
+        ErrorKind::ReadOnlyFilesystem => "read-only file system",
+        ErrorKind::PermissionDenied => "permission denied",
+        _ => return format!("cannot write {}: {cause}", path.display()),
+    };
+    format!("{what} writing {}", path.display())
 }
 
 /// The library's result type.

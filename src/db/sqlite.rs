@@ -300,7 +300,10 @@ impl Snapshot for SqliteSnapshot {
         let sql = select.to_string();
         let w = std::sync::Arc::clone(&width);
         let reading = self.with_conn(move |conn| read_rows(conn, &sql, &w, &tx));
-        let writing = async {
+        // The writing side owns the receiver, so that it is dropped the moment writing stops
+        // (a full disk, an abandoned export): the reader's next `blocking_send` then fails and
+        // its thread ends instead of waiting forever for room in the channel.
+        let writing = async move {
             let mut n = 0u64;
             while let Some(batch) = rx.recv().await {
                 let width = width.load(std::sync::atomic::Ordering::SeqCst).max(1);
@@ -327,8 +330,11 @@ impl Snapshot for SqliteSnapshot {
                     }
                 };
                 for row in text.chunks(width) {
-                    sink.write_fields(row)
-                        .map_err(|e| Error::io("write export row", "<sink>", e))?;
+                    if let Err(e) = sink.write_fields(row) {
+                        rx.close();
+                        drop(rx);
+                        return Err(Error::io("write export row", "<sink>", e));
+                    }
                     n += 1;
                 }
             }
