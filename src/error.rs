@@ -104,9 +104,7 @@ impl Error {
             source,
         }
     }
-}
 
-impl Error {
     /// Shorthand for [`Error::Write`]: writing `path` (the file as it would be published)
     /// failed with `cause`.
     pub fn write(path: impl Into<PathBuf>, cause: std::io::Error) -> Self {
@@ -114,16 +112,6 @@ impl Error {
             path: path.into(),
             cause,
         }
-    }
-
-    /// True when the disk (or the process's file size limit) had no room for a file.
-    pub fn is_disk_full(&self) -> bool {
-        matches!(self, Error::Write { cause, .. } if matches!(
-            cause.kind(),
-            std::io::ErrorKind::StorageFull
-                | std::io::ErrorKind::FileTooLarge
-                | std::io::ErrorKind::QuotaExceeded
-        ))
     }
 }
 
@@ -143,3 +131,27 @@ fn write_failure(path: &std::path::Path, cause: &std::io::Error) -> String {
 
 /// The library's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_failures_name_the_file_and_are_runtime_failures() {
+        let enospc = Error::write("out/full_c1_x.csv", std::io::Error::from_raw_os_error(28));
+        assert_eq!(
+            enospc.to_string(),
+            "no space left on device writing out/full_c1_x.csv"
+        );
+        assert!(!enospc.is_input_error());
+        let efbig = Error::write("out/a.csv", std::io::Error::from_raw_os_error(27));
+        assert_eq!(
+            efbig.to_string(),
+            "file size limit exceeded writing out/a.csv"
+        );
+        let erofs = Error::write("out", std::io::Error::from_raw_os_error(30));
+        assert_eq!(erofs.to_string(), "read-only file system writing out");
+        let other = Error::write("out/a.csv", std::io::Error::other("boom"));
+        assert_eq!(other.to_string(), "cannot write out/a.csv: boom");
+    }
+}
