@@ -46,10 +46,15 @@ struct Disk {
 impl Disk {
     fn new(size: &str) -> Disk {
         let root = tempfile::tempdir().expect("temp dir");
-        let mounted = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(root.path())
-            .output();
+        // TIDEMARK_TEST_NO_TMPFS=1 tries the fallback where mounting works.
+        let mounted = if std::env::var_os("TIDEMARK_TEST_NO_TMPFS").is_some() {
+            Command::new("false").output()
+        } else {
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(root.path())
+                .output()
+        };
         let tmpfs = match mounted {
             Ok(o) if o.status.success() => true,
             Ok(o) => {
@@ -449,13 +454,18 @@ async fn serve_write_failures(kind: DbKind) {
     assert!(mark.is_some());
     changes(&t, 2).await;
 
-    disk.fill();
-    let server = Server::start(&t, &disk);
-    let failed = server.job("full", "c1").await;
-    let want = format!("{} {}/full_c1_", disk.full_words(), disk.out());
-    assert_job_failed(&t, &disk, failed, &want, &files, &mark).await;
-    drop(server);
-    disk.unfill();
+    if disk.tmpfs || kind != DbKind::Sqlite {
+        disk.fill();
+        let server = Server::start(&t, &disk);
+        let failed = server.job("full", "c1").await;
+        let want = format!("{} {}/full_c1_", disk.full_words(), disk.out());
+        assert_job_failed(&t, &disk, failed, &want, &files, &mark).await;
+        drop(server);
+        disk.unfill();
+    } else {
+        // The limit would bind the server's writes to the (larger) database file as well.
+        eprintln!("skipped the full disk of serve on SQLite: a file size limit needs a tmpfs");
+    }
 
     let server = Server::start(&t, &disk);
     if disk.read_only(true) {
