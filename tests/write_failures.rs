@@ -503,7 +503,7 @@ fn glob(dir: &Path, pattern: &str) -> Vec<String> {
 /// the dead process's temporary file and delivers everything.
 async fn killed_export_leaves_nothing_a_loader_reads(kind: DbKind) {
     let t = TestDb::new(kind).await;
-    t.users(60_000).await;
+    t.users(40_000).await;
     let out = t.out.path().to_path_buf();
     let run = |mode: &str| {
         tidemark_cmd(&["export", "--consumer", "c1", "--mode", mode, "--out"])
@@ -521,7 +521,7 @@ async fn killed_export_leaves_nothing_a_loader_reads(kind: DbKind) {
     assert_eq!(published.len(), 1, "{published:?}");
     changes(&t, 3).await;
 
-    // Kill the next full export once its file holds 256 KB (of ~5 MB).
+    // Kill the next full export once its file holds 256 KB (of ~3.5 MB).
     let mut child = run("full");
     let deadline = Instant::now() + PROMPT;
     let partial = loop {
