@@ -80,7 +80,7 @@ fn reset_dir(dir: &Path, out: &Path) -> Result<()> {
             let exported = ["full_", "incremental_", "delta_"]
                 .iter()
                 .any(|p| name.starts_with(p));
-            if exported || name.starts_with(crate::sink::file::TMP_PREFIX) {
+            if exported || crate::sink::file::is_temporary(&name) {
                 let _ = std::fs::remove_file(entry.path());
             }
         }

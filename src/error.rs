@@ -36,6 +36,14 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// An output file could not be written (full disk, file size limit, read-only or
+    /// unwritable directory). Its temporary file is removed and nothing is published.
+    #[error("{}", write_failure(path, cause))]
+    Write {
+        path: PathBuf,
+        /// The error of the file system (not a `source`: the message already says it).
+        cause: std::io::Error,
+    },
     /// Another export for the same consumer and table holds the lock.
     #[error("an export for consumer {consumer:?} and table {table:?} is already running")]
     Busy { consumer: String, table: String },
@@ -99,7 +107,54 @@ impl Error {
             source,
         }
     }
+
+    /// Shorthand for [`Error::Write`]: writing `path` (the file as it would be published)
+    /// failed with `cause`.
+    pub fn write(path: impl Into<PathBuf>, cause: std::io::Error) -> Self {
+        Error::Write {
+            path: path.into(),
+            cause,
+        }
+    }
+}
+
+/// The message of [`Error::Write`]: what the file system said, in words, and the file.
+fn write_failure(path: &std::path::Path, cause: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    let what = match cause.kind() {
+        ErrorKind::StorageFull => "no space left on device",
+        ErrorKind::QuotaExceeded => "disk quota exceeded",
+        ErrorKind::FileTooLarge => "file size limit exceeded",
+        ErrorKind::ReadOnlyFilesystem => "read-only file system",
+        ErrorKind::PermissionDenied => "permission denied",
+        _ => return format!("cannot write {}: {cause}", path.display()),
+    };
+    format!("{what} writing {}", path.display())
 }
 
 /// The library's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_failures_name_the_file_and_are_runtime_failures() {
+        let enospc = Error::write("out/full_c1_x.csv", std::io::Error::from_raw_os_error(28));
+        assert_eq!(
+            enospc.to_string(),
+            "no space left on device writing out/full_c1_x.csv"
+        );
+        assert!(!enospc.is_input_error());
+        let efbig = Error::write("out/a.csv", std::io::Error::from_raw_os_error(27));
+        assert_eq!(
+            efbig.to_string(),
+            "file size limit exceeded writing out/a.csv"
+        );
+        let erofs = Error::write("out", std::io::Error::from_raw_os_error(30));
+        assert_eq!(erofs.to_string(), "read-only file system writing out");
+        let other = Error::write("out/a.csv", std::io::Error::other("boom"));
+        assert_eq!(other.to_string(), "cannot write out/a.csv: boom");
+    }
+}

@@ -216,7 +216,7 @@ async fn killed_mid_export_is_repaired(kind: DbKind) {
         }
         let leftovers: Vec<String> = common::all_files(t.out.path())
             .into_iter()
-            .filter(|n| n.starts_with(".tidemark-tmp-"))
+            .filter(|n| tidemark::sink::file::is_temporary(n))
             .collect();
         assert!(leftovers.is_empty(), "{fault}: {leftovers:?}");
         t.assert_replay_equals_table("crashy").await;

@@ -173,9 +173,7 @@ async fn streaming_into(out: &std::path::Path) {
     loop {
         let growing = std::fs::read_dir(out).ok().is_some_and(|d| {
             d.flatten().any(|e| {
-                e.file_name()
-                    .to_string_lossy()
-                    .starts_with(tidemark::sink::file::TMP_PREFIX)
+                tidemark::sink::file::is_temporary(&e.file_name().to_string_lossy())
                     && e.metadata().is_ok_and(|m| m.len() >= 1 << 20)
             })
         });
@@ -558,7 +556,7 @@ async fn database_stopped_mid_export_and_started_again() {
     let files: Vec<String> = common::all_files(&out);
     assert!(!files.iter().any(|f| f.ends_with(".csv")), "{files:?}");
     assert!(
-        !files.iter().any(|f| f.starts_with(".tidemark-tmp")),
+        !files.iter().any(|f| tidemark::sink::file::is_temporary(f)),
         "no temporary file left: {files:?}"
     );
 
@@ -739,7 +737,7 @@ async fn sigterm_lets_running_exports_finish_or_abandons_them() {
     assert!(
         !common::all_files(&out)
             .iter()
-            .any(|f| f.starts_with(".tidemark-tmp")),
+            .any(|f| tidemark::sink::file::is_temporary(f)),
         "temporary files removed"
     );
 }

@@ -348,7 +348,10 @@ impl Snapshot for SqliteSnapshot {
         let sql = select.to_string();
         let w = std::sync::Arc::clone(&width);
         let reading = self.with_conn(move |conn| read_rows(conn, &sql, &w, &tx));
-        let writing = async {
+        // The writing side owns the receiver, so that it is dropped the moment writing stops
+        // (a full disk, an abandoned export): the reader's next `blocking_send` then fails and
+        // its thread ends instead of waiting forever for room in the channel.
+        let writing = async move {
             let mut n = 0u64;
             while let Some(batch) = rx.recv().await {
                 let width = width.load(std::sync::atomic::Ordering::SeqCst).max(1);
@@ -375,8 +378,11 @@ impl Snapshot for SqliteSnapshot {
                     }
                 };
                 for row in text.chunks(width) {
-                    sink.write_fields(row)
-                        .map_err(|e| Error::io("write export row", "<sink>", e))?;
+                    if let Err(e) = sink.write_fields(row) {
+                        rx.close();
+                        drop(rx);
+                        return Err(Error::io("write export row", "<sink>", e));
+                    }
                     n += 1;
                 }
             }
@@ -622,5 +628,70 @@ impl Database for SqliteDb {
         Ok(Box::new(SqliteTx(
             self.pool.begin_with("BEGIN IMMEDIATE").await?,
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::connect;
+
+    /// Refuses every row after the first `ok`, as a full disk does.
+    struct Failing {
+        ok: u64,
+    }
+
+    impl RowSink for Failing {
+        fn write_fields(&mut self, _fields: &[Option<&str>]) -> std::io::Result<()> {
+            if self.ok == 0 {
+                return Err(std::io::ErrorKind::StorageFull.into());
+            }
+            self.ok -= 1;
+            Ok(())
+        }
+
+        fn write_csv_record(&mut self, _record: &[u8]) -> std::io::Result<()> {
+            self.write_fields(&[])
+        }
+    }
+
+    /// A sink that fails while the reader still has far more rows than the channel holds
+    /// must end the stream with an error, not leave the reader waiting for room forever.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_sink_stops_the_reader() {
+        let file = crate::testkit::SqliteFile::new().unwrap();
+        let db = connect(
+            &file.url,
+            ConnectOptions {
+                create_if_missing: true,
+                max_connections: None,
+            },
+        )
+        .await
+        .unwrap();
+        // ~6 MB of rows: 24 batches, the channel holds 4.
+        db.execute(
+            "CREATE TABLE t AS WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n \
+             WHERE i < 60000) SELECT i, printf('%.80d', i) AS pad FROM n",
+            &[],
+        )
+        .await
+        .unwrap();
+        for ok in [0, 1, 30_000] {
+            let mut snapshot = db.snapshot(Duration::ZERO).await.unwrap();
+            let streamed = tokio::time::timeout(
+                Duration::from_secs(20),
+                snapshot.stream("SELECT i, pad FROM t", &mut Failing { ok }),
+            )
+            .await
+            .expect("the stream must end when its sink fails");
+            let err = streamed.expect_err("the sink's failure");
+            assert!(
+                matches!(&err, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull),
+                "{err}"
+            );
+            // The snapshot's connection came back from the reader thread.
+            assert_eq!(snapshot.query("SELECT 1").await.unwrap().len(), 1);
+        }
     }
 }

@@ -16,7 +16,7 @@ use crate::db::{Bound, Database, RowSink, SnapshotOptions, TableInfo, Timestamp}
 use crate::error::{Error, Result};
 use crate::ident::{ConsumerId, Ident};
 use crate::sink::csv::CsvWriter;
-use crate::sink::file::{free_name, publish, write_aside, AtomicFile, TMP_PREFIX};
+use crate::sink::file::{free_name, publish, temporary_writer, tmp_name, write_aside, AtomicFile};
 use crate::state::{status, ExportRecord, Position, StateStore};
 use manifest::Manifest;
 use tokio_util::sync::CancellationToken;
@@ -184,29 +184,40 @@ impl Exporter {
         let csv_name = file_name(&csv_path);
         let file = AtomicFile::create(&req.out_dir, &csv_name)?;
         let header: Vec<&str> = select.header.iter().map(String::as_str).collect();
-        let tmp = file.tmp_path().to_path_buf();
-        let mut writer = match CsvWriter::new(file, &header) {
-            Ok(w) => w,
-            Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(Error::io("write", &tmp, e));
-            }
-        };
-        let streamed = {
+        // A failed header write drops the file, which removes it.
+        let mut writer = CsvWriter::new(file, &header).map_err(|e| Error::write(&csv_path, e))?;
+        let (streamed, stopped) = {
             let mut sink = Counting {
                 inner: &mut writer,
                 rows: 0,
                 progress,
                 cancel: req.cancel.as_ref(),
+                stopped: None,
             };
-            snapshot.stream(&select.sql, &mut sink).await
+            let streamed = snapshot.stream(&select.sql, &mut sink).await;
+            (streamed, sink.stopped)
         };
-        let finished = snapshot.finish().await;
-        let rows = match streamed.and_then(|n| finished.map(|()| n)) {
-            Ok(n) => n,
+        let rows = match streamed {
+            Ok(n) => match snapshot.finish().await {
+                Ok(()) => n,
+                Err(e) => {
+                    writer.into_inner().discard();
+                    return Err(e);
+                }
+            },
             Err(e) => {
+                // The read is abandoned (its transaction rolls back as the snapshot drops).
+                drop(snapshot);
                 writer.into_inner().discard();
-                return Err(e);
+                // Each adapter wraps what the sink said its own way; say it with the file.
+                return Err(match stopped {
+                    Some(Stop::Write(cause)) => Error::write(&csv_path, cause),
+                    Some(Stop::Cancelled) => Error::Runtime(format!(
+                        "export into {} {ABANDONED}; its temporary file was removed",
+                        csv_path.display()
+                    )),
+                    None => e,
+                });
             }
         };
         if rows == 0 && req.mode != Mode::Full {
@@ -388,14 +399,32 @@ struct Counting<'a> {
     rows: u64,
     progress: Option<Progress<'a>>,
     cancel: Option<&'a CancellationToken>,
+    /// Why the sink stopped the stream, if it did.
+    stopped: Option<Stop>,
+}
+
+/// Why an export's sink refused a row.
+enum Stop {
+    /// Writing the file failed (the file system's error as it was).
+    Write(std::io::Error),
+    /// [`ExportRequest::cancel`] fired.
+    Cancelled,
 }
 
 /// The message of an export stopped by [`ExportRequest::cancel`].
 const ABANDONED: &str = "stopped before its last row";
 
 impl Counting<'_> {
+    /// Records a write failure and hands the adapter an error of the same kind.
+    fn failed(&mut self, e: std::io::Error) -> std::io::Error {
+        let copy = std::io::Error::new(e.kind(), e.to_string());
+        self.stopped = Some(Stop::Write(e));
+        copy
+    }
+
     fn tick(&mut self) -> std::io::Result<()> {
         if self.cancel.is_some_and(CancellationToken::is_cancelled) {
+            self.stopped = Some(Stop::Cancelled);
             return Err(std::io::Error::other(ABANDONED));
         }
         self.rows += 1;
@@ -411,12 +440,14 @@ impl Counting<'_> {
 impl RowSink for Counting<'_> {
     fn write_fields(&mut self, fields: &[Option<&str>]) -> std::io::Result<()> {
         self.tick()?;
-        self.inner.write_fields(fields)
+        self.inner.write_fields(fields).map_err(|e| self.failed(e))
     }
 
     fn write_csv_record(&mut self, record: &[u8]) -> std::io::Result<()> {
         self.tick()?;
-        self.inner.write_csv_record(record)
+        self.inner
+            .write_csv_record(record)
+            .map_err(|e| self.failed(e))
     }
 }
 
@@ -472,14 +503,31 @@ fn new_export_id() -> String {
 
 /// Creates the output directory if needed and checks that files can be created in it.
 pub fn prepare_out_dir(dir: &Path) -> Result<()> {
+    // A path that cannot be a directory is the command's fault (exit 2); a directory that
+    // exists but cannot be written (read-only, permissions, full) is the environment's (exit 1).
     let unusable = |e: std::io::Error| {
-        Error::input(format!(
-            "output directory {} is not usable: {e}",
-            dir.display()
-        ))
+        use std::io::ErrorKind;
+        if matches!(
+            e.kind(),
+            ErrorKind::PermissionDenied
+                | ErrorKind::ReadOnlyFilesystem
+                | ErrorKind::StorageFull
+                | ErrorKind::QuotaExceeded
+        ) {
+            Error::write(dir, e)
+        } else {
+            Error::input(format!(
+                "output directory {} is not usable: {e}",
+                dir.display()
+            ))
+        }
     };
     std::fs::create_dir_all(dir).map_err(unusable)?;
-    let probe = dir.join(format!("{TMP_PREFIX}{}-probe", std::process::id()));
+    let probe = dir.join(tmp_name(
+        "tidemark-probe",
+        std::process::id(),
+        rand::random::<u32>(),
+    ));
     std::fs::File::create(&probe).map_err(unusable)?;
     let _ = std::fs::remove_file(&probe);
     Ok(())
@@ -492,11 +540,7 @@ fn sweep_stale_temporaries(dir: &Path) {
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix(TMP_PREFIX) else {
-            continue;
-        };
-        let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
-        if let Some(pid) = pid {
+        if let Some(pid) = temporary_writer(&name) {
             if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
                 let _ = std::fs::remove_file(entry.path());
             }

@@ -1,6 +1,11 @@
 //! Files that appear only complete: written under a hidden temporary name in the destination
 //! directory while a SHA-256 of the bytes is kept, flushed and synced, then published under
 //! their final name without ever replacing an existing file.
+//!
+//! A temporary name is `.{final name}.{pid}-{random}.tidemark-tmp`: hidden, and ending in
+//! neither `.csv`, `.jsonl`, `.parquet` nor `.manifest.json`, so no loader that globs a
+//! directory for one of those (`read_csv('out/*.csv')`, Spark, a shell with dotglob) ever reads
+//! a partial file, even one a killed process left behind.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
@@ -10,8 +15,35 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 
-/// The prefix of every temporary file tidemark writes.
-pub const TMP_PREFIX: &str = ".tidemark-tmp-";
+/// The suffix of every temporary file tidemark writes.
+pub const TMP_SUFFIX: &str = ".tidemark-tmp";
+
+/// The prefix of the temporary files of tidemark versions before the names above
+/// (`.tidemark-tmp-{pid}-{random}-{final name}`); they are still swept.
+pub const LEGACY_TMP_PREFIX: &str = ".tidemark-tmp-";
+
+/// The temporary name of a file to be called `name`, written by process `pid`.
+pub fn tmp_name(name: &str, pid: u32, tag: u32) -> String {
+    format!(".{name}.{pid}-{tag}{TMP_SUFFIX}")
+}
+
+/// True when `name` is the name of a temporary file of tidemark (of this or an older version).
+pub fn is_temporary(name: &str) -> bool {
+    (name.starts_with('.') && name.ends_with(TMP_SUFFIX)) || name.starts_with(LEGACY_TMP_PREFIX)
+}
+
+/// The process that writes (or wrote) the temporary file `name`; `None` when `name` is not a
+/// temporary file name.
+pub fn temporary_writer(name: &str) -> Option<u32> {
+    let pid_text = if let Some(rest) = name.strip_prefix(LEGACY_TMP_PREFIX) {
+        rest.split('-').next()
+    } else {
+        let rest = name.strip_prefix('.')?.strip_suffix(TMP_SUFFIX)?;
+        let (_, tag) = rest.rsplit_once('.')?;
+        tag.split('-').next()
+    };
+    pid_text?.parse().ok()
+}
 
 struct Hashing {
     file: File,
@@ -36,6 +68,8 @@ impl Write for Hashing {
 /// abandoned at shutdown), it removes its temporary file.
 pub struct AtomicFile {
     tmp: PathBuf,
+    /// The name it is published under; errors name it.
+    dest: PathBuf,
     out: Option<BufWriter<Hashing>>,
 }
 
@@ -50,13 +84,11 @@ pub struct Written {
 impl AtomicFile {
     /// Starts a temporary file in `dir` for a file to be called `name`.
     pub fn create(dir: &Path, name: &str) -> Result<Self> {
-        let tmp = dir.join(format!(
-            "{TMP_PREFIX}{}-{}-{name}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        let file = File::create_new(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
+        let tmp = dir.join(tmp_name(name, std::process::id(), rand::random::<u32>()));
+        let dest = dir.join(name);
+        let file = File::create_new(&tmp).map_err(|e| Error::write(&dest, e))?;
         Ok(AtomicFile {
+            dest,
             out: Some(BufWriter::with_capacity(
                 256 * 1024,
                 Hashing {
@@ -74,6 +106,11 @@ impl AtomicFile {
         &self.tmp
     }
 
+    /// The path it is to be published under.
+    pub fn dest(&self) -> &Path {
+        &self.dest
+    }
+
     /// Flushes and syncs the file; it stays under its temporary name.
     pub fn finish(mut self) -> Result<Written> {
         let tmp = self.tmp.clone();
@@ -83,14 +120,12 @@ impl AtomicFile {
                 tmp.display()
             )));
         };
+        let dest = &self.dest;
         let finished = out
             .into_inner()
-            .map_err(|e| Error::io("write", &tmp, e.into_error()))
+            .map_err(|e| Error::write(dest, e.into_error()))
             .and_then(|inner| {
-                inner
-                    .file
-                    .sync_all()
-                    .map_err(|e| Error::io("sync", &tmp, e))?;
+                inner.file.sync_all().map_err(|e| Error::write(dest, e))?;
                 Ok(inner)
             });
         let inner = match finished {
@@ -143,16 +178,22 @@ impl Write for AtomicFile {
 pub fn write_aside(dir: &Path, name: &str, bytes: &[u8]) -> Result<Written> {
     let mut f = AtomicFile::create(dir, name)?;
     if let Err(e) = f.write_all(bytes) {
-        let tmp = f.tmp_path().to_path_buf();
+        let dest = f.dest().to_path_buf();
         f.discard();
-        return Err(Error::io("write", tmp, e));
+        return Err(Error::write(dest, e));
     }
     f.finish()
 }
 
 /// Gives `tmp` its final name `dest`; fails if `dest` exists (never replaces a file).
 pub fn publish(tmp: &Path, dest: &Path) -> Result<()> {
-    std::fs::hard_link(tmp, dest).map_err(|e| Error::io("publish", dest, e))?;
+    std::fs::hard_link(tmp, dest).map_err(|e| {
+        if e.kind() == io::ErrorKind::AlreadyExists {
+            Error::io("publish", dest, e)
+        } else {
+            Error::write(dest, e)
+        }
+    })?;
     std::fs::remove_file(tmp).map_err(|e| Error::io("remove", tmp, e))?;
     if let Some(dir) = dest.parent() {
         sync_dir(dir)?;
@@ -222,5 +263,37 @@ mod tests {
             free_name(dir.path(), "a", "csv"),
             dir.path().join("a_1.csv")
         );
+    }
+
+    #[test]
+    fn temporary_names_match_no_output_pattern() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "full_c1_20261128T211900Z.csv",
+            "full_c1_20261128T211900Z.csv.manifest.json",
+            "delta_c1_t_20261128T211900Z_3.jsonl",
+            "full_c1_20261128T211900Z.parquet",
+        ] {
+            let f = AtomicFile::create(dir.path(), name).unwrap();
+            let tmp = file_name_of(f.tmp_path());
+            assert!(tmp.starts_with('.'), "{tmp}");
+            for ext in [".csv", ".jsonl", ".parquet", ".json", ".manifest.json"] {
+                assert!(!tmp.ends_with(ext), "{tmp} ends with {ext}");
+            }
+            assert!(is_temporary(&tmp), "{tmp}");
+            assert_eq!(temporary_writer(&tmp), Some(std::process::id()), "{tmp}");
+            assert!(!is_temporary(name));
+            assert_eq!(temporary_writer(name), None);
+        }
+        assert_eq!(
+            temporary_writer(".tidemark-tmp-77-123-full_c1_x.csv"),
+            Some(77)
+        );
+        assert_eq!(temporary_writer(".a.b.csv.12-34.tidemark-tmp"), Some(12));
+        assert_eq!(temporary_writer(".x.tidemark-tmp"), None);
+    }
+
+    fn file_name_of(p: &Path) -> String {
+        p.file_name().unwrap().to_string_lossy().into_owned()
     }
 }
