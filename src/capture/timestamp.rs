@@ -215,13 +215,13 @@ pub async fn teardown(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::{classify_type, postgres::PostgresDialect, Timestamp};
+    use crate::db::{classify_type, postgres::PostgresDialect, DbKind, Timestamp};
 
     fn users() -> TableInfo {
         let col = |n: &str, t: &str| Column {
             name: Ident::new(n).unwrap(),
             sql_type: t.into(),
-            kind: classify_type(t),
+            kind: classify_type(DbKind::Postgres, t),
             nullable: true,
         };
         TableInfo {

@@ -7,6 +7,7 @@ mod common;
 pub mod mysql;
 pub mod postgres;
 pub mod sqlite;
+pub mod types;
 
 use std::fmt;
 use std::sync::Arc;
@@ -163,6 +164,8 @@ pub enum ColumnKind {
     /// A point in time (TIMESTAMPTZ, MySQL TIMESTAMP).
     TimestampTz,
     Date,
+    /// A time of day (PostgreSQL `time`) or a duration (MariaDB `TIME`).
+    Time,
     Bytes,
     Other,
 }
@@ -503,7 +506,7 @@ pub trait Database: Send + Sync {
                 key.push((position, name.clone()));
             }
             columns.push(Column {
-                kind: classify_type(&sql_type),
+                kind: classify_type(self.kind(), &sql_type),
                 nullable: text(2) != "1",
                 name,
                 sql_type,
@@ -549,36 +552,9 @@ pub trait Database: Send + Sync {
     async fn begin(&self) -> Result<Box<dyn Transaction>>;
 }
 
-/// Classifies a column type name (any database's spelling) into a [`ColumnKind`].
-pub fn classify_type(sql_type: &str) -> ColumnKind {
-    let t = sql_type.to_ascii_lowercase();
-    let t = t.trim();
-    if t == "tinyint(1)" || t.starts_with("bool") {
-        ColumnKind::Bool
-    } else if t.contains("timestamptz")
-        || t.contains("with time zone") && t.starts_with("timestamp")
-        || t.starts_with("timestamp") && !t.contains("without")
-    {
-        // MySQL's TIMESTAMP and PostgreSQL's TIMESTAMPTZ are points in time; PostgreSQL's
-        // plain TIMESTAMP is `timestamp without time zone`.
-        ColumnKind::TimestampTz
-    } else if t.starts_with("timestamp") || t.starts_with("datetime") {
-        ColumnKind::Timestamp
-    } else if t == "date" {
-        ColumnKind::Date
-    } else if t.contains("int") || t == "serial" || t == "bigserial" {
-        ColumnKind::Integer
-    } else if t.starts_with("float") || t.starts_with("double") || t.starts_with("real") {
-        ColumnKind::Float
-    } else if t.starts_with("numeric") || t.starts_with("decimal") {
-        ColumnKind::Decimal
-    } else if t.contains("char") || t.contains("text") || t == "clob" || t.is_empty() {
-        ColumnKind::Text
-    } else if t.contains("blob") || t == "bytea" || t.contains("binary") {
-        ColumnKind::Bytes
-    } else {
-        ColumnKind::Other
-    }
+/// Classifies a column type as `engine`'s catalog spells it (see [`types::SqlType`]).
+pub fn classify_type(engine: DbKind, sql_type: &str) -> ColumnKind {
+    types::SqlType::parse(engine, sql_type).kind
 }
 
 #[cfg(test)]
@@ -629,29 +605,5 @@ mod tests {
         assert_eq!(t.to_sql_naive(), "2026-11-21 03:37:00.123456");
         assert!(Timestamp::parse("yesterday").is_err());
         assert!(Timestamp::parse("2026-11-21T03:37:00Z'; DROP TABLE x").is_err());
-    }
-
-    #[test]
-    fn types() {
-        assert_eq!(classify_type("tinyint(1)"), ColumnKind::Bool);
-        assert_eq!(classify_type("boolean"), ColumnKind::Bool);
-        assert_eq!(
-            classify_type("timestamp with time zone"),
-            ColumnKind::TimestampTz
-        );
-        assert_eq!(
-            classify_type("timestamp without time zone"),
-            ColumnKind::Timestamp
-        );
-        assert_eq!(classify_type("timestamp(6)"), ColumnKind::TimestampTz);
-        assert_eq!(classify_type("TIMESTAMPTZ"), ColumnKind::TimestampTz);
-        assert_eq!(classify_type("datetime(6)"), ColumnKind::Timestamp);
-        assert_eq!(classify_type("bigint"), ColumnKind::Integer);
-        assert_eq!(classify_type("INTEGER"), ColumnKind::Integer);
-        assert_eq!(classify_type("double precision"), ColumnKind::Float);
-        assert_eq!(classify_type("numeric(10,2)"), ColumnKind::Decimal);
-        assert_eq!(classify_type("varchar(255)"), ColumnKind::Text);
-        assert_eq!(classify_type("bytea"), ColumnKind::Bytes);
-        assert_eq!(classify_type("jsonb"), ColumnKind::Other);
     }
 }

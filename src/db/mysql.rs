@@ -48,6 +48,8 @@ impl Dialect for MysqlDialect {
             ColumnKind::Bytes => {
                 format!("CONCAT(CHAR(92 USING utf8mb4), 'x', LOWER(HEX({c})))")
             }
+            // BIT values are bytes: as a number.
+            ColumnKind::Integer if is_bit(column) => format!("CAST({c} + 0 AS CHAR)"),
             _ => format!("CAST({c} AS CHAR)"),
         }
     }
@@ -61,6 +63,7 @@ impl Dialect for MysqlDialect {
             ColumnKind::Timestamp => "DATETIME(6)",
             ColumnKind::TimestampTz => "TIMESTAMP(6)",
             ColumnKind::Date => "DATE",
+            ColumnKind::Time => "TIME(6)",
             ColumnKind::Bytes => "LONGBLOB",
             ColumnKind::Text | ColumnKind::Other if key => "VARCHAR(255)",
             ColumnKind::Text | ColumnKind::Other => "LONGTEXT",
@@ -111,6 +114,7 @@ impl Dialect for MysqlDialect {
                     ColumnKind::Bytes => {
                         format!("CONCAT(CHAR(92 USING utf8mb4), 'x', LOWER(HEX({v})))")
                     }
+                    ColumnKind::Integer if is_bit(c) => format!("{v} + 0"),
                     _ => v,
                 };
                 format!("{}, {value}", string_literal(c.name.as_str()))
@@ -164,6 +168,11 @@ fn oldest_active_seconds(status: &str) -> Option<u64> {
             rest.split_once(" sec")?.0.parse::<u64>().ok()
         })
         .max()
+}
+
+/// True for a BIT(n) column, whose values are bytes that must be read as a number.
+fn is_bit(column: &Column) -> bool {
+    super::types::SqlType::parse(DbKind::Mysql, &column.sql_type).base == "bit"
 }
 
 /// A string literal that means the same under every `sql_mode`: names with a quote or a

@@ -55,6 +55,7 @@ impl Dialect for PostgresDialect {
             ColumnKind::Timestamp => "TIMESTAMP",
             ColumnKind::TimestampTz => "TIMESTAMPTZ",
             ColumnKind::Date => "DATE",
+            ColumnKind::Time => "TIME",
             ColumnKind::Bytes => "BYTEA",
             ColumnKind::Text | ColumnKind::Other => "TEXT",
         }

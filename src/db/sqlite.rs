@@ -75,6 +75,7 @@ impl Dialect for SqliteDialect {
             ColumnKind::Decimal => "NUMERIC",
             ColumnKind::Timestamp | ColumnKind::TimestampTz => "TIMESTAMPTZ",
             ColumnKind::Date => "DATE",
+            ColumnKind::Time => "TIME",
             ColumnKind::Bytes => "BLOB",
             ColumnKind::Text | ColumnKind::Other => "TEXT",
         }

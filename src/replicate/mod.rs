@@ -306,7 +306,13 @@ impl Replicator {
         let info: TableInfo = self.source.describe(&self.opts.table).await?;
         let config = self.state.table_config(&self.opts.table).await?;
         let strategy = strategy_for(&info, config.as_ref())?;
-        let apply = TargetTable::prepare(target.as_ref(), &info, &self.opts.target_table).await?;
+        let apply = TargetTable::prepare(
+            target.as_ref(),
+            self.source.kind(),
+            &info,
+            &self.opts.target_table,
+        )
+        .await?;
         let d = target.dialect();
         let (k, t) = (d.key_type(), d.text_type());
         target
