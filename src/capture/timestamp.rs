@@ -9,7 +9,7 @@ use super::{
     soft_delete_column, table_select, unfit, CaptureStrategy, Inserted, Mode, Select, SetupOptions,
     SetupReport,
 };
-use crate::db::{Bound, Column, Database, Dialect, TableInfo};
+use crate::db::{field, Bound, Column, Database, Dialect, TableInfo};
 use crate::error::Result;
 use crate::ident::Ident;
 use crate::state::{Position, TableConfig};
@@ -164,7 +164,7 @@ pub async fn setup(
     let d = db.dialect();
     if let Some(check) = d.cursor_format_check(&info.name, &capture.cursor) {
         let rows = db.query(&check, &[]).await?;
-        if let Some(example) = rows.first().and_then(|r| r[0].clone()) {
+        if let Some(example) = rows.first().and_then(|r| field(r, 0).map(str::to_string)) {
             return Err(unfit(
                 info,
                 format!(

@@ -334,6 +334,19 @@ impl Stmt {
 /// A result row of a small query: each column as text, `None` for NULL.
 pub type TextRow = Vec<Option<String>>;
 
+/// Field `i` of a result row as text: `None` for NULL or for a column the row does not have
+/// (query results are never indexed, so no answer of a database can make tidemark panic).
+pub fn field(row: &[Option<String>], i: usize) -> Option<&str> {
+    row.get(i).and_then(|v| v.as_deref())
+}
+
+/// The first row of a query that always returns one (the clock, a lock attempt); a runtime
+/// error naming `what` when the database returned none.
+pub fn first_row<'r>(rows: &'r [TextRow], what: &str) -> Result<&'r TextRow> {
+    rows.first()
+        .ok_or_else(|| Error::Runtime(format!("{what}: the database returned no row")))
+}
+
 /// Where streamed rows go (a CSV file, a hash, a counter).
 pub trait RowSink: Send {
     /// One row as text fields, `None` for NULL.

@@ -16,8 +16,8 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlPoolOpti
 use sqlx::{ConnectOptions as _, Connection, MySql};
 
 use super::{
-    common::Driver, Bound, Column, ColumnKind, ConnectOptions, Database, DbKind, DbUrl, Dialect,
-    LockGuard, Param, RowSink, Snapshot, Stmt, TextRow, Timestamp, Transaction,
+    common::Driver, field, first_row, Bound, Column, ColumnKind, ConnectOptions, Database, DbKind,
+    DbUrl, Dialect, LockGuard, Param, RowSink, Snapshot, Stmt, TextRow, Timestamp, Transaction,
 };
 use crate::error::{Error, Result};
 use crate::ident::Ident;
@@ -329,15 +329,15 @@ impl Database for MysqlDb {
                  WHERE ID <> CONNECTION_ID() AND COMMAND IN ('Query', 'Execute'))"
         );
         let rows = self.query(&sql, &[]).await?;
-        let row = &rows[0];
-        let now = Timestamp::parse(row[0].as_deref().unwrap_or_default())?;
+        let row = first_row(&rows, "MariaDB capture bound")?;
+        let now = Timestamp::parse(field(row, 0).unwrap_or_default())?;
         let mut bound = now.minus(margin);
-        if let Some(started) = row[1].as_deref() {
+        if let Some(started) = field(row, 1) {
             // trx_started has whole seconds; the true start is within the second after it.
             // (A possibly stale cache: the status below is what makes the bound exact.)
             bound = bound.min(Timestamp::parse(started)?);
         }
-        if let Some(ms) = row[2].as_deref().and_then(|s| s.parse::<u64>().ok()) {
+        if let Some(ms) = field(row, 2).and_then(|s| s.parse::<u64>().ok()) {
             // A running statement stamped NOW() when it began, up to TIME_MS (+1 ms) ago.
             bound = bound.min(now.minus(Duration::from_millis(ms + 1)));
         }
@@ -377,7 +377,7 @@ impl Database for MysqlDb {
             &[name.as_str().into()],
         )
         .await?;
-        if got[0][0].as_deref() == Some("1") {
+        if field(first_row(&got, "GET_LOCK")?, 0) == Some("1") {
             Ok(Some(Box::new(NamedLock { conn, name })))
         } else {
             conn.close().await?;
@@ -410,7 +410,7 @@ impl Database for MysqlDb {
         let rows = self
             .query(&format!("SELECT DATE_FORMAT(NOW(6), {TS_FORMAT})"), &[])
             .await?;
-        Timestamp::parse(rows[0][0].as_deref().unwrap_or_default())
+        Timestamp::parse(field(first_row(&rows, "MariaDB clock")?, 0).unwrap_or_default())
     }
 
     async fn begin(&self) -> Result<Box<dyn Transaction>> {

@@ -14,8 +14,9 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions as _, Connection, Postgres};
 
 use super::{
-    common::Driver, Bound, Column, ColumnKind, ConnectOptions, Database, DbKind, DbUrl, Dialect,
-    LockGuard, Param, RowSink, Snapshot, Stmt, TextRow, Timestamp, Transaction, Wakeups,
+    common::Driver, field, first_row, Bound, Column, ColumnKind, ConnectOptions, Database, DbKind,
+    DbUrl, Dialect, LockGuard, Param, RowSink, Snapshot, Stmt, TextRow, Timestamp, Transaction,
+    Wakeups,
 };
 use crate::error::{Error, Result};
 use crate::ident::Ident;
@@ -307,7 +308,9 @@ impl Database for PostgresDb {
         );
         let margin_us = i64::try_from(margin.as_micros()).unwrap_or(i64::MAX);
         let rows = self.query(&sql, &[Param::Int(margin_us)]).await?;
-        let time = Timestamp::parse(rows[0][0].as_deref().unwrap_or_default())?;
+        let time = Timestamp::parse(
+            field(first_row(&rows, "PostgreSQL capture bound")?, 0).unwrap_or_default(),
+        )?;
         let mut tx = self
             .pool
             .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -316,7 +319,7 @@ impl Database for PostgresDb {
         // pg_current_snapshot() is that very snapshot, so the txids it names as finished are
         // exactly the transactions whose rows this read sees.
         let snap = Postgres::query(&mut tx, "SELECT pg_current_snapshot()::text", &[]).await?;
-        let txids = snap.first().and_then(|r| r[0].clone());
+        let txids = snap.first().and_then(|r| field(r, 0)).map(str::to_string);
         Ok(Box::new(PgSnapshot {
             bound: Bound {
                 time,
@@ -345,7 +348,7 @@ impl Database for PostgresDb {
             &[Param::Int(key)],
         )
         .await?;
-        if got[0][0].as_deref() == Some("1") {
+        if field(first_row(&got, "pg_try_advisory_lock")?, 0) == Some("1") {
             Ok(Some(Box::new(AdvisoryLock { conn, key })))
         } else {
             conn.close().await?;
@@ -393,7 +396,7 @@ impl Database for PostgresDb {
                 &[],
             )
             .await?;
-        Timestamp::parse(rows[0][0].as_deref().unwrap_or_default())
+        Timestamp::parse(field(first_row(&rows, "PostgreSQL clock")?, 0).unwrap_or_default())
     }
 
     async fn begin(&self) -> Result<Box<dyn Transaction>> {

@@ -14,8 +14,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use sqlx::{ConnectOptions as _, Sqlite};
 
 use super::{
-    common::Driver, Bound, Column, ColumnKind, ConnectOptions, Database, DbKind, DbUrl, Dialect,
-    LockGuard, Param, RowSink, Snapshot, Stmt, TextRow, Timestamp, Transaction,
+    common::Driver, field, first_row, Bound, Column, ColumnKind, ConnectOptions, Database, DbKind,
+    DbUrl, Dialect, LockGuard, Param, RowSink, Snapshot, Stmt, TextRow, Timestamp, Transaction,
 };
 use crate::error::{Error, Result};
 use crate::ident::Ident;
@@ -212,7 +212,7 @@ struct SqliteSnapshot {
 }
 
 fn sqlite_error(e: rusqlite::Error) -> Error {
-    Error::Runtime(format!("SQLite: {e}"))
+    Error::Sqlite(e)
 }
 
 /// Rows read on the blocking thread: every field's bytes in one buffer.
@@ -449,7 +449,8 @@ impl Database for SqliteDb {
         // clock is read and the read snapshot is pinned; no margin is needed.
         let mut writer = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let now = Sqlite::query(&mut writer, &format!("SELECT {NOW_EXPR}"), &[]).await?;
-        let bound = Timestamp::parse(now[0][0].as_deref().unwrap_or_default())?;
+        let bound =
+            Timestamp::parse(field(first_row(&now, "SQLite clock")?, 0).unwrap_or_default())?;
         let path = self.path.clone();
         let conn = tokio::task::spawn_blocking(move || -> Result<rusqlite::Connection> {
             use rusqlite::OpenFlags;
@@ -524,7 +525,7 @@ impl Database for SqliteDb {
 
     async fn now(&self) -> Result<Timestamp> {
         let rows = self.query(&format!("SELECT {NOW_EXPR}"), &[]).await?;
-        Timestamp::parse(rows[0][0].as_deref().unwrap_or_default())
+        Timestamp::parse(field(first_row(&rows, "SQLite clock")?, 0).unwrap_or_default())
     }
 
     async fn begin(&self) -> Result<Box<dyn Transaction>> {
