@@ -768,7 +768,7 @@ const COLS: &[Col] = &[
         ddl: [Some("REAL"), Some("FLOAT"), None],
         created: ["double precision", "double", "REAL"],
         norm: Norm::Float,
-        values: ["1.5", "-0.25"],
+        values: ["16777215", "-0.25"],
     },
     Col {
         name: "d",

@@ -50,6 +50,10 @@ impl Dialect for MysqlDialect {
             }
             // BIT values are bytes: as a number.
             ColumnKind::Integer if is_bit(column) => format!("CAST({c} + 0 AS CHAR)"),
+            // A FLOAT prints with 6 digits (16777215 as 1.67772e7): as the double it is exactly.
+            ColumnKind::Float if is_single(column) => {
+                format!("CAST(CAST({c} AS DOUBLE) AS CHAR)")
+            }
             _ => format!("CAST({c} AS CHAR)"),
         }
     }
@@ -115,6 +119,7 @@ impl Dialect for MysqlDialect {
                         format!("CONCAT(CHAR(92 USING utf8mb4), 'x', LOWER(HEX({v})))")
                     }
                     ColumnKind::Integer if is_bit(c) => format!("{v} + 0"),
+                    ColumnKind::Float if is_single(c) => format!("CAST({v} AS DOUBLE)"),
                     _ => v,
                 };
                 format!("{}, {value}", string_literal(c.name.as_str()))
@@ -173,6 +178,11 @@ fn oldest_active_seconds(status: &str) -> Option<u64> {
 /// True for a BIT(n) column, whose values are bytes that must be read as a number.
 fn is_bit(column: &Column) -> bool {
     super::types::SqlType::parse(DbKind::Mysql, &column.sql_type).base == "bit"
+}
+
+/// True for a single-precision FLOAT column.
+fn is_single(column: &Column) -> bool {
+    super::types::SqlType::parse(DbKind::Mysql, &column.sql_type).base == "float"
 }
 
 /// A string literal that means the same under every `sql_mode`: names with a quote or a
