@@ -1252,3 +1252,41 @@ async fn extreme_values_mariadb_to_mariadb_and_out_again() {
         ]
     );
 }
+
+/// A first insert the target refuses is named `INSERT` in the error, as its delta row names it,
+/// whichever strategy captured it; the position stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_first_insert_is_named_insert() {
+    for strategy in ["timestamp", "version", "trigger"] {
+        let src = TestDb::new(DbKind::Sqlite).await;
+        let dst = TestDb::new(DbKind::Postgres).await;
+        src.users_with(5, strategy).await;
+        replicate_once(&src, &dst.url, 10).await.unwrap();
+        dst.db
+            .execute(
+                "ALTER TABLE users ADD CONSTRAINT no_forbidden CHECK (name NOT LIKE '%forbidden%')",
+                &[],
+            )
+            .await
+            .unwrap();
+        let before = position_in_target(dst.db.as_ref()).await;
+        src.db
+            .execute(
+                "INSERT INTO users (id, name, email) VALUES (9002, 'forbidden', 'f@example.com')",
+                &[],
+            )
+            .await
+            .unwrap();
+        let err = replicate_once(&src, &dst.url, 10).await.unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(err, Error::Apply { .. }) && text.contains("INSERT of users (id=9002)"),
+            "{strategy}: {text}"
+        );
+        assert_eq!(
+            position_in_target(dst.db.as_ref()).await,
+            before,
+            "{strategy}"
+        );
+    }
+}
