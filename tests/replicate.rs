@@ -1198,6 +1198,24 @@ async fn extreme_values_postgres_to_mariadb() {
         "{text}"
     );
     assert_eq!(position_in_target(dst.db.as_ref()).await, before);
+    // A double MariaDB has no value for.
+    src.db
+        .execute(
+            "UPDATE extremes SET tz = NULL, f = 'Infinity' WHERE id = 5",
+            &[],
+        )
+        .await
+        .unwrap();
+    let err = replicate_with(&src, &dst.url, options_for(&table))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("INSERT of extremes (id=5)") && text.contains("Infinity"),
+        "{text}"
+    );
+    assert_eq!(position_in_target(dst.db.as_ref()).await, before);
+    assert_eq!(dst.count("SELECT count(*) FROM extremes").await, 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
