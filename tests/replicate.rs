@@ -1308,3 +1308,54 @@ async fn refused_first_insert_is_named_insert() {
         );
     }
 }
+
+/// MariaDB indexes text only with a length: a key column whose source values may be longer than
+/// any MariaDB key is refused before anything is created (naming column and type, exit 2 from
+/// the CLI); a bounded one keeps its length.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unbounded_text_key_into_mariadb_is_refused_clearly() {
+    let src = TestDb::new(DbKind::Postgres).await;
+    let dst = TestDb::new(DbKind::Mysql).await;
+    for ddl in [
+        "CREATE TABLE tk (k TEXT PRIMARY KEY, v INTEGER)",
+        "CREATE TABLE vk (k VARCHAR(100) PRIMARY KEY, v INTEGER)",
+    ] {
+        src.db.execute(ddl, &[]).await.unwrap();
+    }
+    src.db
+        .execute("INSERT INTO vk VALUES ('ключ', 1)", &[])
+        .await
+        .unwrap();
+    let tk = Ident::new("tk").unwrap();
+    src.setup(&tk, "trigger").await;
+    let err = replicate_with(&src, &dst.url, options_for(&tk))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(err.is_input_error(), "{text}");
+    assert!(
+        text.contains("column k of type text") && text.contains("primary key"),
+        "{text}"
+    );
+    assert_eq!(
+        dst.count("SELECT count(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE()")
+            .await,
+        0,
+        "nothing created"
+    );
+    let out = src.cli(&["replicate", "--table", "tk", "--target", dst.url.as_str()]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+
+    let vk = Ident::new("vk").unwrap();
+    src.setup(&vk, "trigger").await;
+    replicate_with(&src, &dst.url, options_for(&vk))
+        .await
+        .unwrap();
+    let info = dst.db.describe(&vk).await.unwrap();
+    assert_eq!(info.column("k").unwrap().sql_type, "varchar(100)");
+    assert_eq!(
+        dst.count("SELECT count(*) FROM vk WHERE k = 'ключ' AND v = 1")
+            .await,
+        1
+    );
+}
