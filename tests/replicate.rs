@@ -1243,6 +1243,16 @@ async fn extreme_values_sqlite_to_mariadb() {
     extreme_values(DbKind::Sqlite, DbKind::Mysql).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extreme_values_postgres_to_postgres() {
+    extreme_values(DbKind::Postgres, DbKind::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extreme_values_sqlite_to_sqlite() {
+    extreme_values(DbKind::Sqlite, DbKind::Sqlite).await;
+}
+
 /// MariaDB into MariaDB: a TIMESTAMP source becomes a DATETIME(6) target holding UTC, which
 /// reads back as the same instant and replicates out again (into PostgreSQL) unchanged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
