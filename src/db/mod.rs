@@ -367,7 +367,10 @@ pub trait Dialect: Send + Sync {
     fn render(&self, column: &Column) -> String;
     /// A literal of `ts` comparable with values of `column` (a timestamp column).
     fn timestamp_literal(&self, ts: &Timestamp, column: &Column) -> String;
-    /// The column type to create for values of `kind` (`key`: the column is indexed or unique).
+    /// The column type to create for values of `kind` (`key`: the column is indexed or unique)
+    /// in tables tidemark makes itself (seed, demo, tests). Replica targets are created from
+    /// the source's parsed catalog type instead ([`types::created_type`]), which keeps
+    /// precision, scale and length.
     fn column_type(&self, kind: ColumnKind, key: bool) -> &'static str;
     /// An expression giving the database clock in the form its timestamp columns store, as
     /// applications stamp `updated_at` (`now()`, `NOW(6)`, …).
