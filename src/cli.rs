@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::capture::{self, Mode, SetupOptions};
-use crate::db::{connect, ConnectOptions, Database, DbUrl, Timestamp};
+use crate::db::{connect, field, ConnectOptions, Database, DbUrl, Timestamp};
 use crate::demo::{self, DemoOptions, Observer, Step};
 use crate::error::Error;
 use crate::export::{manifest, ExportRequest, Exporter, DEFAULT_MARGIN};
@@ -464,7 +464,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .query(&format!("SELECT count(*) FROM {}", seed::USERS), &[])
                     .await
                     .ok()
-                    .and_then(|r| r.first().and_then(|r| r[0].clone()))
+                    .and_then(|r| r.first().and_then(|r| field(r, 0).map(str::to_string)))
                     .and_then(|n| n.parse::<u64>().ok())
                     .unwrap_or(0);
                 if present > 0 {

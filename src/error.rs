@@ -28,6 +28,10 @@ pub enum Error {
     /// A statement failed on the database.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// A statement failed on a SQLite connection tidemark drives itself (rusqlite: the
+    /// snapshot reader), classified as sqlx's are.
+    #[error("database error: SQLite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     /// A file could not be read or written.
     #[error("{action} {path}: {source}")]
     Io {
@@ -94,6 +98,58 @@ impl Error {
         }
     }
 
+    /// True when another connection holds a SQLite file's lock (SQLITE_BUSY or SQLITE_LOCKED,
+    /// with their extended codes), whether sqlx or rusqlite met it.
+    pub fn is_sqlite_busy(&self) -> bool {
+        match self {
+            Error::Database(sqlx::Error::Database(d))
+                if d.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() =>
+            {
+                d.code()
+                    .and_then(|c| c.parse::<i64>().ok())
+                    .is_some_and(|c| matches!(c & 0xff, 5 | 6))
+            }
+            Error::Sqlite(e) => matches!(
+                e.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+            ),
+            _ => false,
+        }
+    }
+
+    /// True for failures a retry can cure: the database unreachable or restarting, the
+    /// connection lost, a deadlock, a serialization failure, a busy or locked SQLite file
+    /// (whether sqlx or rusqlite met it).
+    pub fn is_transient(&self) -> bool {
+        if self.is_unavailable() {
+            return true;
+        }
+        match self {
+            Error::Database(e) => match e {
+                sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed => true,
+                sqlx::Error::Database(d) => {
+                    if let Some(pg) = d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+                        let code = pg.code();
+                        code.starts_with("08")
+                            || code.starts_with("57P")
+                            || matches!(code, "40001" | "40P01" | "53300" | "55P03")
+                    } else if let Some(my) = d.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                    {
+                        matches!(my.number(), 1205 | 1213 | 1927 | 2006 | 2013 | 1053)
+                    } else if d.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                        // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes.
+                        self.is_sqlite_busy()
+                    } else {
+                        false
+                    }
+                }
+                _ => false,
+            },
+            Error::Sqlite(_) => self.is_sqlite_busy(),
+            _ => false,
+        }
+    }
+
     /// Shorthand for [`Error::InvalidInput`].
     pub fn input(msg: impl Into<String>) -> Self {
         Error::InvalidInput(msg.into())
@@ -138,6 +194,31 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sqlite_failure(code: std::os::raw::c_int) -> Error {
+        Error::from(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(code),
+            Some("x".into()),
+        ))
+    }
+
+    #[test]
+    fn rusqlite_busy_and_locked_are_transient_like_sqlx() {
+        // SQLITE_BUSY, SQLITE_LOCKED and an extended code of each (BUSY_SNAPSHOT, LOCKED_SHAREDCACHE).
+        for code in [5, 6, 517, 262] {
+            let e = sqlite_failure(code);
+            assert!(e.is_transient(), "{code}: {e}");
+            assert!(!e.is_input_error());
+        }
+        // SQLITE_CONSTRAINT, SQLITE_CORRUPT, a bad statement: not cured by a retry.
+        for code in [19, 11] {
+            assert!(!sqlite_failure(code).is_transient(), "{code}");
+        }
+        assert!(!Error::from(rusqlite::Error::InvalidQuery).is_transient());
+        assert!(sqlite_failure(5)
+            .to_string()
+            .starts_with("database error: SQLite:"));
+    }
 
     #[test]
     fn write_failures_name_the_file_and_are_runtime_failures() {

@@ -144,8 +144,7 @@ pub async fn seed_users(
             &[],
         )
         .await?;
-    let start: i64 = max[0][0]
-        .as_deref()
+    let start: i64 = crate::db::field(crate::db::first_row(&max, "MAX(id)")?, 0)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0)
         + 1;
@@ -207,8 +206,7 @@ pub async fn apply_burst(db: &dyn Database, burst: &Burst) -> Result<()> {
     let max = db
         .query(&format!("SELECT COALESCE(MAX(id), 0) FROM {t}"), &[])
         .await?;
-    let max: i64 = max[0][0]
-        .as_deref()
+    let max: i64 = crate::db::field(crate::db::first_row(&max, "MAX(id)")?, 0)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     let mut rng = ChaCha8Rng::seed_from_u64(burst.seed);

@@ -672,3 +672,694 @@ async fn following_postgres_wakes_on_notify() {
         task.await.unwrap().unwrap();
     }
 }
+
+/// How a column's values are compared once read back.
+#[derive(Clone, Copy, PartialEq)]
+enum Norm {
+    Int,
+    Float,
+    Dec,
+    Bool,
+    Text,
+    Bytes,
+    Date,
+    Time,
+    Ts,
+}
+
+/// One column of the extreme-values table: its type on each source (`None`: the engine has no
+/// such type), the catalog spelling of the type a created target gets on PostgreSQL, MariaDB
+/// and SQLite (from a PostgreSQL or MariaDB source), and its values in rows 1 (largest) and 2
+/// (smallest); row 3 is all NULL.
+struct Col {
+    name: &'static str,
+    ddl: [Option<&'static str>; 3],
+    created: [&'static str; 3],
+    norm: Norm,
+    values: [&'static str; 2],
+}
+
+const PG: usize = 0;
+const MY: usize = 1;
+const SQ: usize = 2;
+
+fn at(kind: DbKind) -> usize {
+    match kind {
+        DbKind::Postgres => PG,
+        DbKind::Mysql => MY,
+        DbKind::Sqlite => SQ,
+    }
+}
+
+const UNICODE: &str = "ünïcödé ✓ 𝄞 \"q\", 'x'\n";
+const VC20: &str = "𝄞éééééééééééééééééé✓";
+
+const COLS: &[Col] = &[
+    Col {
+        name: "i",
+        ddl: [Some("BIGINT"), Some("BIGINT"), Some("INTEGER")],
+        created: ["bigint", "bigint(20)", "INTEGER"],
+        norm: Norm::Int,
+        values: ["9223372036854775807", "-9223372036854775808"],
+    },
+    Col {
+        name: "sm",
+        ddl: [Some("SMALLINT"), Some("SMALLINT"), Some("SMALLINT")],
+        created: ["bigint", "bigint(20)", "INTEGER"],
+        norm: Norm::Int,
+        values: ["32767", "-32768"],
+    },
+    Col {
+        name: "u64",
+        ddl: [None, Some("BIGINT UNSIGNED"), None],
+        created: ["numeric(20,0)", "bigint(20) unsigned", "TEXT"],
+        norm: Norm::Int,
+        values: ["18446744073709551615", "0"],
+    },
+    Col {
+        name: "bit8",
+        ddl: [None, Some("BIT(8)"), None],
+        created: ["bigint", "bigint(20)", "INTEGER"],
+        norm: Norm::Int,
+        values: ["255", "0"],
+    },
+    Col {
+        name: "yr",
+        ddl: [None, Some("YEAR"), None],
+        created: ["bigint", "bigint(20)", "INTEGER"],
+        norm: Norm::Int,
+        values: ["2155", "1901"],
+    },
+    Col {
+        name: "f",
+        ddl: [Some("DOUBLE PRECISION"), Some("DOUBLE"), Some("REAL")],
+        created: ["double precision", "double", "REAL"],
+        norm: Norm::Float,
+        values: ["1.7976931348623157e308", "1e-300"],
+    },
+    Col {
+        name: "r",
+        ddl: [Some("REAL"), Some("FLOAT"), None],
+        created: ["double precision", "double", "REAL"],
+        norm: Norm::Float,
+        values: ["16777215", "-0.25"],
+    },
+    Col {
+        name: "d",
+        ddl: [
+            Some("NUMERIC(12,3)"),
+            Some("DECIMAL(12,3)"),
+            Some("DECIMAL(12,3)"),
+        ],
+        created: ["numeric(12,3)", "decimal(12,3)", "NUMERIC(12,3)"],
+        norm: Norm::Dec,
+        values: ["999999999.999", "-999999999.999"],
+    },
+    Col {
+        name: "dw",
+        ddl: [Some("NUMERIC(65,30)"), Some("DECIMAL(65,30)"), None],
+        created: ["numeric(65,30)", "decimal(65,30)", "TEXT"],
+        norm: Norm::Dec,
+        values: [
+            "99999999999999999999999999999999999.999999999999999999999999999999",
+            "-0.000000000000000000000000000001",
+        ],
+    },
+    Col {
+        name: "du",
+        ddl: [Some("NUMERIC"), None, None],
+        created: ["numeric", "decimal(65,30)", "TEXT"],
+        norm: Norm::Dec,
+        values: [
+            "12345678901234567890123456789012345.123456789012345678901234567890",
+            "-0.000000000000000000000000000001",
+        ],
+    },
+    Col {
+        name: "b",
+        ddl: [Some("BOOLEAN"), Some("BOOLEAN"), Some("BOOLEAN")],
+        created: ["boolean", "tinyint(1)", "BOOLEAN"],
+        norm: Norm::Bool,
+        values: ["true", "false"],
+    },
+    Col {
+        name: "t",
+        ddl: [Some("TEXT"), Some("TEXT"), Some("TEXT")],
+        created: ["text", "longtext", "TEXT"],
+        norm: Norm::Text,
+        values: [UNICODE, ""],
+    },
+    Col {
+        name: "vc",
+        ddl: [
+            Some("VARCHAR(20)"),
+            Some("VARCHAR(20)"),
+            Some("VARCHAR(20)"),
+        ],
+        created: ["character varying(20)", "varchar(20)", "VARCHAR(20)"],
+        norm: Norm::Text,
+        values: [VC20, ""],
+    },
+    Col {
+        name: "ch",
+        ddl: [Some("CHAR(5)"), Some("CHAR(5)"), Some("CHAR(5)")],
+        created: ["character(5)", "char(5)", "CHAR(5)"],
+        norm: Norm::Text,
+        values: ["abcde", "a"],
+    },
+    Col {
+        name: "en",
+        ddl: [Some("mood"), Some("ENUM('happy','sad')"), None],
+        created: ["text", "longtext", "TEXT"],
+        norm: Norm::Text,
+        values: ["happy", "sad"],
+    },
+    Col {
+        name: "bs",
+        ddl: [Some("BYTEA"), Some("LONGBLOB"), Some("BLOB")],
+        created: ["bytea", "longblob", "BLOB"],
+        norm: Norm::Bytes,
+        values: ["00FF10", ""],
+    },
+    Col {
+        name: "dt",
+        ddl: [Some("DATE"), Some("DATE"), Some("DATE")],
+        created: ["date", "date", "DATE"],
+        norm: Norm::Date,
+        values: ["9999-12-31", "0001-01-01"],
+    },
+    Col {
+        name: "tm",
+        ddl: [Some("TIME"), Some("TIME(6)"), Some("TIME")],
+        created: ["time without time zone", "time(6)", "TIME"],
+        norm: Norm::Time,
+        values: ["23:59:59.999999", "00:00:00"],
+    },
+    Col {
+        name: "ts",
+        ddl: [Some("TIMESTAMP"), Some("DATETIME(6)"), Some("DATETIME")],
+        created: ["timestamp without time zone", "datetime(6)", "TIMESTAMPTZ"],
+        norm: Norm::Ts,
+        values: ["9999-12-31T23:59:59.999999Z", "0001-01-01T00:00:00.000000Z"],
+    },
+    Col {
+        name: "tz",
+        ddl: [
+            Some("TIMESTAMPTZ"),
+            Some("TIMESTAMP(6) NULL"),
+            Some("TIMESTAMPTZ"),
+        ],
+        created: ["timestamp with time zone", "datetime(6)", "TIMESTAMPTZ"],
+        norm: Norm::Ts,
+        values: ["9999-12-31T23:59:59.999999Z", "0001-01-01T00:00:00.000000Z"],
+    },
+    Col {
+        name: "iv",
+        ddl: [Some("INTERVAL"), None, None],
+        created: ["interval", "longtext", "TEXT"],
+        norm: Norm::Text,
+        values: ["1 day 02:03:04.5", "-1 mons"],
+    },
+    Col {
+        name: "uu",
+        ddl: [Some("UUID"), None, None],
+        created: ["uuid", "longtext", "TEXT"],
+        norm: Norm::Text,
+        values: [
+            "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+            "00000000-0000-0000-0000-000000000000",
+        ],
+    },
+    Col {
+        name: "j",
+        ddl: [Some("JSONB"), None, None],
+        created: ["jsonb", "longtext", "TEXT"],
+        norm: Norm::Text,
+        values: ["{\"a\": [1, 2.5]}", "[]"],
+    },
+    Col {
+        name: "pt",
+        ddl: [Some("POINT"), None, None],
+        created: ["point", "longtext", "TEXT"],
+        norm: Norm::Text,
+        values: ["(1.5,2)", "(0,0)"],
+    },
+    Col {
+        name: "rg",
+        ddl: [Some("INT4RANGE"), None, None],
+        created: ["int4range", "longtext", "TEXT"],
+        norm: Norm::Text,
+        values: ["[1,10)", "empty"],
+    },
+    Col {
+        name: "arr",
+        ddl: [Some("INTEGER[]"), None, None],
+        created: ["integer[]", "longtext", "TEXT"],
+        norm: Norm::Text,
+        values: ["{1,2,3}", "{}"],
+    },
+];
+
+/// The columns `kind` has, with the values it can hold (MariaDB's TIMESTAMP ends in 2038).
+fn extreme_columns(kind: DbKind) -> Vec<(&'static Col, [&'static str; 2])> {
+    COLS.iter()
+        .filter(|c| c.ddl[at(kind)].is_some())
+        .map(|c| {
+            let v = if kind == DbKind::Mysql && c.name == "tz" {
+                ["2038-01-19T03:14:07.999999Z", "1970-01-01T00:00:01.000000Z"]
+            } else {
+                c.values
+            };
+            (c, v)
+        })
+        .collect()
+}
+
+/// The catalog spelling of the type a target created from a `from` source has.
+fn expected_created(c: &Col, from: DbKind, to: DbKind) -> String {
+    let sqlite_unbounded = from == DbKind::Sqlite;
+    match (c.name, to) {
+        // SQLite enforces no length or precision: a target must not either.
+        ("vc" | "ch", DbKind::Postgres) if sqlite_unbounded => "text".into(),
+        ("vc" | "ch", DbKind::Mysql) if sqlite_unbounded => "longtext".into(),
+        ("vc" | "ch", DbKind::Sqlite) if sqlite_unbounded => "TEXT".into(),
+        ("d", DbKind::Postgres) if sqlite_unbounded => "numeric".into(),
+        ("d", DbKind::Mysql) if sqlite_unbounded => "decimal(65,30)".into(),
+        ("d", DbKind::Sqlite) if sqlite_unbounded => "NUMERIC".into(),
+        // MariaDB's TIME is a duration, which PostgreSQL holds as an interval.
+        ("tm", DbKind::Postgres) if from == DbKind::Mysql => "interval".into(),
+        _ => c.created[at(to)].into(),
+    }
+}
+
+/// `v` as a literal of `c`'s type on `kind`.
+fn literal(kind: DbKind, c: &Col, v: &str) -> String {
+    let quoted = format!("'{}'", v.replace('\'', "''"));
+    match c.norm {
+        Norm::Int | Norm::Float | Norm::Dec => v.to_string(),
+        Norm::Bool => match kind {
+            DbKind::Sqlite => if v == "true" { "1" } else { "0" }.into(),
+            _ => v.to_uppercase(),
+        },
+        Norm::Bytes => match kind {
+            DbKind::Postgres => format!("decode('{v}', 'hex')"),
+            _ => format!("X'{v}'"),
+        },
+        Norm::Ts => match kind {
+            DbKind::Postgres => format!("'{}'", v.replace('T', " ").replace('Z', "+00")),
+            DbKind::Mysql => format!("'{}'", v.replace('T', " ").replace('Z', "")),
+            DbKind::Sqlite => quoted,
+        },
+        _ => quoted,
+    }
+}
+
+/// The expression that reads column `name` as text with the target database's own functions.
+fn read_back(kind: DbKind, name: &str, norm: Norm) -> String {
+    match (kind, norm) {
+        (DbKind::Postgres, Norm::Bytes) => format!("upper(encode({name}, 'hex'))"),
+        (DbKind::Postgres, _) => format!("{name}::text"),
+        (DbKind::Mysql, Norm::Bytes) => format!("HEX(`{name}`)"),
+        (DbKind::Mysql, _) => format!("CAST(`{name}` AS CHAR)"),
+        (DbKind::Sqlite, _) => format!(
+            "CASE typeof({name}) WHEN 'blob' THEN hex({name}) WHEN 'real' THEN quote({name}) \
+             ELSE CAST({name} AS TEXT) END"
+        ),
+    }
+}
+
+/// A read-back text in a form comparable across databases.
+fn normalized(norm: Norm, v: &str) -> String {
+    let trim_fraction = |s: &str| -> String {
+        match s.split_once('.') {
+            Some((a, b)) => {
+                let b = b.trim_end_matches('0');
+                if b.is_empty() {
+                    a.to_string()
+                } else {
+                    format!("{a}.{b}")
+                }
+            }
+            None => s.to_string(),
+        }
+    };
+    match norm {
+        Norm::Float => format!("{:e}", v.parse::<f64>().unwrap_or(f64::NAN)),
+        Norm::Dec => {
+            let t = trim_fraction(v.trim_start_matches('+'));
+            if t == "-0" {
+                "0".into()
+            } else {
+                t
+            }
+        }
+        Norm::Bool => match v {
+            "1" | "t" | "true" => "true".into(),
+            "0" | "f" | "false" => "false".into(),
+            other => other.into(),
+        },
+        Norm::Bytes => v.to_uppercase(),
+        Norm::Time => trim_fraction(v),
+        Norm::Ts => {
+            let s = v.replace(' ', "T");
+            let s = s.trim_end_matches('Z').trim_end_matches("+00");
+            let (a, b) = s.split_once('.').unwrap_or((s, ""));
+            format!("{a}.{b:0<6}")
+        }
+        Norm::Int | Norm::Text | Norm::Date => v.to_string(),
+    }
+}
+
+/// The extreme-values table on `t`, with rows 1 (largest), 2 (smallest), 3 (NULLs) and 4 (a
+/// point in time after 2038).
+async fn extremes_table(t: &TestDb) -> Ident {
+    let cols = extreme_columns(t.kind);
+    if t.kind == DbKind::Postgres {
+        t.db.execute("CREATE TYPE mood AS ENUM ('happy', 'sad')", &[])
+            .await
+            .unwrap();
+    }
+    let key = if t.kind == DbKind::Sqlite {
+        "INTEGER PRIMARY KEY"
+    } else {
+        "BIGINT PRIMARY KEY"
+    };
+    let defs: Vec<String> = cols
+        .iter()
+        .map(|(c, _)| format!("{} {}", c.name, c.ddl[at(t.kind)].unwrap_or_default()))
+        .collect();
+    t.db.execute(
+        &format!("CREATE TABLE extremes (id {key}, {})", defs.join(", ")),
+        &[],
+    )
+    .await
+    .unwrap();
+    let names: Vec<&str> = cols.iter().map(|(c, _)| c.name).collect();
+    for row in 0..2 {
+        let values: Vec<String> = cols
+            .iter()
+            .map(|(c, v)| literal(t.kind, c, v[row]))
+            .collect();
+        t.db.execute(
+            &format!(
+                "INSERT INTO extremes (id, {}) VALUES ({}, {})",
+                names.join(", "),
+                row + 1,
+                values.join(", ")
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    }
+    let tz = if t.kind == DbKind::Mysql {
+        "2038-01-01T00:00:00.500000Z"
+    } else {
+        "2040-06-01T12:00:00.500000Z"
+    };
+    let tz_col = COLS.iter().find(|c| c.name == "tz").unwrap();
+    for sql in [
+        "INSERT INTO extremes (id) VALUES (3)".to_string(),
+        format!(
+            "INSERT INTO extremes (id, tz) VALUES (4, {})",
+            literal(t.kind, tz_col, tz)
+        ),
+    ] {
+        t.db.execute(&sql, &[]).await.unwrap();
+    }
+    assert_eq!(t.count("SELECT count(*) FROM extremes").await, 4);
+    Ident::new("extremes").unwrap()
+}
+
+/// Extreme values of every common type of `from`, replicated into a table created on `to`: the
+/// created column types are the ones that hold them (read from the target's catalog) and the
+/// values read back with the target's own functions are the source's.
+async fn extreme_values(from: DbKind, to: DbKind) -> (TestDb, TestDb) {
+    let src = TestDb::new(from).await;
+    let dst = TestDb::new(to).await;
+    let table = extremes_table(&src).await;
+    src.setup(&table, "trigger").await;
+    let s = replicate_with(&src, &dst.url, options_for(&table))
+        .await
+        .unwrap_or_else(|e| panic!("{from}→{to}: {e}"));
+    assert_eq!((s.upserts, s.deletes), (4, 0), "{from}→{to}: {s:?}");
+
+    let cols = extreme_columns(from);
+    let info = dst.db.describe(&table).await.unwrap();
+    for (c, _) in &cols {
+        let got = info.column(c.name).map(|x| x.sql_type.clone());
+        assert_eq!(
+            got.as_deref(),
+            Some(expected_created(c, from, to).as_str()),
+            "{from}→{to}: created type of {}",
+            c.name
+        );
+    }
+    let exprs: Vec<String> = cols
+        .iter()
+        .map(|(c, _)| read_back(to, c.name, c.norm))
+        .collect();
+    let rows = dst
+        .db
+        .query(
+            &format!("SELECT {} FROM extremes ORDER BY id", exprs.join(", ")),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 4, "{from}→{to}");
+    for (row, values) in rows.iter().enumerate() {
+        for (i, (c, v)) in cols.iter().enumerate() {
+            let want = match row {
+                0 | 1 => Some(normalized(c.norm, v[row])),
+                3 if c.name == "tz" => Some(normalized(
+                    c.norm,
+                    if from == DbKind::Mysql {
+                        "2038-01-01T00:00:00.500000Z"
+                    } else {
+                        "2040-06-01T12:00:00.500000Z"
+                    },
+                )),
+                _ => None,
+            };
+            let got = values[i].as_deref().map(|g| normalized(c.norm, g));
+            assert_eq!(got, want, "{from}→{to}: row {} column {}", row + 1, c.name);
+        }
+    }
+    (src, dst)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extreme_values_postgres_to_mariadb() {
+    let (src, dst) = extreme_values(DbKind::Postgres, DbKind::Mysql).await;
+    let table = Ident::new("extremes").unwrap();
+    // More fractional digits than MariaDB's widest DECIMAL holds, in a first insert: refused,
+    // naming the change as the delta does (INSERT), the column and the value; nothing moves.
+    let before = position_in_target(dst.db.as_ref()).await;
+    src.db
+        .execute(
+            "INSERT INTO extremes (id, du) VALUES (5, 0.0000000000000000000000000000001)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let err = replicate_with(&src, &dst.url, options_for(&table))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, Error::Apply { .. }), "{text}");
+    assert!(
+        text.contains("INSERT of extremes (id=5)")
+            && text.contains("du")
+            && text.contains("not exact in DECIMAL(65,30)"),
+        "{text}"
+    );
+    assert_eq!(position_in_target(dst.db.as_ref()).await, before);
+    // A year MariaDB's DATETIME cannot hold is refused too, never stored as something else.
+    src.db
+        .execute(
+            "UPDATE extremes SET du = 1, tz = '10000-01-01 00:00:00+00' WHERE id = 5",
+            &[],
+        )
+        .await
+        .unwrap();
+    let err = replicate_with(&src, &dst.url, options_for(&table))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("INSERT of extremes (id=5)") && text.contains("'10000-01-01T00:00:00"),
+        "{text}"
+    );
+    assert_eq!(position_in_target(dst.db.as_ref()).await, before);
+    // A double MariaDB has no value for.
+    src.db
+        .execute(
+            "UPDATE extremes SET tz = NULL, f = 'Infinity' WHERE id = 5",
+            &[],
+        )
+        .await
+        .unwrap();
+    let err = replicate_with(&src, &dst.url, options_for(&table))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("INSERT of extremes (id=5)") && text.contains("Infinity"),
+        "{text}"
+    );
+    assert_eq!(position_in_target(dst.db.as_ref()).await, before);
+    assert_eq!(dst.count("SELECT count(*) FROM extremes").await, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extreme_values_postgres_to_sqlite() {
+    extreme_values(DbKind::Postgres, DbKind::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extreme_values_mariadb_to_postgres() {
+    extreme_values(DbKind::Mysql, DbKind::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extreme_values_sqlite_to_postgres() {
+    extreme_values(DbKind::Sqlite, DbKind::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extreme_values_mariadb_to_sqlite() {
+    extreme_values(DbKind::Mysql, DbKind::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extreme_values_sqlite_to_mariadb() {
+    extreme_values(DbKind::Sqlite, DbKind::Mysql).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extreme_values_postgres_to_postgres() {
+    extreme_values(DbKind::Postgres, DbKind::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extreme_values_sqlite_to_sqlite() {
+    extreme_values(DbKind::Sqlite, DbKind::Sqlite).await;
+}
+
+/// MariaDB into MariaDB: a TIMESTAMP source becomes a DATETIME(6) target holding UTC, which
+/// reads back as the same instant and replicates out again (into PostgreSQL) unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extreme_values_mariadb_to_mariadb_and_out_again() {
+    let (_src, mid) = extreme_values(DbKind::Mysql, DbKind::Mysql).await;
+    let table = Ident::new("extremes").unwrap();
+    mid.setup(&table, "trigger").await;
+    let dst = TestDb::new(DbKind::Postgres).await;
+    replicate_with(&mid, &dst.url, options_for(&table))
+        .await
+        .unwrap();
+    let rows = dst
+        .db
+        .query("SELECT tz::text FROM extremes ORDER BY id", &[])
+        .await
+        .unwrap();
+    let tz: Vec<Option<String>> = rows.into_iter().map(|r| r[0].clone()).collect();
+    assert_eq!(
+        tz,
+        [
+            Some("2038-01-19 03:14:07.999999".to_string()),
+            Some("1970-01-01 00:00:01".to_string()),
+            None,
+            Some("2038-01-01 00:00:00.5".to_string()),
+        ]
+    );
+}
+
+/// A first insert the target refuses is named `INSERT` in the error, as its delta row names it,
+/// whichever strategy captured it; the position stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_first_insert_is_named_insert() {
+    for strategy in ["timestamp", "version", "trigger"] {
+        let src = TestDb::new(DbKind::Sqlite).await;
+        let dst = TestDb::new(DbKind::Postgres).await;
+        src.users_with(5, strategy).await;
+        replicate_once(&src, &dst.url, 10).await.unwrap();
+        dst.db
+            .execute(
+                "ALTER TABLE users ADD CONSTRAINT no_forbidden CHECK (name NOT LIKE '%forbidden%')",
+                &[],
+            )
+            .await
+            .unwrap();
+        let before = position_in_target(dst.db.as_ref()).await;
+        src.db
+            .execute(
+                "INSERT INTO users (id, name, email) VALUES (9002, 'forbidden', 'f@example.com')",
+                &[],
+            )
+            .await
+            .unwrap();
+        let err = replicate_once(&src, &dst.url, 10).await.unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(err, Error::Apply { .. }) && text.contains("INSERT of users (id=9002)"),
+            "{strategy}: {text}"
+        );
+        assert_eq!(
+            position_in_target(dst.db.as_ref()).await,
+            before,
+            "{strategy}"
+        );
+    }
+}
+
+/// MariaDB indexes text only with a length: a key column whose source values may be longer than
+/// any MariaDB key is refused before anything is created (naming column and type, exit 2 from
+/// the CLI); a bounded one keeps its length.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unbounded_text_key_into_mariadb_is_refused_clearly() {
+    let src = TestDb::new(DbKind::Postgres).await;
+    let dst = TestDb::new(DbKind::Mysql).await;
+    for ddl in [
+        "CREATE TABLE tk (k TEXT PRIMARY KEY, v INTEGER)",
+        "CREATE TABLE vk (k VARCHAR(100) PRIMARY KEY, v INTEGER)",
+    ] {
+        src.db.execute(ddl, &[]).await.unwrap();
+    }
+    src.db
+        .execute("INSERT INTO vk VALUES ('ключ', 1)", &[])
+        .await
+        .unwrap();
+    let tk = Ident::new("tk").unwrap();
+    src.setup(&tk, "trigger").await;
+    let err = replicate_with(&src, &dst.url, options_for(&tk))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(err.is_input_error(), "{text}");
+    assert!(
+        text.contains("column k of type text") && text.contains("primary key"),
+        "{text}"
+    );
+    assert_eq!(
+        dst.count("SELECT count(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE()")
+            .await,
+        0,
+        "nothing created"
+    );
+    let out = src.cli(&["replicate", "--table", "tk", "--target", dst.url.as_str()]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+
+    let vk = Ident::new("vk").unwrap();
+    src.setup(&vk, "trigger").await;
+    replicate_with(&src, &dst.url, options_for(&vk))
+        .await
+        .unwrap();
+    let info = dst.db.describe(&vk).await.unwrap();
+    assert_eq!(info.column("k").unwrap().sql_type, "varchar(100)");
+    assert_eq!(
+        dst.count("SELECT count(*) FROM vk WHERE k = 'ключ' AND v = 1")
+            .await,
+        1
+    );
+}

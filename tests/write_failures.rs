@@ -256,7 +256,6 @@ async fn changes(t: &TestDb, seed: u64) {
     )
     .await
     .expect("changes");
-    t.quiesce().await;
 }
 
 /// The manifests of `dir` verify and replaying `consumer`'s files gives the live table.

@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use crate::capture::{self, SetupOptions};
-use crate::db::{connect, ConnectOptions, Database, DbUrl};
+use crate::db::{connect, field, ConnectOptions, Database, DbUrl};
 use crate::error::{Error, Result};
 use crate::ident::Ident;
 use crate::seed;
@@ -98,7 +98,7 @@ async fn count(db: &dyn Database, sql: &str) -> Result<u64> {
     let rows = db.query(sql, &[]).await?;
     Ok(rows
         .first()
-        .and_then(|r| r[0].as_deref())
+        .and_then(|r| field(r, 0))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0))
 }

@@ -9,7 +9,7 @@ use super::{
     soft_delete_column, table_select, unfit, CaptureStrategy, Inserted, Mode, OldestChange, Select,
     SetupOptions, SetupReport, TimeForm,
 };
-use crate::db::{Bound, ClockNeed, Column, Database, Dialect, TableInfo};
+use crate::db::{field, Bound, ClockNeed, Column, Database, Dialect, TableInfo};
 use crate::error::Result;
 use crate::ident::Ident;
 use crate::state::{Position, TableConfig};
@@ -201,7 +201,7 @@ pub async fn setup(
     let d = db.dialect();
     if let Some(check) = d.cursor_format_check(&info.name, &capture.cursor) {
         let rows = db.query(&check, &[]).await?;
-        if let Some(example) = rows.first().and_then(|r| r[0].clone()) {
+        if let Some(example) = rows.first().and_then(|r| field(r, 0).map(str::to_string)) {
             return Err(unfit(
                 info,
                 format!(
@@ -252,13 +252,13 @@ pub async fn teardown(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::{classify_type, postgres::PostgresDialect, Timestamp};
+    use crate::db::{classify_type, postgres::PostgresDialect, DbKind, Timestamp};
 
     fn users() -> TableInfo {
         let col = |n: &str, t: &str| Column {
             name: Ident::new(n).unwrap(),
             sql_type: t.into(),
-            kind: classify_type(t),
+            kind: classify_type(DbKind::Postgres, t),
             nullable: true,
         };
         TableInfo {

@@ -7,6 +7,7 @@ mod common;
 pub mod mysql;
 pub mod postgres;
 pub mod sqlite;
+pub mod types;
 
 use std::fmt;
 use std::sync::Arc;
@@ -163,6 +164,8 @@ pub enum ColumnKind {
     /// A point in time (TIMESTAMPTZ, MySQL TIMESTAMP).
     TimestampTz,
     Date,
+    /// A time of day (PostgreSQL `time`) or a duration (MariaDB `TIME`).
+    Time,
     Bytes,
     Other,
 }
@@ -337,6 +340,19 @@ impl Stmt {
 /// A result row of a small query: each column as text, `None` for NULL.
 pub type TextRow = Vec<Option<String>>;
 
+/// Field `i` of a result row as text: `None` for NULL or for a column the row does not have
+/// (query results are never indexed, so no answer of a database can make tidemark panic).
+pub fn field(row: &[Option<String>], i: usize) -> Option<&str> {
+    row.get(i).and_then(|v| v.as_deref())
+}
+
+/// The first row of a query that always returns one (the clock, a lock attempt); a runtime
+/// error naming `what` when the database returned none.
+pub fn first_row<'r>(rows: &'r [TextRow], what: &str) -> Result<&'r TextRow> {
+    rows.first()
+        .ok_or_else(|| Error::Runtime(format!("{what}: the database returned no row")))
+}
+
 /// Where streamed rows go (a CSV file, a hash, a counter).
 pub trait RowSink: Send {
     /// One row as text fields, `None` for NULL.
@@ -357,7 +373,10 @@ pub trait Dialect: Send + Sync {
     fn render(&self, column: &Column) -> String;
     /// A literal of `ts` comparable with values of `column` (a timestamp column).
     fn timestamp_literal(&self, ts: &Timestamp, column: &Column) -> String;
-    /// The column type to create for values of `kind` (`key`: the column is indexed or unique).
+    /// The column type to create for values of `kind` (`key`: the column is indexed or unique)
+    /// in tables tidemark makes itself (seed, demo, tests). Replica targets are created from
+    /// the source's parsed catalog type instead ([`types::created_type`]), which keeps
+    /// precision, scale and length.
     fn column_type(&self, kind: ColumnKind, key: bool) -> &'static str;
     /// An expression giving the database clock in the form its timestamp columns store, as
     /// applications stamp `updated_at` (`now()`, `NOW(6)`, …).
@@ -567,7 +586,7 @@ pub trait Database: Send + Sync {
                 key.push((position, name.clone()));
             }
             columns.push(Column {
-                kind: classify_type(&sql_type),
+                kind: classify_type(self.kind(), &sql_type),
                 nullable: text(2) != "1",
                 name,
                 sql_type,
@@ -617,36 +636,9 @@ pub trait Database: Send + Sync {
     async fn begin(&self) -> Result<Box<dyn Transaction>>;
 }
 
-/// Classifies a column type name (any database's spelling) into a [`ColumnKind`].
-pub fn classify_type(sql_type: &str) -> ColumnKind {
-    let t = sql_type.to_ascii_lowercase();
-    let t = t.trim();
-    if t == "tinyint(1)" || t.starts_with("bool") {
-        ColumnKind::Bool
-    } else if t.contains("timestamptz")
-        || t.contains("with time zone") && t.starts_with("timestamp")
-        || t.starts_with("timestamp") && !t.contains("without")
-    {
-        // MySQL's TIMESTAMP and PostgreSQL's TIMESTAMPTZ are points in time; PostgreSQL's
-        // plain TIMESTAMP is `timestamp without time zone`.
-        ColumnKind::TimestampTz
-    } else if t.starts_with("timestamp") || t.starts_with("datetime") {
-        ColumnKind::Timestamp
-    } else if t == "date" {
-        ColumnKind::Date
-    } else if t.contains("int") || t == "serial" || t == "bigserial" {
-        ColumnKind::Integer
-    } else if t.starts_with("float") || t.starts_with("double") || t.starts_with("real") {
-        ColumnKind::Float
-    } else if t.starts_with("numeric") || t.starts_with("decimal") {
-        ColumnKind::Decimal
-    } else if t.contains("char") || t.contains("text") || t == "clob" || t.is_empty() {
-        ColumnKind::Text
-    } else if t.contains("blob") || t == "bytea" || t.contains("binary") {
-        ColumnKind::Bytes
-    } else {
-        ColumnKind::Other
-    }
+/// Classifies a column type as `engine`'s catalog spells it (see [`types::SqlType`]).
+pub fn classify_type(engine: DbKind, sql_type: &str) -> ColumnKind {
+    types::SqlType::parse(engine, sql_type).kind
 }
 
 #[cfg(test)]
@@ -697,29 +689,5 @@ mod tests {
         assert_eq!(t.to_sql_naive(), "2026-11-21 03:37:00.123456");
         assert!(Timestamp::parse("yesterday").is_err());
         assert!(Timestamp::parse("2026-11-21T03:37:00Z'; DROP TABLE x").is_err());
-    }
-
-    #[test]
-    fn types() {
-        assert_eq!(classify_type("tinyint(1)"), ColumnKind::Bool);
-        assert_eq!(classify_type("boolean"), ColumnKind::Bool);
-        assert_eq!(
-            classify_type("timestamp with time zone"),
-            ColumnKind::TimestampTz
-        );
-        assert_eq!(
-            classify_type("timestamp without time zone"),
-            ColumnKind::Timestamp
-        );
-        assert_eq!(classify_type("timestamp(6)"), ColumnKind::TimestampTz);
-        assert_eq!(classify_type("TIMESTAMPTZ"), ColumnKind::TimestampTz);
-        assert_eq!(classify_type("datetime(6)"), ColumnKind::Timestamp);
-        assert_eq!(classify_type("bigint"), ColumnKind::Integer);
-        assert_eq!(classify_type("INTEGER"), ColumnKind::Integer);
-        assert_eq!(classify_type("double precision"), ColumnKind::Float);
-        assert_eq!(classify_type("numeric(10,2)"), ColumnKind::Decimal);
-        assert_eq!(classify_type("varchar(255)"), ColumnKind::Text);
-        assert_eq!(classify_type("bytea"), ColumnKind::Bytes);
-        assert_eq!(classify_type("jsonb"), ColumnKind::Other);
     }
 }

@@ -17,8 +17,8 @@ use sqlx::{ConnectOptions as _, Connection, MySql};
 
 use super::{
     common::{settle, Driver, Probe},
-    Bound, Column, ColumnKind, ConnectOptions, Database, DbKind, DbUrl, Dialect, LockGuard, Param,
-    RowSink, Snapshot, SnapshotOptions, Stmt, TextRow, Timestamp, Transaction,
+    field, first_row, Bound, Column, ColumnKind, ConnectOptions, Database, DbKind, DbUrl, Dialect,
+    LockGuard, Param, RowSink, Snapshot, SnapshotOptions, Stmt, TextRow, Timestamp, Transaction,
 };
 use crate::error::{Error, Result};
 use crate::ident::Ident;
@@ -49,6 +49,12 @@ impl Dialect for MysqlDialect {
             ColumnKind::Bytes => {
                 format!("CONCAT(CHAR(92 USING utf8mb4), 'x', LOWER(HEX({c})))")
             }
+            // BIT values are bytes: as a number.
+            ColumnKind::Integer if is_bit(column) => format!("CAST({c} + 0 AS CHAR)"),
+            // A FLOAT prints with 6 digits (16777215 as 1.67772e7): as the double it is exactly.
+            ColumnKind::Float if is_single(column) => {
+                format!("CAST(CAST({c} AS DOUBLE) AS CHAR)")
+            }
             _ => format!("CAST({c} AS CHAR)"),
         }
     }
@@ -62,6 +68,7 @@ impl Dialect for MysqlDialect {
             ColumnKind::Timestamp => "DATETIME(6)",
             ColumnKind::TimestampTz => "TIMESTAMP(6)",
             ColumnKind::Date => "DATE",
+            ColumnKind::Time => "TIME(6)",
             ColumnKind::Bytes => "LONGBLOB",
             ColumnKind::Text | ColumnKind::Other if key => "VARCHAR(255)",
             ColumnKind::Text | ColumnKind::Other => "LONGTEXT",
@@ -112,6 +119,8 @@ impl Dialect for MysqlDialect {
                     ColumnKind::Bytes => {
                         format!("CONCAT(CHAR(92 USING utf8mb4), 'x', LOWER(HEX({v})))")
                     }
+                    ColumnKind::Integer if is_bit(c) => format!("{v} + 0"),
+                    ColumnKind::Float if is_single(c) => format!("CAST({v} AS DOUBLE)"),
                     _ => v,
                 };
                 format!("{}, {value}", string_literal(c.name.as_str()))
@@ -171,6 +180,16 @@ fn oldest_writer_seconds(status: &str) -> Option<u64> {
             rest.split_once(" sec")?.0.parse::<u64>().ok()
         })
         .max()
+}
+
+/// True for a BIT(n) column, whose values are bytes that must be read as a number.
+fn is_bit(column: &Column) -> bool {
+    super::types::SqlType::parse(DbKind::Mysql, &column.sql_type).base == "bit"
+}
+
+/// True for a single-precision FLOAT column.
+fn is_single(column: &Column) -> bool {
+    super::types::SqlType::parse(DbKind::Mysql, &column.sql_type).base == "float"
 }
 
 /// A string literal that means the same under every `sql_mode`: names with a quote or a
@@ -334,18 +353,11 @@ impl Database for MysqlDb {
         let probe = || async {
             let mut conn = self.pool.acquire().await?;
             let rows = MySql::query(&mut conn, &sql, &[]).await?;
-            let row = rows
-                .first()
-                .ok_or_else(|| Error::Runtime("the clock query returned no row".into()))?;
-            let now = Timestamp::parse(&row.first().cloned().flatten().unwrap_or_default())?;
+            let row = first_row(&rows, "MariaDB capture bound")?;
+            let now = Timestamp::parse(field(row, 0).unwrap_or_default())?;
             let mut earliest: Option<Timestamp> = None;
             let mut hold = |t: Timestamp| earliest = Some(earliest.map_or(t, |e| e.min(t)));
-            if let Some(ms) = row
-                .get(1)
-                .cloned()
-                .flatten()
-                .and_then(|s| s.parse::<u64>().ok())
-            {
+            if let Some(ms) = field(row, 1).and_then(|s| s.parse::<u64>().ok()) {
                 // A running statement stamped NOW() when it began, up to TIME_MS (+1 ms) ago.
                 hold(now.minus(Duration::from_millis(ms + 1)));
             }
@@ -398,7 +410,7 @@ impl Database for MysqlDb {
             &[name.as_str().into()],
         )
         .await?;
-        if got[0][0].as_deref() == Some("1") {
+        if field(first_row(&got, "GET_LOCK")?, 0) == Some("1") {
             Ok(Some(Box::new(NamedLock { conn, name })))
         } else {
             conn.close().await?;
@@ -431,7 +443,7 @@ impl Database for MysqlDb {
         let rows = self
             .query(&format!("SELECT DATE_FORMAT(NOW(6), {TS_FORMAT})"), &[])
             .await?;
-        Timestamp::parse(rows[0][0].as_deref().unwrap_or_default())
+        Timestamp::parse(field(first_row(&rows, "MariaDB clock")?, 0).unwrap_or_default())
     }
 
     async fn begin(&self) -> Result<Box<dyn Transaction>> {

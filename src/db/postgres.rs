@@ -15,9 +15,9 @@ use sqlx::{ConnectOptions as _, Connection, Postgres};
 
 use super::{
     common::{settle, Driver, Probe},
-    Bound, ClockNeed, Column, ColumnKind, ConnectOptions, Database, DbKind, DbUrl, Dialect,
-    LockGuard, Param, RowSink, Settled, Snapshot, SnapshotOptions, Stmt, TextRow, Timestamp,
-    Transaction, Wakeups,
+    field, first_row, Bound, ClockNeed, Column, ColumnKind, ConnectOptions, Database, DbKind,
+    DbUrl, Dialect, LockGuard, Param, RowSink, Settled, Snapshot, SnapshotOptions, Stmt, TextRow,
+    Timestamp, Transaction, Wakeups,
 };
 use crate::error::{Error, Result};
 use crate::ident::Ident;
@@ -60,6 +60,7 @@ impl Dialect for PostgresDialect {
             ColumnKind::Timestamp => "TIMESTAMP",
             ColumnKind::TimestampTz => "TIMESTAMPTZ",
             ColumnKind::Date => "DATE",
+            ColumnKind::Time => "TIME",
             ColumnKind::Bytes => "BYTEA",
             ColumnKind::Text | ColumnKind::Other => "TEXT",
         }
@@ -321,13 +322,10 @@ impl Database for PostgresDb {
         );
         let probe = || async {
             let rows = self.query(&sql, &[]).await?;
-            let row = rows
-                .first()
-                .ok_or_else(|| Error::Runtime("the clock query returned no row".into()))?;
-            let text = |i: usize| row.get(i).cloned().flatten();
+            let row = first_row(&rows, "PostgreSQL capture bound")?;
             Ok(Probe {
-                now: Timestamp::parse(&text(0).unwrap_or_default())?,
-                earliest_open: text(1).as_deref().map(Timestamp::parse).transpose()?,
+                now: Timestamp::parse(field(row, 0).unwrap_or_default())?,
+                earliest_open: field(row, 1).map(Timestamp::parse).transpose()?,
             })
         };
         let (time, settled) = if options.clock == ClockNeed::Always {
@@ -347,7 +345,7 @@ impl Database for PostgresDb {
         // pg_current_snapshot() is that very snapshot, so the txids it names as finished are
         // exactly the transactions whose rows this read sees.
         let snap = Postgres::query(&mut tx, "SELECT pg_current_snapshot()::text", &[]).await?;
-        let txids = snap.first().and_then(|r| r.first().cloned().flatten());
+        let txids = snap.first().and_then(|r| field(r, 0)).map(str::to_string);
         Ok(Box::new(PgSnapshot {
             bound: Bound {
                 time,
@@ -377,7 +375,7 @@ impl Database for PostgresDb {
             &[Param::Int(key)],
         )
         .await?;
-        if got[0][0].as_deref() == Some("1") {
+        if field(first_row(&got, "pg_try_advisory_lock")?, 0) == Some("1") {
             Ok(Some(Box::new(AdvisoryLock { conn, key })))
         } else {
             conn.close().await?;
@@ -425,7 +423,7 @@ impl Database for PostgresDb {
                 &[],
             )
             .await?;
-        Timestamp::parse(rows[0][0].as_deref().unwrap_or_default())
+        Timestamp::parse(field(first_row(&rows, "PostgreSQL clock")?, 0).unwrap_or_default())
     }
 
     async fn begin(&self) -> Result<Box<dyn Transaction>> {

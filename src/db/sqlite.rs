@@ -14,9 +14,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use sqlx::{ConnectOptions as _, Sqlite};
 
 use super::{
-    common::Driver, Bound, ClockNeed, Column, ColumnKind, ConnectOptions, Database, DbKind, DbUrl,
-    Dialect, LockGuard, Param, RowSink, Settled, Snapshot, SnapshotOptions, Stmt, TextRow,
-    Timestamp, Transaction,
+    common::Driver, field, first_row, Bound, ClockNeed, Column, ColumnKind, ConnectOptions,
+    Database, DbKind, DbUrl, Dialect, LockGuard, Param, RowSink, Settled, Snapshot,
+    SnapshotOptions, Stmt, TextRow, Timestamp, Transaction,
 };
 use crate::error::{Error, Result};
 use crate::ident::Ident;
@@ -79,6 +79,7 @@ impl Dialect for SqliteDialect {
             ColumnKind::Decimal => "NUMERIC",
             ColumnKind::Timestamp | ColumnKind::TimestampTz => "TIMESTAMPTZ",
             ColumnKind::Date => "DATE",
+            ColumnKind::Time => "TIME",
             ColumnKind::Bytes => "BLOB",
             ColumnKind::Text | ColumnKind::Other => "TEXT",
         }
@@ -167,8 +168,7 @@ impl SqliteDb {
     /// SQLite's clock, as `now()`-like defaults of the demo schema stamp rows.
     async fn clock(conn: &mut sqlx::SqliteConnection) -> Result<Timestamp> {
         let now = Sqlite::query(conn, &format!("SELECT {NOW_EXPR}"), &[]).await?;
-        let text = now.first().and_then(|r| r.first().cloned().flatten());
-        Timestamp::parse(&text.unwrap_or_default())
+        Timestamp::parse(field(first_row(&now, "SQLite clock")?, 0).unwrap_or_default())
     }
 
     /// Under the write lock: the clock counts milliseconds, so wait for the next one and
@@ -247,19 +247,8 @@ struct SqliteSnapshot {
     conn: Option<rusqlite::Connection>,
 }
 
-/// SQLITE_BUSY or SQLITE_LOCKED (with their extended codes): another connection holds the lock.
-fn is_busy(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Database(d) => d
-            .code()
-            .and_then(|c| c.parse::<i64>().ok())
-            .is_some_and(|c| matches!(c & 0xff, 5 | 6)),
-        _ => false,
-    }
-}
-
 fn sqlite_error(e: rusqlite::Error) -> Error {
-    Error::Runtime(format!("SQLite: {e}"))
+    Error::Sqlite(e)
 }
 
 /// Rows read on the blocking thread: every field's bytes in one buffer.
@@ -521,7 +510,7 @@ impl Database for SqliteDb {
                         return Err(e);
                     }
                 },
-                Err(Error::Database(e)) if is_busy(&e) => {
+                Err(e) if e.is_sqlite_busy() => {
                     // A write transaction holds the database past the wait: its times are
                     // unknown, so this read covers nothing new by the clock.
                     time = Timestamp::from_datetime(chrono::DateTime::UNIX_EPOCH);
@@ -621,7 +610,7 @@ impl Database for SqliteDb {
 
     async fn now(&self) -> Result<Timestamp> {
         let rows = self.query(&format!("SELECT {NOW_EXPR}"), &[]).await?;
-        Timestamp::parse(rows[0][0].as_deref().unwrap_or_default())
+        Timestamp::parse(field(first_row(&rows, "SQLite clock")?, 0).unwrap_or_default())
     }
 
     async fn begin(&self) -> Result<Box<dyn Transaction>> {
@@ -678,7 +667,8 @@ mod tests {
         .await
         .unwrap();
         for ok in [0, 1, 30_000] {
-            let mut snapshot = db.snapshot(Duration::ZERO).await.unwrap();
+            let options = SnapshotOptions::new(Duration::ZERO, ClockNeed::Always);
+            let mut snapshot = db.snapshot(&options).await.unwrap();
             let streamed = tokio::time::timeout(
                 Duration::from_secs(20),
                 snapshot.stream("SELECT i, pad FROM t", &mut Failing { ok }),

@@ -7,7 +7,9 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use crate::db::{Column, ColumnKind, Database, DbKind, Dialect, Param, TableInfo, Transaction};
+use crate::db::{
+    types, Column, ColumnKind, Database, DbKind, Dialect, Param, TableInfo, Transaction,
+};
 use crate::error::{Error, Result};
 use crate::ident::Ident;
 
@@ -98,6 +100,7 @@ impl TargetTable {
     /// key), or checks that it has the source's columns and key; then plans the statements.
     pub async fn prepare(
         target: &dyn Database,
+        source_kind: DbKind,
         source: &TableInfo,
         name: &Ident,
     ) -> Result<TargetTable> {
@@ -113,7 +116,8 @@ impl TargetTable {
                 info
             }
             None => {
-                target.execute(&create_table(d, source, name), &[]).await?;
+                let ddl = create_table(d, source_kind, source, name)?;
+                target.execute(&ddl, &[]).await?;
                 target.describe(name).await?
             }
         };
@@ -339,8 +343,24 @@ fn value_expr(kind: DbKind, col: &Column) -> String {
         },
         DbKind::Mysql => match col.kind {
             ColumnKind::Bool => "(? = 'true')".into(),
+            // The text is UTC; tidemark's sessions run in UTC, so a DATETIME holds UTC wall
+            // time and a TIMESTAMP the same instant.
             ColumnKind::Timestamp | ColumnKind::TimestampTz => {
                 "STR_TO_DATE(?, '%Y-%m-%dT%H:%i:%s.%fZ')".into()
+            }
+            // MariaDB rounds digits beyond a DECIMAL's scale without an error, even in strict
+            // mode: such a value (or one in exponent form) is turned into text that no DECIMAL
+            // takes, so the change is refused (error 1366 naming column and value) rather than
+            // silently narrowed. Integer digits beyond the precision are refused by the server.
+            ColumnKind::Decimal => {
+                let t = types::SqlType::parse(DbKind::Mysql, &col.sql_type);
+                let (p, sc) = (t.precision.unwrap_or(10), t.scale.unwrap_or(0));
+                format!(
+                    "(SELECT CASE WHEN v IS NULL OR (v REGEXP '^[-+]?[0-9]*[.]?[0-9]*$' \
+                     AND NOT v REGEXP '[.][0-9]{{{sc}}}[0-9]*[1-9]') THEN v \
+                     ELSE CONCAT('not exact in DECIMAL({p},{sc}): ', v) END \
+                     FROM (SELECT ? AS v) AS tidemark_value)"
+                )
             }
             // `\x` hex back to bytes; text from a SQLite source's BLOB column (SQLite types
             // each value) stays as it is.
@@ -365,23 +385,32 @@ fn value_expr(kind: DbKind, col: &Column) -> String {
     }
 }
 
-fn create_table(d: &dyn Dialect, source: &TableInfo, name: &Ident) -> String {
-    let mut parts: Vec<String> = source
-        .columns
-        .iter()
-        .map(|c| {
-            let key = source.primary_key.contains(&c.name);
-            format!(
-                "{} {}{}",
-                d.quote(&c.name),
-                d.column_type(c.kind, key),
-                if c.nullable { "" } else { " NOT NULL" }
-            )
-        })
-        .collect();
+/// `CREATE TABLE` of a replica of `source` (read from a `source_kind` database) on `d`'s
+/// database: every column of a type that holds all of the source's values
+/// ([`types::created_type`]), the same primary key.
+fn create_table(
+    d: &dyn Dialect,
+    source_kind: DbKind,
+    source: &TableInfo,
+    name: &Ident,
+) -> Result<String> {
+    let mut parts: Vec<String> = Vec::with_capacity(source.columns.len() + 1);
+    for c in &source.columns {
+        let key = source.primary_key.contains(&c.name);
+        let ty = types::created_type(source_kind, d.kind(), source.name.as_str(), c, key)?;
+        parts.push(format!(
+            "{} {ty}{}",
+            d.quote(&c.name),
+            if c.nullable { "" } else { " NOT NULL" }
+        ));
+    }
     let key: Vec<String> = source.primary_key.iter().map(|k| d.quote(k)).collect();
     parts.push(format!("PRIMARY KEY ({})", key.join(", ")));
-    format!("CREATE TABLE {} ({})", d.quote(name), parts.join(", "))
+    Ok(format!(
+        "CREATE TABLE {} ({})",
+        d.quote(name),
+        parts.join(", ")
+    ))
 }
 
 fn check_columns(source: &TableInfo, target: &TableInfo) -> Result<()> {

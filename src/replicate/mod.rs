@@ -20,8 +20,8 @@ use tokio::sync::mpsc;
 
 use crate::capture::{self, strategy_for, CaptureStrategy, Mode};
 use crate::db::{
-    connect, ConnectOptions, Database, DbUrl, Param, RowSink, Settled, SnapshotOptions, TableInfo,
-    Timestamp, Transaction, Wakeups,
+    connect, field, ConnectOptions, Database, DbUrl, Param, RowSink, Settled, SnapshotOptions,
+    TableInfo, Timestamp, Transaction, Wakeups,
 };
 use crate::error::{Error, Result};
 use crate::ident::{ConsumerId, Ident};
@@ -318,7 +318,13 @@ impl Replicator {
         let info: TableInfo = self.source.describe(&self.opts.table).await?;
         let config = self.state.table_config(&self.opts.table).await?;
         let strategy = strategy_for(&info, config.as_ref())?;
-        let apply = TargetTable::prepare(target.as_ref(), &info, &self.opts.target_table).await?;
+        let apply = TargetTable::prepare(
+            target.as_ref(),
+            self.source.kind(),
+            &info,
+            &self.opts.target_table,
+        )
+        .await?;
         let d = target.dialect();
         let (k, t) = (d.key_type(), d.text_type());
         target
@@ -366,7 +372,7 @@ impl Replicator {
             .await?;
         let before = rows
             .first()
-            .and_then(|r| r[0].as_deref())
+            .and_then(|r| field(r, 0))
             .map(Position::from_json)
             .transpose()?;
         let mut snapshot = self
@@ -602,34 +608,7 @@ impl RowSink for BatchSink {
     }
 }
 
-/// True for failures a retry can cure: the database unreachable or restarting, the connection
-/// lost, a deadlock, a serialization failure, a busy SQLite file.
+/// True for failures a retry can cure (see [`Error::is_transient`]).
 pub fn is_transient(e: &Error) -> bool {
-    if e.is_unavailable() {
-        return true;
-    }
-    let Error::Database(e) = e else {
-        return false;
-    };
-    match e {
-        sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(d) => {
-            if let Some(pg) = d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
-                let code = pg.code();
-                code.starts_with("08")
-                    || code.starts_with("57P")
-                    || matches!(code, "40001" | "40P01" | "53300" | "55P03")
-            } else if let Some(my) = d.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
-                matches!(my.number(), 1205 | 1213 | 1927 | 2006 | 2013 | 1053)
-            } else if d.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
-                // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes.
-                d.code()
-                    .and_then(|c| c.parse::<i64>().ok())
-                    .is_some_and(|c| matches!(c & 0xff, 5 | 6))
-            } else {
-                false
-            }
-        }
-        _ => false,
-    }
+    e.is_transient()
 }

@@ -3,7 +3,7 @@
 //! that was running when its server died to what its export left behind.
 
 use crate::capture::Mode;
-use crate::db::{Param, Stmt, Timestamp};
+use crate::db::{field, Param, Stmt, Timestamp};
 use crate::error::Result;
 use crate::ident::{ConsumerId, Ident};
 
@@ -120,23 +120,23 @@ impl StateStore {
             .await?;
         rows.into_iter()
             .map(|r| {
-                let text = |i: usize| r[i].clone();
-                let int = |i: usize| r[i].as_deref().and_then(|s| s.parse::<u64>().ok());
+                let text = |i: usize| field(&r, i).map(str::to_string);
+                let int = |i: usize| field(&r, i).and_then(|s| s.parse::<u64>().ok());
                 Ok(JobRecord {
                     job_id: text(0).unwrap_or_default(),
-                    consumer: ConsumerId::new(r[1].as_deref().unwrap_or_default())?,
-                    table: Ident::new(r[2].as_deref().unwrap_or_default())?,
-                    mode: Mode::parse(r[3].as_deref().unwrap_or_default())?,
+                    consumer: ConsumerId::new(field(&r, 1).unwrap_or_default())?,
+                    table: Ident::new(field(&r, 2).unwrap_or_default())?,
+                    mode: Mode::parse(field(&r, 3).unwrap_or_default())?,
                     status: text(4).unwrap_or_default(),
                     output_filename: text(5),
                     rows: int(6),
                     duration_ms: int(7),
                     error: text(8),
                     owner: text(9).unwrap_or_default(),
-                    created_at: Timestamp::parse(r[10].as_deref().unwrap_or_default())?,
-                    finished_at: r[11].as_deref().map(Timestamp::parse).transpose()?,
+                    created_at: Timestamp::parse(field(&r, 10).unwrap_or_default())?,
+                    finished_at: field(&r, 11).map(Timestamp::parse).transpose()?,
                     waited_ms: int(12),
-                    held_back_since: r[13].as_deref().map(Timestamp::parse).transpose()?,
+                    held_back_since: field(&r, 13).map(Timestamp::parse).transpose()?,
                 })
             })
             .collect()

@@ -9,7 +9,7 @@ pub mod replicas;
 
 use std::sync::Arc;
 
-use crate::db::{Database, LockGuard, Param, Stmt, Timestamp};
+use crate::db::{field, Database, LockGuard, Param, Stmt, Timestamp};
 use crate::error::{Error, Result};
 use crate::ident::{ConsumerId, Ident};
 
@@ -221,7 +221,7 @@ impl StateStore {
                 &[table.as_str().into()],
             )
             .await?;
-        match rows.first().and_then(|r| r[0].as_deref()) {
+        match rows.first().and_then(|r| field(r, 0)) {
             None => Ok(None),
             Some(json) => serde_json::from_str(json)
                 .map(Some)
@@ -240,9 +240,9 @@ impl StateStore {
             .await?;
         rows.iter()
             .map(|r| {
-                let table = Ident::new(r[0].as_deref().unwrap_or_default())?;
+                let table = Ident::new(field(r, 0).unwrap_or_default())?;
                 let config =
-                    serde_json::from_str(r[1].as_deref().unwrap_or_default()).map_err(|e| {
+                    serde_json::from_str(field(r, 1).unwrap_or_default()).map_err(|e| {
                         Error::Runtime(format!("corrupt registration of table {table}: {e}"))
                     })?;
                 Ok((table, config))
@@ -305,8 +305,8 @@ impl StateStore {
                 Ok(Watermark {
                     consumer: consumer.clone(),
                     table: table.clone(),
-                    position: Position::from_json(r[0].as_deref().unwrap_or_default())?,
-                    updated_at: Timestamp::parse(r[1].as_deref().unwrap_or_default())?,
+                    position: Position::from_json(field(r, 0).unwrap_or_default())?,
+                    updated_at: Timestamp::parse(field(r, 1).unwrap_or_default())?,
                 })
             })
             .transpose()
@@ -325,10 +325,10 @@ impl StateStore {
         rows.iter()
             .map(|r| {
                 Ok(Watermark {
-                    consumer: ConsumerId::new(r[0].as_deref().unwrap_or_default())?,
-                    table: Ident::new(r[1].as_deref().unwrap_or_default())?,
-                    position: Position::from_json(r[2].as_deref().unwrap_or_default())?,
-                    updated_at: Timestamp::parse(r[3].as_deref().unwrap_or_default())?,
+                    consumer: ConsumerId::new(field(r, 0).unwrap_or_default())?,
+                    table: Ident::new(field(r, 1).unwrap_or_default())?,
+                    position: Position::from_json(field(r, 2).unwrap_or_default())?,
+                    updated_at: Timestamp::parse(field(r, 3).unwrap_or_default())?,
                 })
             })
             .collect()
@@ -533,12 +533,12 @@ fn record_params(rec: &ExportRecord) -> Vec<Param> {
 }
 
 fn record_from_row(r: Vec<Option<String>>) -> Result<ExportRecord> {
-    let text = |i: usize| r[i].clone();
-    let position = |i: usize| r[i].as_deref().map(Position::from_json).transpose();
+    let text = |i: usize| field(&r, i).map(str::to_string);
+    let position = |i: usize| field(&r, i).map(Position::from_json).transpose();
     Ok(ExportRecord {
         export_id: text(0).unwrap_or_default(),
-        consumer: ConsumerId::new(r[1].as_deref().unwrap_or_default())?,
-        table: Ident::new(r[2].as_deref().unwrap_or_default())?,
+        consumer: ConsumerId::new(field(&r, 1).unwrap_or_default())?,
+        table: Ident::new(field(&r, 2).unwrap_or_default())?,
         mode: text(3).unwrap_or_default(),
         status: text(4).unwrap_or_default(),
         before: position(5)?,
@@ -547,9 +547,9 @@ fn record_from_row(r: Vec<Option<String>>) -> Result<ExportRecord> {
         tmp_file: text(8),
         manifest_file: text(9),
         manifest_json: text(10),
-        rows: r[11].as_deref().and_then(|s| s.parse().ok()),
-        started_at: Timestamp::parse(r[12].as_deref().unwrap_or_default())?,
-        finished_at: r[13].as_deref().map(Timestamp::parse).transpose()?,
+        rows: field(&r, 11).and_then(|s| s.parse().ok()),
+        started_at: Timestamp::parse(field(&r, 12).unwrap_or_default())?,
+        finished_at: field(&r, 13).map(Timestamp::parse).transpose()?,
         error: text(14),
     })
 }

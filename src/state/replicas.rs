@@ -3,7 +3,7 @@
 //! (`tidemark replicate` commits it with the rows); this copy is written after each target
 //! commit, so it may lag but is never ahead — safe for `status` and `prune` to rely on.
 
-use crate::db::{Param, Stmt, Timestamp};
+use crate::db::{field, Param, Stmt, Timestamp};
 use crate::error::Result;
 use crate::ident::{ConsumerId, Ident};
 
@@ -65,13 +65,13 @@ impl StateStore {
             .await?;
         rows.into_iter()
             .map(|r| {
-                let text = |i: usize| r[i].clone().unwrap_or_default();
+                let text = |i: usize| field(&r, i).unwrap_or_default().to_string();
                 Ok(ReplicaRecord {
                     replica: ConsumerId::new(&text(0))?,
                     table: Ident::new(&text(1))?,
                     target: text(2),
                     target_table: Ident::new(&text(3))?,
-                    position: r[4].as_deref().map(Position::from_json).transpose()?,
+                    position: field(&r, 4).map(Position::from_json).transpose()?,
                     rows_applied: text(5).parse().unwrap_or(0),
                     updated_at: Timestamp::parse(&text(6))?,
                 })

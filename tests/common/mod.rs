@@ -55,11 +55,9 @@ pub struct TestDb {
 impl TestDb {
     /// A fresh database for a test that leaves no write transaction open for long.
     pub async fn new(kind: DbKind) -> TestDb {
-        let turn =
-            (kind == DbKind::Mysql).then(|| async { Turn::Shared(MARIADB_TURN.read().await) });
-        let turn = match turn {
-            Some(t) => Some(t.await),
-            None => None,
+        let turn = match kind {
+            DbKind::Mysql => Some(Turn::Shared(MARIADB_TURN.read().await)),
+            _ => None,
         };
         Self::with_turn(kind, turn).await
     }
