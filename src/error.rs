@@ -50,6 +50,23 @@ pub enum Error {
         target: String,
         reason: String,
     },
+    /// A teardown, or a setup that changes how a table is captured, would invalidate the
+    /// positions of the table's consumers and replicas; refused without `--force`.
+    #[error("table {table:?} has {}: {action} would leave them positions that no capture set-up can read; nothing was changed. Pass --force to go ahead and remove their positions too (their next runs then start from a full read)", users.join(", "))]
+    InUse {
+        table: String,
+        action: &'static str,
+        users: Vec<String>,
+    },
+    /// A stored position was made by another capture set-up of the table than the current one;
+    /// reading it would skip or repeat changes, so it is not used.
+    #[error("the position of {who} for table {table:?} was made by an earlier capture set-up ({reason}); {remedy}")]
+    StalePosition {
+        who: String,
+        table: String,
+        reason: String,
+        remedy: &'static str,
+    },
     /// `tidemark verify` found a broken chain or checksum.
     #[error("verification failed: {0}")]
     Verify(String),
@@ -67,6 +84,8 @@ impl Error {
                 | Error::InvalidUrl { .. }
                 | Error::UnknownTable(_)
                 | Error::UnfitTable { .. }
+                | Error::InUse { .. }
+                | Error::StalePosition { .. }
         )
     }
 
