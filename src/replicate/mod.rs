@@ -403,21 +403,6 @@ impl Replicator {
             }
             other => other.clone(),
         };
-        if before.is_none() {
-            let deleted = match tx.execute(&plan.delete_all, Vec::new()).await {
-                Ok(n) => n,
-                Err(e) => {
-                    let _ = tx.rollback().await;
-                    return Err(e);
-                }
-            };
-            if deleted > 0 && resync.is_none() {
-                resync = Some(format!(
-                    "the target table had {deleted} row(s) but no position; it was emptied and \
-                     every live row copied"
-                ));
-            }
-        }
         let mut snapshot = self.source.snapshot(self.opts.margin).await?;
         let after = capture::reach(
             plan.strategy.as_ref(),
@@ -429,6 +414,24 @@ impl Replicator {
         let select =
             plan.strategy
                 .select(self.source.dialect(), Mode::Delta, before.as_ref(), &after)?;
+        // After the source snapshot: a write in the target transaction on the same MariaDB
+        // server would otherwise hold the snapshot's capture bound back.
+        if before.is_none() {
+            let deleted = match tx.execute(&plan.delete_all, Vec::new()).await {
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = snapshot.finish().await;
+                    let _ = tx.rollback().await;
+                    return Err(e);
+                }
+            };
+            if deleted > 0 && resync.is_none() {
+                resync = Some(format!(
+                    "the target table had {deleted} row(s) but no position; it was emptied and \
+                     every live row copied"
+                ));
+            }
+        }
 
         // The source is read by its own task; full batches come over a channel of two, so at
         // most four batches exist at once whatever the interval's size.
