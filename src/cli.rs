@@ -271,7 +271,7 @@ enum WatermarkAction {
         #[arg(long)]
         to: String,
     },
-    /// Forget the watermark: the next export starts from the beginning
+    /// Forget the watermark: the consumer starts again with a full export
     Reset {
         #[arg(long)]
         consumer: String,
@@ -897,7 +897,7 @@ async fn watermark(cli: &Cli, action: &WatermarkAction) -> anyhow::Result<()> {
                     &serde_json::json!({ "consumer": consumer, "table": table, "reset": removed }),
                 )?;
             } else if removed {
-                println!("{consumer} / {table}: watermark reset; the next export starts from the beginning");
+                println!("{consumer} / {table}: watermark reset; the consumer starts again with a full export");
             } else {
                 println!("{consumer} / {table}: had no watermark");
             }

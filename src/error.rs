@@ -67,6 +67,14 @@ pub enum Error {
         reason: String,
         remedy: &'static str,
     },
+    /// A delta or incremental export of a consumer that has exported the table before but has
+    /// no position now: from nothing it could not carry the rows deleted since.
+    #[error("consumer {consumer:?} has exported table {table:?} before but has no position in it now (removed by teardown --force, a change of its capture or watermark reset); a {mode} export from nothing cannot carry the rows deleted since its last export, so nothing was exported; take a full export to start again")]
+    PositionGone {
+        consumer: String,
+        table: String,
+        mode: String,
+    },
     /// `tidemark verify` found a broken chain or checksum.
     #[error("verification failed: {0}")]
     Verify(String),
@@ -86,6 +94,7 @@ impl Error {
                 | Error::UnfitTable { .. }
                 | Error::InUse { .. }
                 | Error::StalePosition { .. }
+                | Error::PositionGone { .. }
         )
     }
 

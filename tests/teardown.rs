@@ -249,6 +249,21 @@ async fn sequences(kind: DbKind) {
     assert_eq!(strategy_of(&t).await.as_deref(), Some("trigger"));
     assert_eq!(watermark(&t, "c1").await, None);
     change(&t, 2).await;
+    // Its usual delta cannot start from nothing: the rows deleted meanwhile would be missing.
+    let files = csv_files(t.out.path()).len();
+    let err = refused(
+        &export(&t, "c1", "delta", zero).await,
+        "delta without its position",
+    );
+    assert!(
+        err.contains("no position") && err.contains("take a full export"),
+        "{err}"
+    );
+    assert_eq!(
+        csv_files(t.out.path()).len(),
+        files,
+        "no file from a refused export"
+    );
     ok(&export(&t, "c1", "full", zero).await, "full after switch");
     change(&t, 3).await;
     ok(
@@ -548,7 +563,8 @@ async fn pgbench_style(kind: DbKind) {
         "setup again",
     );
     let_it_write(&done, 30).await;
-    // As the teardown said: the consumer starts again from a full read.
+    // As the teardown said: the consumer starts again from a full read; a delta cannot.
+    refused(&export(&t, "c1", "delta", None).await, "delta after setup");
     ok(&export(&t, "c1", "full", None).await, "full after setup");
     let out = replicate(&t, &target, None).await;
     ok(&out, "replicate after setup");

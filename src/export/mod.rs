@@ -159,7 +159,20 @@ impl Exporter {
                 }
                 None
             }
-            other => other.clone(),
+            Some(p) => Some(p.clone()),
+            None if req.mode != Mode::Full
+                && self
+                    .state
+                    .has_committed_exports(&req.consumer, &req.table)
+                    .await? =>
+            {
+                return Err(Error::PositionGone {
+                    consumer: req.consumer.to_string(),
+                    table: req.table.to_string(),
+                    mode: req.mode.to_string(),
+                });
+            }
+            None => None,
         };
         let started_at = Timestamp::now();
         let export_id = req.id.clone().unwrap_or_else(new_export_id);

@@ -111,9 +111,10 @@ impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
         let status = match &e {
             Error::UnknownTable(_) => StatusCode::NOT_FOUND,
-            Error::Busy { .. } | Error::Conflict { .. } | Error::StalePosition { .. } => {
-                StatusCode::CONFLICT
-            }
+            Error::Busy { .. }
+            | Error::Conflict { .. }
+            | Error::StalePosition { .. }
+            | Error::PositionGone { .. } => StatusCode::CONFLICT,
             _ if e.is_input_error() => StatusCode::BAD_REQUEST,
             _ if e.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,

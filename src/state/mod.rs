@@ -592,6 +592,27 @@ impl StateStore {
         Ok(())
     }
 
+    /// Whether (consumer, table) has a committed export on record.
+    pub async fn has_committed_exports(
+        &self,
+        consumer: &ConsumerId,
+        table: &Ident,
+    ) -> Result<bool> {
+        let rows = self
+            .db
+            .query(
+                "SELECT export_id FROM tidemark_exports WHERE consumer_id = ? AND table_name = ? \
+                 AND status = ? LIMIT 1",
+                &[
+                    consumer.as_str().into(),
+                    table.as_str().into(),
+                    status::COMMITTED.into(),
+                ],
+            )
+            .await?;
+        Ok(!rows.is_empty())
+    }
+
     /// Exports of (consumer, table) left prepared by a process that died.
     pub async fn prepared_exports(
         &self,
