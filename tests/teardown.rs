@@ -622,3 +622,86 @@ async fn pgbench_style_postgres() {
 async fn pgbench_style_mariadb() {
     pgbench_style(DbKind::Mysql).await;
 }
+
+/// State written before set-up ids existed: a registration and positions without one keep
+/// working, the same setup run again keeps them, and a capture change makes them refused.
+async fn old_state(kind: DbKind) {
+    let _serial = SERIAL.lock().await;
+    let t = TestDb::new(kind).await;
+    // Registered as older versions did: the registration has no set-up id.
+    t.users_with(100, "trigger").await;
+    let registration =
+        t.db.query("SELECT config FROM tidemark_tables", &[])
+            .await
+            .unwrap();
+    assert!(
+        !format!("{registration:?}").contains("setup"),
+        "{registration:?}"
+    );
+    let zero = Some(0);
+    ok(&export(&t, "c1", "full", zero).await, "full on old state");
+    let old = watermark(&t, "c1").await.unwrap();
+    assert_eq!(old.setup(), None);
+    assert!(!old.to_json().contains("setup"), "{}", old.to_json());
+    change(&t, 1).await;
+    ok(&export(&t, "c1", "delta", zero).await, "delta on old state");
+    // The same setup again keeps the set-up (no id) and so the position.
+    let said = ok(
+        &cli(&t, &["--json", "setup", "--strategy", "trigger"]).await,
+        "same setup again",
+    );
+    let v: serde_json::Value = serde_json::from_str(&said).unwrap();
+    assert_eq!(v["new_setup"], false, "{said}");
+    assert!(v["config"].get("setup_id").is_none(), "{said}");
+    change(&t, 2).await;
+    ok(
+        &export(&t, "c1", "delta", zero).await,
+        "delta after the same setup",
+    );
+    t.assert_replay_equals_table("c1").await;
+    // A capture change: refused, then forced; the old position is never read again.
+    let kept = watermark(&t, "c1").await.unwrap();
+    refused(
+        &cli(&t, &["setup", "--strategy", "version"]).await,
+        "capture change on old state",
+    );
+    ok(
+        &cli(&t, &["setup", "--strategy", "version", "--force"]).await,
+        "forced capture change on old state",
+    );
+    t.state()
+        .await
+        .set_watermark(&ConsumerId::new("c1").unwrap(), &users(), &kept)
+        .await
+        .unwrap();
+    let err = refused(
+        &export(&t, "c1", "delta", zero).await,
+        "old position, new set-up",
+    );
+    assert!(err.contains("earlier capture set-up"), "{err}");
+    ok(
+        &export(&t, "c1", "full", zero).await,
+        "full after the change",
+    );
+    change(&t, 3).await;
+    ok(
+        &export(&t, "c1", "delta", zero).await,
+        "delta after the change",
+    );
+    t.assert_replay_equals_table("c1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_state_sqlite() {
+    old_state(DbKind::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_state_postgres() {
+    old_state(DbKind::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_state_mariadb() {
+    old_state(DbKind::Mysql).await;
+}
