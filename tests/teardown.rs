@@ -705,3 +705,68 @@ async fn old_state_postgres() {
 async fn old_state_mariadb() {
     old_state(DbKind::Mysql).await;
 }
+
+/// A replicator that keeps running (as `--follow` does) across a teardown and setup notices
+/// the new set-up at its next run and resynchronises, instead of reading the new change log
+/// from its old position (which would miss what changed while no trigger was installed).
+async fn running_replicator(kind: DbKind) {
+    let _serial = SERIAL.lock().await;
+    let t = seeded(kind, 100).await;
+    let target = TestDb::new(target_kind(kind)).await;
+    ok(
+        &cli(&t, &["setup", "--strategy", "trigger"]).await,
+        "setup trigger",
+    );
+    let mut opts = tidemark::replicate::ReplicateOptions::new(users());
+    opts.margin = Duration::ZERO;
+    let mut replicator = tidemark::replicate::Replicator::new(
+        Arc::clone(&t.db),
+        t.state().await,
+        target.url.clone(),
+        opts,
+    )
+    .unwrap();
+    let first = replicator.run_once().await.unwrap();
+    assert!(first.committed && first.resync.is_none(), "{first:?}");
+    ok(
+        &cli(&t, &["teardown", "--force"]).await,
+        "teardown under a running replicator",
+    );
+    // Changed while nothing captures the table: only a full read can see these.
+    change(&t, 1).await;
+    t.db.execute("DELETE FROM users WHERE id = 7", &[])
+        .await
+        .unwrap();
+    ok(
+        &cli(&t, &["setup", "--strategy", "trigger"]).await,
+        "setup again",
+    );
+    change(&t, 2).await;
+    let next = replicator.run_once().await.unwrap();
+    assert!(
+        next.resync
+            .as_deref()
+            .is_some_and(|r| r.contains("another capture set-up")),
+        "{next:?}"
+    );
+    assert_replica_equals(&t, &target, "after a new set-up under a running replicator").await;
+    change(&t, 3).await;
+    let again = replicator.run_once().await.unwrap();
+    assert!(again.committed && again.resync.is_none(), "{again:?}");
+    assert_replica_equals(&t, &target, "next run").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_replicator_sqlite() {
+    running_replicator(DbKind::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_replicator_postgres() {
+    running_replicator(DbKind::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_replicator_mariadb() {
+    running_replicator(DbKind::Mysql).await;
+}
