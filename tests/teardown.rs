@@ -580,10 +580,15 @@ async fn pgbench_style(kind: DbKind) {
     stop.store(true, Ordering::Relaxed);
     w.await.unwrap();
 
-    // The consumer and the replica run on as a schedule would run them: twice more. (Right
-    // after a burst MariaDB's transaction lists may still show the last writes for a moment,
-    // holding the first run's bound back; the next run delivers the rest. What this test
-    // asserts is that nothing is lost or repeated across the teardown and setup.)
+    // The consumer and the replica run on as a schedule would run them: twice more. What this
+    // test asserts is that nothing is lost or repeated across the teardown and setup, not how
+    // soon the last writes show. (Read-your-writes is another part of issue 9: on MariaDB
+    // `information_schema.INNODB_TRX` is refreshed only after 100 ms without a reader, so runs
+    // right after a burst can still see its last transactions and hold their bound back to
+    // that second. The pause lets it refresh; drop it once exports read a fresh list.)
+    if kind == DbKind::Mysql {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     for round in 0..2 {
         ok(
             &export(&t, "c1", "delta", Some(0)).await,
