@@ -775,3 +775,109 @@ async fn running_replicator_postgres() {
 async fn running_replicator_mariadb() {
     running_replicator(DbKind::Mysql).await;
 }
+
+/// The HTTP service: after a forced teardown and setup, the consumer's synchronous export
+/// answers 409 saying to take a full export, a delta job fails saying the same, and a full
+/// export job starts it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_consumer_after_forced_teardown() {
+    use std::io::{BufRead, BufReader};
+    let _serial = SERIAL.lock().await;
+    let t = seeded(DbKind::Sqlite, 50).await;
+    ok(
+        &cli(&t, &["setup", "--strategy", "trigger"]).await,
+        "setup trigger",
+    );
+    let mut child = tidemark_cmd(&[
+        "--source",
+        t.url.as_str(),
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--out",
+        &t.out.path().to_string_lossy(),
+    ])
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _server = Stop(child);
+    let base = format!(
+        "http://{}",
+        line.trim().rsplit("http://").next().unwrap_or_default()
+    );
+    let c = reqwest::Client::new();
+    let post = |path: &str| {
+        c.post(format!("{base}{path}"))
+            .header("X-Consumer-ID", "app")
+            .send()
+    };
+    let job = |body: serde_json::Value| body["jobId"].as_str().unwrap().to_string();
+    let finished = |id: String| {
+        let c = c.clone();
+        let base = base.clone();
+        async move {
+            for _ in 0..600 {
+                let body: serde_json::Value = c
+                    .get(format!("{base}/exports/{id}"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                if matches!(body["status"].as_str(), Some("completed" | "failed")) {
+                    return body;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("job {id} did not finish");
+        }
+    };
+    let full = post("/exports/full").await.unwrap();
+    assert_eq!(full.status(), 202);
+    let done = finished(job(full.json().await.unwrap())).await;
+    assert_eq!(done["status"], "completed", "{done}");
+
+    let err = refused(
+        &cli(&t, &["teardown"]).await,
+        "teardown with an HTTP consumer",
+    );
+    assert!(err.contains("export consumer app"), "{err}");
+    ok(&cli(&t, &["teardown", "--force"]).await, "forced teardown");
+    ok(
+        &cli(&t, &["setup", "--strategy", "trigger"]).await,
+        "setup again",
+    );
+    change(&t, 1).await;
+
+    let sync = post("/export/app").await.unwrap();
+    assert_eq!(sync.status(), 409);
+    let body = sync.text().await.unwrap();
+    assert!(body.contains("take a full export"), "{body}");
+    let delta = post("/exports/delta").await.unwrap();
+    let failed = finished(job(delta.json().await.unwrap())).await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert!(
+        failed.to_string().contains("take a full export"),
+        "{failed}"
+    );
+
+    let full = post("/exports/full").await.unwrap();
+    let done = finished(job(full.json().await.unwrap())).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    change(&t, 2).await;
+    let sync = post("/export/app").await.unwrap();
+    assert_eq!(sync.status(), 200, "{}", sync.text().await.unwrap());
+}
