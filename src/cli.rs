@@ -865,8 +865,8 @@ async fn watermark(cli: &Cli, action: &WatermarkAction) -> anyhow::Result<()> {
                     return Err(Error::input(format!(
                         "{consumer} / {table}: {at} is before the current {} capture of {table} \
                          was set up ({since}); it has no record of the changes made before \
-                         then, so a watermark there would miss them. Take a full export \
-                         instead (`tidemark watermark reset`, then --mode full)",
+                         then, so a watermark there would miss them; nothing was changed. \
+                         Take a full export instead (--mode full)",
                         c.strategy
                     ))
                     .into());

@@ -52,7 +52,7 @@ pub enum Error {
     },
     /// A teardown, or a setup that changes how a table is captured, would invalidate the
     /// positions of the table's consumers and replicas; refused without `--force`.
-    #[error("table {table:?} has {}: {action} would leave them positions that no capture set-up can read; nothing was changed. Pass --force to go ahead and remove their positions too (their next runs then start from a full read)", users.join(", "))]
+    #[error("table {table:?} has {}: {action} would drop the changes not yet delivered to them and leave them positions that no capture set-up can read; nothing was changed. Pass --force to go ahead and remove their positions too (their next runs then start from a full read)", users.join(", "))]
     InUse {
         table: String,
         action: &'static str,
