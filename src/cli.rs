@@ -11,7 +11,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::capture::{self, Mode, SetupOptions};
+use crate::capture::{self, lifecycle, Mode, SetupOptions};
 use crate::db::{connect, field, ConnectOptions, Database, DbUrl, Timestamp};
 use crate::demo::{self, DemoOptions, Observer, Step};
 use crate::error::Error;
@@ -100,11 +100,20 @@ enum Command {
         /// Creation time column, to tell INSERT from UPDATE in deltas [default: created_at if present]
         #[arg(long)]
         created_column: Option<String>,
+        /// Change the strategy or cursor of a table that has consumers or replicas anyway,
+        /// removing their positions (their next runs start from a full read)
+        #[arg(long)]
+        force: bool,
     },
-    /// Remove what setup installed and the table's registration
+    /// Remove what setup installed and the table's registration (refused while the table has
+    /// consumers or replicas, unless --force)
     Teardown {
         #[arg(long, default_value = "users")]
         table: String,
+        /// Tear down even though consumers or replicas hold positions in the table, removing
+        /// their positions (their next runs start from a full read)
+        #[arg(long)]
+        force: bool,
     },
     /// Export a table's changes for a consumer as CSV plus manifest
     Export {
@@ -263,7 +272,7 @@ enum WatermarkAction {
         #[arg(long)]
         to: String,
     },
-    /// Forget the watermark: the next export starts from the beginning
+    /// Forget the watermark: the consumer starts again with a full export
     Reset {
         #[arg(long)]
         consumer: String,
@@ -498,6 +507,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cursor_column,
             deleted_column,
             created_column,
+            force,
         } => {
             let table = Ident::new(table)?;
             let db = open_source(&cli, false).await?;
@@ -508,11 +518,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 deleted_column: deleted_column.clone(),
                 created_column: created_column.clone(),
             };
-            let report = capture::setup(db.as_ref(), &info, strategy, &options).await?;
-            state.save_table_config(&table, &report.config).await?;
+            let outcome =
+                lifecycle::setup_table(db.as_ref(), &state, &info, strategy, &options, *force)
+                    .await?;
             if cli.json {
-                print_json(&report)?;
+                print_json(&outcome)?;
             } else {
+                if let Some(old) = &outcome.replaced {
+                    println!(
+                        "{table}: replaced the {} capture on cursor {} (removed {})",
+                        old.strategy,
+                        old.cursor_column,
+                        if outcome.removed.is_empty() {
+                            "nothing".to_string()
+                        } else {
+                            outcome.removed.join(", ")
+                        }
+                    );
+                }
+                print_positions_removed(&table, &outcome.positions_removed);
+                let report = &outcome.report;
                 let mut did: Vec<String> = report
                     .installed
                     .iter()
@@ -529,26 +554,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Teardown { table } => {
+        Command::Teardown { table, force } => {
             let table = Ident::new(table)?;
             let db = open_source(&cli, false).await?;
             let state = open_state(&cli, &db).await?;
             let info = db.describe(&table).await?;
-            let removed = match state.table_config(&table).await? {
-                Some(config) => {
-                    let mut r = capture::teardown(db.as_ref(), &info, &config).await?;
-                    state.remove_table_config(&table).await?;
-                    r.push("registration".into());
-                    r
-                }
-                None => Vec::new(),
-            };
+            let outcome = lifecycle::teardown_table(db.as_ref(), &state, &info, *force).await?;
             if cli.json {
-                print_json(&serde_json::json!({ "table": table, "removed": removed }))?;
-            } else if removed.is_empty() {
+                print_json(&outcome)?;
+            } else if outcome.removed.is_empty() {
                 println!("{table}: nothing to remove (not set up)");
             } else {
-                println!("{table}: removed {}", removed.join(", "));
+                println!("{table}: removed {}", outcome.removed.join(", "));
+                print_positions_removed(&table, &outcome.positions_removed);
             }
         }
         Command::Export {
@@ -664,6 +682,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if cli.json {
                 print_json(&summary)?;
             } else {
+                for r in &summary.resyncs {
+                    eprintln!("note: {r}");
+                }
                 println!(
                     "replicated {} into {} table {}: {} rows ({} upserts, {} deletes) in {} commit(s), {:.2} s{}",
                     summary.table,
@@ -808,6 +829,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Says whose positions a forced teardown or setup removed.
+fn print_positions_removed(table: &Ident, users: &[crate::state::TableUser]) {
+    if users.is_empty() {
+        return;
+    }
+    let names: Vec<String> = users.iter().map(ToString::to_string).collect();
+    println!(
+        "{table}: removed the positions of {}; their next runs start from a full read",
+        names.join(", ")
+    );
+}
+
 async fn watermark(cli: &Cli, action: &WatermarkAction) -> anyhow::Result<()> {
     let (consumer, table) = match action {
         WatermarkAction::Get { consumer, table }
@@ -839,10 +872,28 @@ async fn watermark(cli: &Cli, action: &WatermarkAction) -> anyhow::Result<()> {
         WatermarkAction::Set { to, .. } => {
             let at = Timestamp::parse(to)?;
             db.describe(&table).await?;
+            // The position belongs to the current set-up, which can only serve times it
+            // covers: a change log (or version stamps) starts when its set-up was complete.
+            let config = state.table_config(&table).await?;
+            if let Some(c) = &config {
+                if let Some(since) = c.set_up_at.filter(|s| c.strategy != "timestamp" && at < *s) {
+                    return Err(Error::input(format!(
+                        "{consumer} / {table}: {at} is before the current {} capture of {table} \
+                         was set up ({since}); it has no record of the changes made before \
+                         then, so a watermark there would miss them; nothing was changed. \
+                         Take a full export instead (--mode full)",
+                        c.strategy
+                    ))
+                    .into());
+                }
+            }
+            let position = Position::Timestamp {
+                cursor: at,
+                setup: None,
+            }
+            .with_setup(config.as_ref().and_then(|c| c.setup_id.as_deref()));
             let lock = state.lock(&consumer, &table).await?;
-            let result = state
-                .set_watermark(&consumer, &table, &Position::Timestamp { cursor: at })
-                .await;
+            let result = state.set_watermark(&consumer, &table, &position).await;
             lock.release().await?;
             result?;
             if cli.json {
@@ -861,7 +912,7 @@ async fn watermark(cli: &Cli, action: &WatermarkAction) -> anyhow::Result<()> {
                     &serde_json::json!({ "consumer": consumer, "table": table, "reset": removed }),
                 )?;
             } else if removed {
-                println!("{consumer} / {table}: watermark reset; the next export starts from the beginning");
+                println!("{consumer} / {table}: watermark reset; the consumer starts again with a full export");
             } else {
                 println!("{consumer} / {table}: had no watermark");
             }

@@ -62,6 +62,31 @@ pub enum Error {
         target: String,
         reason: String,
     },
+    /// A teardown, or a setup that changes how a table is captured, would invalidate the
+    /// positions of the table's consumers and replicas; refused without `--force`.
+    #[error("table {table:?} has {}: {action} would drop the changes not yet delivered to them and leave them positions that no capture set-up can read; nothing was changed. Pass --force to go ahead and remove their positions too (their next runs then start from a full read)", users.join(", "))]
+    InUse {
+        table: String,
+        action: &'static str,
+        users: Vec<String>,
+    },
+    /// A stored position was made by another capture set-up of the table than the current one;
+    /// reading it would skip or repeat changes, so it is not used.
+    #[error("the position of {who} for table {table:?} was made by an earlier capture set-up ({reason}); {remedy}")]
+    StalePosition {
+        who: String,
+        table: String,
+        reason: String,
+        remedy: &'static str,
+    },
+    /// A delta or incremental export of a consumer that has exported the table before but has
+    /// no position now: from nothing it could not carry the rows deleted since.
+    #[error("consumer {consumer:?} has exported table {table:?} before but has no position in it now (removed by teardown --force, a change of its capture or watermark reset); a {mode} export from nothing cannot carry the rows deleted since its last export, so nothing was exported; take a full export to start again")]
+    PositionGone {
+        consumer: String,
+        table: String,
+        mode: String,
+    },
     /// `tidemark verify` found a broken chain or checksum.
     #[error("verification failed: {0}")]
     Verify(String),
@@ -82,6 +107,9 @@ impl Error {
                 | Error::InvalidUrl { .. }
                 | Error::UnknownTable(_)
                 | Error::UnfitTable { .. }
+                | Error::InUse { .. }
+                | Error::StalePosition { .. }
+                | Error::PositionGone { .. }
         )
     }
 

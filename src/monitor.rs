@@ -236,13 +236,17 @@ async fn inspect(
     };
     let mut consumers = Vec::new();
     for w in watermarks {
-        let pending = count(Some(w.position.clone())).await?;
+        // A position of another capture set-up is never read (its consumer must take a full
+        // export): everything the table's capture sees is pending for it.
+        let current = crate::state::position_is_current(&w.position, config);
+        let from = current.then(|| w.position.clone());
+        let pending = count(from.clone()).await?;
         let (oldest_pending, lag_from) = if pending.total == 0 {
             (None, "nothing_pending")
         } else {
-            let after = strategy.position_after(&Bound::at(now), Some(&w.position));
+            let after = strategy.position_after(&Bound::at(now), from.as_ref());
             let oldest =
-                match strategy.oldest_change(source.dialect(), Some(&w.position), &after)? {
+                match strategy.oldest_change(source.dialect(), from.as_ref(), &after)? {
                     Some(q) => {
                         let rows = source.query(&q.sql, &[]).await?;
                         q.parse(
@@ -276,7 +280,13 @@ async fn inspect(
             oldest_pending,
             lag_seconds,
             lag_from,
-            health: if lagging { "lagging" } else { "ok" },
+            health: if !current {
+                "stale_position"
+            } else if lagging {
+                "lagging"
+            } else {
+                "ok"
+            },
         });
     }
     Ok((changes, consumers))
@@ -300,7 +310,16 @@ impl StatusReport {
             if let Some(e) = &t.error {
                 out.push(format!("{}: cannot inspect: {e}", t.table));
             }
-            for c in t.consumers.iter().filter(|c| c.health != "ok") {
+            for c in t.consumers.iter().filter(|c| c.health == "stale_position") {
+                out.push(format!(
+                    "{} {} on {}: its position was made by an earlier capture set-up; it needs a \
+                     full export (replicas resynchronise at their next run)",
+                    c.kind,
+                    c.consumer_id.as_str(),
+                    t.table
+                ));
+            }
+            for c in t.consumers.iter().filter(|c| c.health == "lagging") {
                 out.push(format!(
                     "{} {} on {}: lagging ({} pending, oldest {:.1} s old; thresholds {} pending, {} s)",
                     c.kind,

@@ -519,6 +519,7 @@ async fn database_stopped_mid_export_and_started_again() {
     let warm = ConsumerId::new("warm").unwrap();
     let position = tidemark::state::Position::Timestamp {
         cursor: db.now().await.unwrap(),
+        setup: None,
     };
     state
         .set_watermark(&warm, &user_table(), &position)

@@ -237,7 +237,10 @@ pub async fn run(
             .set_watermark(
                 &ConsumerId::new(&format!("http-{i}"))?,
                 &table,
-                &Position::Timestamp { cursor: now },
+                &Position::Timestamp {
+                    cursor: now,
+                    setup: None,
+                },
             )
             .await?;
     }

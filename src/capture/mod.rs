@@ -4,6 +4,7 @@
 //! tidemark maintains) and `trigger` (a change log written by triggers), all behind
 //! [`CaptureStrategy`]. The helpers here are the parts they share.
 
+pub mod lifecycle;
 pub mod prune;
 pub mod timestamp;
 pub mod trigger;
@@ -242,15 +243,110 @@ pub fn strategy_for(
             &default
         }
     };
-    match config.strategy.as_str() {
-        "timestamp" => Ok(Box::new(timestamp::TimestampCapture::new(info, config)?)),
-        "trigger" => Ok(Box::new(trigger::TriggerCapture::new(info, config)?)),
-        "version" => Ok(Box::new(version::VersionCapture::new(info, config)?)),
+    let inner: Box<dyn CaptureStrategy> = match config.strategy.as_str() {
+        "timestamp" => Box::new(timestamp::TimestampCapture::new(info, config)?),
+        "trigger" => Box::new(trigger::TriggerCapture::new(info, config)?),
+        "version" => Box::new(version::VersionCapture::new(info, config)?),
+        other => {
+            return Err(Error::input(format!(
+                "table {}: strategy {other:?} is not available in this version (available: {})",
+                info.name,
+                STRATEGIES.join(", ")
+            )))
+        }
+    };
+    Ok(match &config.setup_id {
+        Some(id) => Box::new(Stamped {
+            inner,
+            setup: id.clone(),
+        }),
+        None => inner,
+    })
+}
+
+/// The registration `setup` would store for `strategy` with `options`, computed without
+/// touching the database.
+pub fn planned_config(
+    info: &TableInfo,
+    strategy: &str,
+    options: &SetupOptions,
+) -> Result<TableConfig> {
+    match strategy {
+        "timestamp" => timestamp::TimestampCapture::default_config(info, options),
+        "trigger" => trigger::TriggerCapture::default_config(info, options),
+        "version" => Ok(version::VersionCapture::default_config(info, options)),
         other => Err(Error::input(format!(
-            "table {}: strategy {other:?} is not available in this version (available: {})",
-            info.name,
+            "unknown strategy {other:?}: expected one of {}",
             STRATEGIES.join(", ")
         ))),
+    }
+}
+
+/// A strategy of a set-up with an id: every position it makes carries that id.
+struct Stamped {
+    inner: Box<dyn CaptureStrategy>,
+    setup: String,
+}
+
+/// Every method is the inner strategy's (a default left in place here would silently replace
+/// the inner one's own).
+impl CaptureStrategy for Stamped {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn clock_need(&self) -> ClockNeed {
+        self.inner.clock_need()
+    }
+
+    fn position_after(&self, bound: &Bound, before: Option<&Position>) -> Position {
+        self.inner
+            .position_after(bound, before)
+            .with_setup(Some(&self.setup))
+    }
+
+    fn select(
+        &self,
+        dialect: &dyn Dialect,
+        mode: Mode,
+        before: Option<&Position>,
+        after: &Position,
+    ) -> Result<Select> {
+        self.inner.select(dialect, mode, before, after)
+    }
+
+    fn notify_channel(&self, dialect: &dyn Dialect) -> Option<String> {
+        self.inner.notify_channel(dialect)
+    }
+
+    fn extent_query(&self, dialect: &dyn Dialect) -> Option<String> {
+        self.inner.extent_query(dialect)
+    }
+
+    fn prune_sql(
+        &self,
+        dialect: &dyn Dialect,
+        positions: &[Position],
+    ) -> Result<Option<(String, String)>> {
+        self.inner.prune_sql(dialect, positions)
+    }
+
+    fn count_changes(
+        &self,
+        dialect: &dyn Dialect,
+        before: Option<&Position>,
+        after: &Position,
+    ) -> Result<String> {
+        self.inner.count_changes(dialect, before, after)
+    }
+
+    fn oldest_change(
+        &self,
+        dialect: &dyn Dialect,
+        before: Option<&Position>,
+        after: &Position,
+    ) -> Result<Option<OldestChange>> {
+        self.inner.oldest_change(dialect, before, after)
     }
 }
 

@@ -7,7 +7,7 @@ use crate::capture::strategy_for;
 use crate::db::Database;
 use crate::error::Result;
 use crate::ident::Ident;
-use crate::state::{Position, StateStore};
+use crate::state::{position_is_current, Position, StateStore};
 
 /// What pruning one table did.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -40,15 +40,19 @@ pub async fn prune(
         }
         let info = db.describe(&name).await?;
         let strategy = strategy_for(&info, Some(&config))?;
+        // A position of another capture set-up is never read (its consumer starts again from a
+        // full read), so it does not hold the log back either.
+        let current = |p: &Position| position_is_current(p, Some(&config));
         let mut consumers: Vec<(String, Position)> = watermarks
             .iter()
-            .filter(|w| w.table == name)
+            .filter(|w| w.table == name && current(&w.position))
             .map(|w| (format!("export {}", w.consumer), w.position.clone()))
             .collect();
         // A replica without a position yet starts from a full read of the table.
         consumers.extend(replicas.iter().filter(|r| r.table == name).filter_map(|r| {
             r.position
                 .clone()
+                .filter(current)
                 .map(|p| (format!("replica {} → {}", r.replica, r.target), p))
         }));
         let positions: Vec<Position> = consumers.iter().map(|(_, p)| p.clone()).collect();

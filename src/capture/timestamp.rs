@@ -34,6 +34,8 @@ impl TimestampCapture {
                 .unwrap_or_else(|| "updated_at".into()),
             deleted_column: default_deleted_column(info, options),
             created_column: default_created_column(info, options),
+            setup_id: None,
+            set_up_at: None,
         })
     }
 
@@ -121,6 +123,7 @@ impl CaptureStrategy for TimestampCapture {
         let floor = before.map(Position::time);
         Position::Timestamp {
             cursor: floor.map_or(bound.time, |f| f.max(bound.time)),
+            setup: None,
         }
     }
 
@@ -277,6 +280,7 @@ mod tests {
     fn at(s: &str) -> Position {
         Position::Timestamp {
             cursor: Timestamp::parse(s).unwrap(),
+            setup: None,
         }
     }
 

@@ -85,6 +85,8 @@ impl TriggerCapture {
             cursor_column: Names::of(&info.name)?.log.to_string(),
             deleted_column: default_deleted_column(info, options),
             created_column: None,
+            setup_id: None,
+            set_up_at: None,
         })
     }
 
@@ -516,6 +518,7 @@ impl CaptureStrategy for TriggerCapture {
             time: before.map_or(bound.time, |b| b.time().max(bound.time)),
             txids: bound.txids.clone(),
             change_id: bound.extent,
+            setup: None,
         }
     }
 

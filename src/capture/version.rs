@@ -58,6 +58,8 @@ impl VersionCapture {
                 .unwrap_or_else(|| DEFAULT_COLUMN.into()),
             deleted_column: default_deleted_column(info, options),
             created_column: default_created_column(info, options),
+            setup_id: None,
+            set_up_at: None,
         }
     }
 
@@ -208,6 +210,7 @@ impl CaptureStrategy for VersionCapture {
         Position::Version {
             time: before.map_or(bound.time, |b| b.time().max(bound.time)),
             txids: bound.txids.clone(),
+            setup: None,
         }
     }
 

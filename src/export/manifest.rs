@@ -210,6 +210,7 @@ mod tests {
     fn at(s: &str) -> Position {
         Position::Timestamp {
             cursor: Timestamp::parse(s).unwrap(),
+            setup: None,
         }
     }
 

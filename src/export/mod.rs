@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::ident::{ConsumerId, Ident};
 use crate::sink::csv::CsvWriter;
 use crate::sink::file::{free_name, publish, temporary_writer, tmp_name, write_aside, AtomicFile};
-use crate::state::{status, ExportRecord, Position, StateStore};
+use crate::state::{position_is_current, status, ExportRecord, Position, StateStore, TableConfig};
 use manifest::Manifest;
 use tokio_util::sync::CancellationToken;
 
@@ -147,11 +147,40 @@ impl Exporter {
         let info = self.source.describe(&req.table).await?;
         let config = self.state.table_config(&req.table).await?;
         let strategy = strategy_for(&info, config.as_ref())?;
-        let before = self
+        let stored = self
             .state
             .watermark(&req.consumer, &req.table)
             .await?
             .map(|w| w.position);
+        // `stored` is what the watermark moves from (compare-and-set); `before` what the
+        // export reads from. A position of another capture set-up is never read.
+        let before = match &stored {
+            Some(p) if !position_is_current(p, config.as_ref()) => {
+                if req.mode != Mode::Full {
+                    return Err(stale_position(
+                        &req.consumer,
+                        &req.table,
+                        p,
+                        config.as_ref(),
+                    ));
+                }
+                None
+            }
+            Some(p) => Some(p.clone()),
+            None if req.mode != Mode::Full
+                && self
+                    .state
+                    .has_committed_exports(&req.consumer, &req.table)
+                    .await? =>
+            {
+                return Err(Error::PositionGone {
+                    consumer: req.consumer.to_string(),
+                    table: req.table.to_string(),
+                    mode: req.mode.to_string(),
+                });
+            }
+            None => None,
+        };
         let started_at = Timestamp::now();
         let export_id = req.id.clone().unwrap_or_else(new_export_id);
 
@@ -256,7 +285,7 @@ impl Exporter {
             bytes: written.bytes,
             sha256: written.sha256.clone(),
             columns: select.header.clone(),
-            watermark_before: before.clone(),
+            watermark_before: stored.clone(),
             watermark_after: after.clone(),
             started_at,
             finished_at: Timestamp::now(),
@@ -271,7 +300,7 @@ impl Exporter {
             table: req.table.clone(),
             mode: req.mode.to_string(),
             status: status::PREPARED.into(),
-            before: before.clone(),
+            before: stored.clone(),
             after: Some(after.clone()),
             file: Some(csv_path.to_string_lossy().into_owned()),
             tmp_file: Some(written.tmp.to_string_lossy().into_owned()),
@@ -313,7 +342,7 @@ impl Exporter {
             manifest: Some(manifest_path),
             sha256: Some(written.sha256),
             bytes: written.bytes,
-            watermark_before: before,
+            watermark_before: stored,
             watermark_after: Some(after),
             duration_ms: elapsed_ms(t0),
             repaired,
@@ -383,6 +412,35 @@ impl Exporter {
             }
         }
         Ok(done)
+    }
+}
+
+/// The refusal of a delta or incremental export (or a replica, `who`) from a position that
+/// another capture set-up of the table made.
+pub fn stale_position(
+    consumer: &ConsumerId,
+    table: &Ident,
+    position: &Position,
+    config: Option<&TableConfig>,
+) -> Error {
+    let made_by = match position.setup() {
+        Some(id) => format!("set-up {id}"),
+        None => "a set-up without an id".into(),
+    };
+    let current = match config {
+        Some(c) => format!(
+            "the table is now captured by {} set-up {}",
+            c.strategy,
+            c.setup_id.as_deref().unwrap_or("without an id")
+        ),
+        None => "the table is no longer set up (timestamp defaults)".into(),
+    };
+    Error::StalePosition {
+        who: format!("consumer {consumer}"),
+        table: table.to_string(),
+        reason: format!("a {} position of {made_by}; {current}", position.kind()),
+        remedy: "the changes since then cannot be told from it, so nothing was exported; \
+                 take a full export to start again",
     }
 }
 

@@ -26,7 +26,7 @@ use crate::db::{
 use crate::error::{Error, Result};
 use crate::ident::{ConsumerId, Ident};
 use crate::state::replicas::ReplicaRecord;
-use crate::state::{Position, StateStore};
+use crate::state::{position_is_current, Position, StateStore, TableConfig};
 use apply::{Change, TargetTable};
 
 /// Rows per batch by default.
@@ -82,6 +82,11 @@ pub struct RunOutcome {
     pub committed: bool,
     /// How the source snapshot's bound was settled (waited, held back).
     pub settled: Settled,
+    /// Why the target was resynchronised (emptied and copied again in the run's one target
+    /// transaction): its position was made by another capture set-up of the source table, or
+    /// it had rows but no position.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resync: Option<String>,
 }
 
 /// What `replicate` did over all its runs.
@@ -98,6 +103,8 @@ pub struct Summary {
     pub deletes: u64,
     /// Transient failures retried.
     pub retries: u64,
+    /// Why the target was resynchronised, once per resynchronisation (see [`RunOutcome`]).
+    pub resyncs: Vec<String>,
     pub position: Option<Position>,
     pub seconds: f64,
     /// Milliseconds the runs waited for their source snapshots to cover every change
@@ -110,8 +117,12 @@ pub struct Summary {
 
 struct Plan {
     target: Arc<dyn Database>,
+    /// The source table's registration the plan was made for (its capture set-up).
+    config: Option<TableConfig>,
     strategy: Box<dyn CaptureStrategy>,
     apply: Arc<TargetTable>,
+    /// Empties the target table (a resynchronisation).
+    delete_all: String,
 }
 
 /// Replicates one source table into one target table.
@@ -190,6 +201,7 @@ impl Replicator {
             upserts: 0,
             deletes: 0,
             retries: 0,
+            resyncs: Vec::new(),
             position: None,
             seconds: 0.0,
             waited_ms: 0,
@@ -212,6 +224,7 @@ impl Replicator {
                     summary.deletes += o.deletes;
                     summary.waited_ms += o.settled.waited_ms;
                     summary.held_back_since = o.settled.held_back_since;
+                    summary.resyncs.extend(o.resync.clone());
                     if o.committed {
                         summary.commits += 1;
                         summary.position = o.position_after.clone();
@@ -311,12 +324,15 @@ impl Replicator {
     }
 
     async fn prepare(&mut self) -> Result<()> {
-        if self.plan.is_some() {
+        // Every run reads the registration: a teardown and setup while following makes a
+        // new set-up, whose positions the old plan would not recognise.
+        let config = self.state.table_config(&self.opts.table).await?;
+        if self.plan.as_ref().is_some_and(|p| p.config == config) {
             return Ok(());
         }
+        self.plan = None;
         let target = self.target().await?;
         let info: TableInfo = self.source.describe(&self.opts.table).await?;
-        let config = self.state.table_config(&self.opts.table).await?;
         let strategy = strategy_for(&info, config.as_ref())?;
         let apply = TargetTable::prepare(
             target.as_ref(),
@@ -337,10 +353,13 @@ impl Replicator {
                 &[],
             )
             .await?;
+        let delete_all = format!("DELETE FROM {}", d.quote(&self.opts.target_table));
         self.plan = Some(Plan {
             target,
+            config,
             strategy,
             apply: Arc::new(apply),
+            delete_all,
         });
         Ok(())
     }
@@ -370,11 +389,37 @@ impl Replicator {
                 self.position_keys(),
             )
             .await?;
-        let before = rows
+        let stored = rows
             .first()
             .and_then(|r| field(r, 0))
             .map(Position::from_json)
             .transpose()?;
+        // `stored` is what the target's position moves from (compare-and-set); `before` what
+        // this run reads from. A position of another capture set-up is never read: the target
+        // is emptied and every live row copied again, in this same transaction.
+        let mut resync = None;
+        let before = match &stored {
+            Some(p) if !position_is_current(p, plan.config.as_ref()) => {
+                resync = Some(format!(
+                    "the target's position ({} position of {}) was made by another capture \
+                     set-up of {} than the current one ({}); the target was emptied and every \
+                     live row copied again",
+                    p.kind(),
+                    p.setup()
+                        .map_or("a set-up without an id".into(), |s| format!("set-up {s}")),
+                    self.opts.table,
+                    plan.config
+                        .as_ref()
+                        .map_or("timestamp defaults".into(), |c| format!(
+                            "{} set-up {}",
+                            c.strategy,
+                            c.setup_id.as_deref().unwrap_or("without an id")
+                        )),
+                ));
+                None
+            }
+            other => other.clone(),
+        };
         let mut snapshot = self
             .source
             .snapshot(&SnapshotOptions::new(
@@ -393,6 +438,24 @@ impl Replicator {
         let select =
             plan.strategy
                 .select(self.source.dialect(), Mode::Delta, before.as_ref(), &after)?;
+        // After the source snapshot: a write in the target transaction on the same MariaDB
+        // server would otherwise hold the snapshot's capture bound back.
+        if before.is_none() {
+            let deleted = match tx.execute(&plan.delete_all, Vec::new()).await {
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = snapshot.finish().await;
+                    let _ = tx.rollback().await;
+                    return Err(e);
+                }
+            };
+            if deleted > 0 && resync.is_none() {
+                resync = Some(format!(
+                    "the target table had {deleted} row(s) but no position; it was emptied and \
+                     every live row copied"
+                ));
+            }
+        }
 
         // The source is read by its own task; full batches come over a channel of two, so at
         // most four batches exist at once whatever the interval's size.
@@ -418,7 +481,8 @@ impl Replicator {
             Ok::<u64, Error>(n)
         });
         let mut outcome = RunOutcome {
-            position_before: before.clone(),
+            position_before: stored.clone(),
+            resync,
             settled: Settled {
                 held_back_since: settled
                     .held_back_since
@@ -455,7 +519,7 @@ impl Replicator {
             return Ok(outcome);
         }
         let now = Timestamp::now().to_string();
-        let moved = match &before {
+        let moved = match &stored {
             Some(b) => {
                 let mut params = vec![after.to_json().into(), now.as_str().into()];
                 params.extend(self.position_keys());

@@ -18,7 +18,7 @@ use tracing::Instrument;
 use super::metrics::Metrics;
 use crate::capture::Mode;
 use crate::db::Timestamp;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::export::{file_stem, ExportRequest, Exporter};
 use crate::ident::{ConsumerId, Ident};
 use crate::state::jobs::{job_status, JobRecord};
@@ -55,6 +55,8 @@ struct Live {
     done: watch::Sender<bool>,
     /// The job failed because a database could not be reached (HTTP 503 rather than 500).
     unavailable: AtomicBool,
+    /// The job failed because the consumer's position cannot be read (HTTP 409 rather than 500).
+    position: AtomicBool,
 }
 
 /// A finished job, as the synchronous endpoint reports it.
@@ -62,6 +64,8 @@ pub struct Finished {
     pub record: JobRecord,
     /// It failed because a database could not be reached.
     pub unavailable: bool,
+    /// It failed because the consumer's position cannot be read (it needs a full export).
+    pub position: bool,
 }
 
 impl Live {
@@ -240,6 +244,7 @@ impl Jobs {
             record: Mutex::new(record.clone()),
             done,
             unavailable: AtomicBool::new(false),
+            position: AtomicBool::new(false),
         });
         if let Err(e) = self.inner.exporter.state().save_job(&record).await {
             // The job still runs (and fails if the database is down): its end is reported from
@@ -318,6 +323,10 @@ impl Jobs {
                     }
                     Some(Err(e)) => {
                         live.unavailable.store(e.is_unavailable(), Ordering::SeqCst);
+                        live.position.store(
+                            matches!(e, Error::StalePosition { .. } | Error::PositionGone { .. }),
+                            Ordering::SeqCst,
+                        );
                         Err(e.to_string())
                     }
                     None => Err(abandoned.to_string()),
@@ -423,6 +432,7 @@ impl Jobs {
         Some(Finished {
             record: live.snapshot(),
             unavailable: live.unavailable.load(Ordering::SeqCst),
+            position: live.position.load(Ordering::SeqCst),
         })
     }
 

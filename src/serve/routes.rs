@@ -111,7 +111,10 @@ impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
         let status = match &e {
             Error::UnknownTable(_) => StatusCode::NOT_FOUND,
-            Error::Busy { .. } | Error::Conflict { .. } => StatusCode::CONFLICT,
+            Error::Busy { .. }
+            | Error::Conflict { .. }
+            | Error::StalePosition { .. }
+            | Error::PositionGone { .. } => StatusCode::CONFLICT,
             _ if e.is_input_error() => StatusCode::BAD_REQUEST,
             _ if e.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -386,7 +389,7 @@ async fn health(State(s): State<AppState>) -> (StatusCode, Json<HealthBody>) {
     responses(
         (status = 200, description = "Exported (`status`, `consumer_id`, `file`, `path`, `rows`) or `No new data to export`"),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, description = "An export for this consumer and table runs", body = ErrorBody),
+        (status = 409, description = "An export for this consumer and table runs, or the consumer's position was made by an earlier capture set-up or removed (take a full export)", body = ErrorBody),
         (status = 500, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn export_sync(
     State(s): State<AppState>,
@@ -410,6 +413,8 @@ async fn export_sync(
         let message = done.error.clone().unwrap_or_else(|| "export failed".into());
         let status = if finished.unavailable {
             StatusCode::SERVICE_UNAVAILABLE
+        } else if finished.position {
+            StatusCode::CONFLICT
         } else {
             StatusCode::INTERNAL_SERVER_ERROR
         };

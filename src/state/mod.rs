@@ -14,11 +14,20 @@ use crate::error::{Error, Result};
 use crate::ident::{ConsumerId, Ident};
 
 /// Where a consumer stands in a table's change stream.
+///
+/// Every variant records the capture set-up that produced it (`setup`, the id `setup` stored
+/// in the table's registration): a position is only ever read by that set-up. Positions written
+/// before set-up ids existed have none, and so do those of a table whose registration has none
+/// (see [`position_is_current`]).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "strategy", rename_all = "lowercase")]
 pub enum Position {
     /// Every change with a cursor value below `cursor` has been delivered.
-    Timestamp { cursor: Timestamp },
+    Timestamp {
+        cursor: Timestamp,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        setup: Option<String>,
+    },
     /// Every change-log entry of a transaction visible in `txids` (PostgreSQL) or stamped
     /// before `time` (elsewhere) has been delivered.
     Trigger {
@@ -29,6 +38,8 @@ pub enum Position {
         /// handed out in commit order).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         change_id: Option<i64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        setup: Option<String>,
     },
     /// Every row version written by a transaction visible in `txids` (PostgreSQL) or stamped
     /// before `time` (elsewhere) has been delivered.
@@ -36,6 +47,8 @@ pub enum Position {
         time: Timestamp,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         txids: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        setup: Option<String>,
     },
 }
 
@@ -54,7 +67,7 @@ impl Position {
     /// The time this position stands for.
     pub fn time(&self) -> Timestamp {
         match self {
-            Position::Timestamp { cursor } => *cursor,
+            Position::Timestamp { cursor, .. } => *cursor,
             Position::Trigger { time, .. } | Position::Version { time, .. } => *time,
         }
     }
@@ -64,6 +77,35 @@ impl Position {
         match self {
             Position::Trigger { change_id, .. } => *change_id,
             _ => None,
+        }
+    }
+
+    /// The id of the capture set-up that produced this position (none: written before set-up
+    /// ids existed, or by a registration that has none).
+    pub fn setup(&self) -> Option<&str> {
+        match self {
+            Position::Timestamp { setup, .. }
+            | Position::Trigger { setup, .. }
+            | Position::Version { setup, .. } => setup.as_deref(),
+        }
+    }
+
+    /// This position as made by the capture set-up `id`.
+    pub fn with_setup(mut self, id: Option<&str>) -> Self {
+        match &mut self {
+            Position::Timestamp { setup, .. }
+            | Position::Trigger { setup, .. }
+            | Position::Version { setup, .. } => *setup = id.map(str::to_string),
+        }
+        self
+    }
+
+    /// The strategy name of this position's kind (`timestamp`, `trigger`, `version`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Position::Timestamp { .. } => "timestamp",
+            Position::Trigger { .. } => "trigger",
+            Position::Version { .. } => "version",
         }
     }
 
@@ -94,6 +136,51 @@ pub struct TableConfig {
     pub cursor_column: String,
     pub deleted_column: Option<String>,
     pub created_column: Option<String>,
+    /// The id of this capture set-up, stamped into every position it produces. A new one is
+    /// made whenever `setup` changes how the table is captured (a first registration of a
+    /// strategy other than the implicit `timestamp` one, a strategy or cursor change, a setup
+    /// after a teardown); re-running the same setup keeps it. Registrations written before
+    /// set-up ids existed have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setup_id: Option<String>,
+    /// When this set-up was complete: its change log (or version stamps) covers every change
+    /// committed after it. Absent on registrations written before set-up ids existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_up_at: Option<Timestamp>,
+}
+
+/// Whether `position` may be read by the table's current capture set-up (`config`, none for a
+/// table captured with the implicit `timestamp` defaults): it must carry the same set-up id (a
+/// position written before set-up ids existed, like a registration written then, has none, so
+/// old state keeps working until the capture is set up anew), and be of a kind the strategy
+/// reads (every strategy reads a plain time, as `watermark set` writes it).
+pub fn position_is_current(position: &Position, config: Option<&TableConfig>) -> bool {
+    let (strategy, id) = match config {
+        Some(c) => (c.strategy.as_str(), c.setup_id.as_deref()),
+        None => ("timestamp", None),
+    };
+    position.setup() == id && (position.kind() == "timestamp" || position.kind() == strategy)
+}
+
+/// A consumer, replica or stream whose position in a table a teardown would invalidate.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TableUser {
+    /// `export` or `replica`.
+    pub kind: &'static str,
+    /// The consumer id (an export consumer, or a replica's `replica-…` id).
+    pub id: String,
+    /// A replica's target (URL without password and target table).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+impl std::fmt::Display for TableUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.target {
+            Some(t) => write!(f, "{} {} (→ {t})", self.kind, self.id),
+            None => write!(f, "{} consumer {}", self.kind, self.id),
+        }
+    }
 }
 
 /// One export as the state store tracks it.
@@ -286,6 +373,58 @@ impl StateStore {
             > 0)
     }
 
+    /// Every consumer and replica holding a position in `table` (export watermarks, then the
+    /// replicas the source's state knows of).
+    pub async fn table_users(&self, table: &Ident) -> Result<Vec<TableUser>> {
+        let mut users: Vec<TableUser> = self
+            .db
+            .query(
+                "SELECT consumer_id FROM tidemark_watermarks WHERE table_name = ? \
+                 ORDER BY consumer_id",
+                &[table.as_str().into()],
+            )
+            .await?
+            .into_iter()
+            .map(|r| TableUser {
+                kind: "export",
+                id: r.into_iter().next().flatten().unwrap_or_default(),
+                target: None,
+            })
+            .collect();
+        users.extend(
+            self.replicas()
+                .await?
+                .into_iter()
+                .filter(|r| r.table == *table)
+                .map(|r| TableUser {
+                    kind: "replica",
+                    id: r.replica.to_string(),
+                    target: Some(format!("{} table {}", r.target, r.target_table)),
+                }),
+        );
+        Ok(users)
+    }
+
+    /// Removes every position held in `table` (export watermarks and the replicas' records) in
+    /// one transaction: their next runs start from a full read. A replica's authoritative
+    /// position lives in its target; it was made by the set-up being replaced, so the replica
+    /// resynchronises when it next runs.
+    pub async fn remove_table_positions(&self, table: &Ident) -> Result<()> {
+        self.db
+            .transaction(&[
+                Stmt::new(
+                    "DELETE FROM tidemark_watermarks WHERE table_name = ?",
+                    vec![table.as_str().into()],
+                ),
+                Stmt::new(
+                    "DELETE FROM tidemark_replicas WHERE table_name = ?",
+                    vec![table.as_str().into()],
+                ),
+            ])
+            .await?;
+        Ok(())
+    }
+
     /// The watermark of (consumer, table), if any.
     pub async fn watermark(
         &self,
@@ -474,6 +613,27 @@ impl StateStore {
         Ok(())
     }
 
+    /// Whether (consumer, table) has a committed export on record.
+    pub async fn has_committed_exports(
+        &self,
+        consumer: &ConsumerId,
+        table: &Ident,
+    ) -> Result<bool> {
+        let rows = self
+            .db
+            .query(
+                "SELECT export_id FROM tidemark_exports WHERE consumer_id = ? AND table_name = ? \
+                 AND status = ? LIMIT 1",
+                &[
+                    consumer.as_str().into(),
+                    table.as_str().into(),
+                    status::COMMITTED.into(),
+                ],
+            )
+            .await?;
+        Ok(!rows.is_empty())
+    }
+
     /// Exports of (consumer, table) left prepared by a process that died.
     pub async fn prepared_exports(
         &self,
@@ -552,4 +712,70 @@ fn record_from_row(r: Vec<Option<String>>) -> Result<ExportRecord> {
         finished_at: field(&r, 13).map(Timestamp::parse).transpose()?,
         error: text(14),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(strategy: &str, setup_id: Option<&str>) -> TableConfig {
+        TableConfig {
+            strategy: strategy.into(),
+            cursor_column: "updated_at".into(),
+            deleted_column: None,
+            created_column: None,
+            setup_id: setup_id.map(str::to_string),
+            set_up_at: None,
+        }
+    }
+
+    #[test]
+    fn positions_are_read_only_by_the_set_up_that_made_them() {
+        let old = r#"{"strategy":"trigger","time":"2026-01-01T00:00:00.000000Z","change_id":7}"#;
+        let legacy = Position::from_json(old).unwrap();
+        assert_eq!(legacy.setup(), None);
+        // Old state: a registration without an id reads positions without one.
+        assert!(position_is_current(&legacy, Some(&config("trigger", None))));
+        // Not once a new set-up replaced it, nor by another strategy, nor unregistered.
+        assert!(!position_is_current(
+            &legacy,
+            Some(&config("trigger", Some("a1")))
+        ));
+        assert!(!position_is_current(
+            &legacy,
+            Some(&config("version", None))
+        ));
+        assert!(!position_is_current(&legacy, None));
+
+        let made = legacy.clone().with_setup(Some("a1"));
+        assert_eq!(made.setup(), Some("a1"));
+        assert!(Position::from_json(&made.to_json()).unwrap() == made);
+        assert!(made.to_json().contains(r#""setup":"a1""#));
+        assert!(position_is_current(
+            &made,
+            Some(&config("trigger", Some("a1")))
+        ));
+        assert!(!position_is_current(
+            &made,
+            Some(&config("trigger", Some("b2")))
+        ));
+        assert!(!position_is_current(&made, Some(&config("trigger", None))));
+        assert!(!position_is_current(&made, None));
+        // Without an id the JSON is what older versions wrote, byte for byte.
+        assert_eq!(legacy.to_json(), old);
+
+        // A plain time (`watermark set`) is read by every strategy of its set-up.
+        let time = Position::Timestamp {
+            cursor: Timestamp::parse("2026-01-01T00:00:00Z").unwrap(),
+            setup: Some("a1".into()),
+        };
+        assert!(position_is_current(
+            &time,
+            Some(&config("version", Some("a1")))
+        ));
+        assert!(!position_is_current(
+            &time,
+            Some(&config("version", Some("b2")))
+        ));
+    }
 }
