@@ -245,18 +245,17 @@ async fn inspect(
             (None, "nothing_pending")
         } else {
             let after = strategy.position_after(&Bound::at(now), from.as_ref());
-            let oldest =
-                match strategy.oldest_change(source.dialect(), from.as_ref(), &after)? {
-                    Some(q) => {
-                        let rows = source.query(&q.sql, &[]).await?;
-                        q.parse(
-                            rows.first()
-                                .and_then(|r| r.first())
-                                .and_then(|v| v.as_deref()),
-                        )?
-                    }
-                    None => None,
-                };
+            let oldest = match strategy.oldest_change(source.dialect(), from.as_ref(), &after)? {
+                Some(q) => {
+                    let rows = source.query(&q.sql, &[]).await?;
+                    q.parse(
+                        rows.first()
+                            .and_then(|r| r.first())
+                            .and_then(|v| v.as_deref()),
+                    )?
+                }
+                None => None,
+            };
             match oldest {
                 Some(t) => (Some(t), "oldest_pending"),
                 None => (None, "position"),

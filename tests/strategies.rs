@@ -1007,15 +1007,36 @@ async fn postgres_version_lag_is_the_commit_time_of_the_oldest_pending_version()
     .await
     .unwrap();
     let back = db.now().await.unwrap().minus(Duration::from_secs(7200));
+    // A consumer whose position is two hours old: its export, then the position's time set
+    // back (its transaction snapshot kept), as if it had not run since.
+    let out_dir = tempfile::tempdir().unwrap();
+    let out_dir = out_dir.path().to_string_lossy().into_owned();
     let (code, out) = cli(&[
-        "watermark",
-        "set",
+        "export",
         "--consumer",
         "c1",
-        "--to",
-        &back.to_string(),
+        "--mode",
+        "full",
+        "--out",
+        &out_dir,
     ]);
     assert_eq!(code, 0, "{out:?}");
+    let rows = db
+        .query(
+            "SELECT position FROM tidemark_watermarks WHERE consumer_id = 'c1'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut position: serde_json::Value =
+        serde_json::from_str(rows[0][0].as_deref().unwrap()).unwrap();
+    position["time"] = back.to_string().into();
+    db.execute(
+        "UPDATE tidemark_watermarks SET position = ? WHERE consumer_id = 'c1'",
+        &[position.to_string().into()],
+    )
+    .await
+    .unwrap();
     db.execute("UPDATE users SET name = 'fresh' WHERE id = 5", &[])
         .await
         .unwrap();
