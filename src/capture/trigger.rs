@@ -37,10 +37,12 @@ struct Names {
     log: Ident,
     /// The view of the log with both images; on PostgreSQL also the notification channel.
     changes: Ident,
-    /// PostgreSQL: the trigger function and its one trigger.
+    /// PostgreSQL: the trigger function, and the one row-level trigger of earlier versions
+    /// (dropped when setup runs again).
     function: Ident,
     trigger: Ident,
-    /// MariaDB and SQLite: one trigger per operation.
+    /// One trigger per operation (row-level on MariaDB and SQLite, statement-level on
+    /// PostgreSQL).
     on_insert: Ident,
     on_update: Ident,
     on_delete: Ident,
@@ -250,39 +252,53 @@ impl TriggerCapture {
         let keys = keys.join(", ");
         Ok(match d.kind() {
             DbKind::Postgres => {
-                // pg_notify folds identical notifications of one transaction into one, sent
-                // at commit: followers (`replicate --follow`) wake once per transaction.
-                let body = format!(
-                    "BEGIN IF TG_OP = 'INSERT' THEN {}; ELSIF TG_OP = 'UPDATE' THEN {}; \
-                     ELSE {}; END IF; PERFORM pg_notify('{}', ''); RETURN NULL; END",
-                    self.log_insert(d, INSERT),
-                    self.log_insert(d, UPDATE),
-                    self.log_insert(d, DELETE),
-                    n.changes.as_str().replace('\'', "''")
-                );
-                vec![
+                let body = self.pg_statement_body(d);
+                let function = d.quote(&n.function);
+                let mut v = vec![
                     format!(
                         "CREATE TABLE IF NOT EXISTS {log} (\
                          change_id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, \
                          txid BIGINT NOT NULL, changed_at TIMESTAMPTZ NOT NULL, \
                          operation TEXT NOT NULL, before_image JSONB, {keys})"
                     ),
-                    d.create_index(&n.txid_index, &n.log, &[&Ident::new("txid")?]),
-                    // The search path is pinned so the log is found whatever the writer's is.
+                    // Entries are appended in transaction-id order, nearly: a BRIN index costs
+                    // the writers next to nothing and still lets an export skip to the recent
+                    // entries (`txid >= xmin`). A log created earlier keeps its B-tree.
                     format!(
-                        "CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql \
+                        "CREATE INDEX IF NOT EXISTS {} ON {log} USING brin (txid)",
+                        d.quote(&n.txid_index)
+                    ),
+                    // The search path is pinned so the log is found whatever the writer's is;
+                    // the trigger runs once per statement, so that costs once per statement.
+                    format!(
+                        "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql \
                          SET search_path FROM CURRENT AS '{}'",
-                        d.quote(&n.function),
                         body.replace('\'', "''")
                     ),
+                    // The row-level trigger of earlier versions.
                     format!("DROP TRIGGER IF EXISTS {} ON {table}", d.quote(&n.trigger)),
-                    format!(
-                        "CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {table} \
-                         FOR EACH ROW EXECUTE FUNCTION {}()",
-                        d.quote(&n.trigger),
-                        d.quote(&n.function)
-                    ),
-                ]
+                ];
+                // One trigger per operation, each run once per statement with the statement's
+                // rows as transition tables (one INSERT … SELECT into the log, one
+                // notification), so a bulk statement costs one log insert of many rows rather
+                // than a function call per row.
+                for (name, op) in self.per_operation() {
+                    let referencing = match op {
+                        INSERT => "NEW TABLE AS tidemark_new",
+                        UPDATE => "OLD TABLE AS tidemark_old NEW TABLE AS tidemark_new",
+                        _ => "OLD TABLE AS tidemark_old",
+                    };
+                    v.push(format!(
+                        "DROP TRIGGER IF EXISTS {} ON {table}",
+                        d.quote(name)
+                    ));
+                    v.push(format!(
+                        "CREATE TRIGGER {} AFTER {op} ON {table} REFERENCING {referencing} \
+                         FOR EACH STATEMENT EXECUTE FUNCTION {function}()",
+                        d.quote(name)
+                    ));
+                }
+                v
             }
             DbKind::Mysql => {
                 let mut v = vec![format!(
@@ -332,6 +348,66 @@ impl TriggerCapture {
         })
     }
 
+    /// The PostgreSQL statement-level trigger function: one log entry per row of the
+    /// statement's transition tables. An UPDATE's old and new rows are paired by primary key;
+    /// a statement that changed one row's key pairs that row's old and new key as one UPDATE,
+    /// and one that changed several rows' keys logs each vanished key as a DELETE and each new
+    /// one as an INSERT — how a delta export shows a key change anyway. pg_notify folds identical
+    /// notifications of one transaction into one, sent at commit: followers (`replicate
+    /// --follow`) wake once per transaction.
+    fn pg_statement_body(&self, d: &dyn Dialect) -> String {
+        let log = d.quote(&self.names.log);
+        let keys: Vec<String> = self.info.primary_key.iter().map(|k| d.quote(k)).collect();
+        let old_keys = self.key_columns("old").join(", ");
+        let new_keys = self.key_columns("new").join(", ");
+        let of = |alias: &str| -> String {
+            keys.iter()
+                .map(|k| format!("{alias}.{k}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let pairs: Vec<String> = keys.iter().map(|k| format!("o.{k} = n.{k}")).collect();
+        let pairs = pairs.join(" AND ");
+        let image = d.json_image("o", &self.info.columns);
+        // No PL/pgSQL variable appears in a query: a column of the table of the same name
+        // would make it ambiguous.
+        let stamp = "clock_timestamp(), pg_current_xact_id()::text::bigint";
+        let (new, old) = (of("n"), of("o"));
+        let unmatched_old =
+            format!("tidemark_old o WHERE NOT EXISTS (SELECT 1 FROM tidemark_new n WHERE {pairs})");
+        let unmatched_new =
+            format!("tidemark_new n WHERE NOT EXISTS (SELECT 1 FROM tidemark_old o WHERE {pairs})");
+        format!(
+            "DECLARE tidemark_matched bigint; \
+             BEGIN \
+             IF TG_OP = 'INSERT' THEN \
+               INSERT INTO {log} (operation, changed_at, txid, {new_keys}) \
+               SELECT '{INSERT}', {stamp}, {new} FROM tidemark_new n; \
+             ELSIF TG_OP = 'UPDATE' THEN \
+               INSERT INTO {log} (operation, changed_at, txid, before_image, {old_keys}, {new_keys}) \
+               SELECT '{UPDATE}', {stamp}, {image}, {old}, {new} \
+               FROM tidemark_old o JOIN tidemark_new n ON {pairs}; \
+               GET DIAGNOSTICS tidemark_matched = ROW_COUNT; \
+               IF (SELECT count(*) FROM tidemark_old) - tidemark_matched = 1 THEN \
+                 INSERT INTO {log} (operation, changed_at, txid, before_image, {old_keys}, {new_keys}) \
+                 SELECT '{UPDATE}', {stamp}, {image}, {old}, {new} \
+                 FROM (SELECT o.* FROM {unmatched_old}) o, (SELECT n.* FROM {unmatched_new}) n; \
+               ELSIF (SELECT count(*) FROM tidemark_old) > tidemark_matched THEN \
+                 INSERT INTO {log} (operation, changed_at, txid, before_image, {old_keys}) \
+                 SELECT '{DELETE}', {stamp}, {image}, {old} FROM {unmatched_old}; \
+                 INSERT INTO {log} (operation, changed_at, txid, {new_keys}) \
+                 SELECT '{INSERT}', {stamp}, {new} FROM {unmatched_new}; \
+               END IF; \
+             ELSE \
+               INSERT INTO {log} (operation, changed_at, txid, before_image, {old_keys}) \
+               SELECT '{DELETE}', {stamp}, {image}, {old} FROM tidemark_old o; \
+             END IF; \
+             PERFORM pg_notify('{channel}', ''); \
+             RETURN NULL; END",
+            channel = self.names.changes.as_str().replace('\'', "''"),
+        )
+    }
+
     fn per_operation(&self) -> [(&Ident, &'static str); 3] {
         let n = &self.names;
         [
@@ -351,6 +427,12 @@ impl TriggerCapture {
                 "DROP TRIGGER IF EXISTS {} ON {table}",
                 d.quote(&n.trigger)
             ));
+            for (name, _) in self.per_operation() {
+                v.push(format!(
+                    "DROP TRIGGER IF EXISTS {} ON {table}",
+                    d.quote(name)
+                ));
+            }
             v.push(format!(
                 "DROP FUNCTION IF EXISTS {}()",
                 d.quote(&n.function)
