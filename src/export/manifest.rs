@@ -39,6 +39,10 @@ pub struct Manifest {
     /// of format 1 list names only, which read as columns of unknown (text) type.
     #[serde(deserialize_with = "names_or_types")]
     pub columns: Vec<ColumnType>,
+    /// The table's primary key, by which delta rows replace earlier ones (empty in manifests
+    /// of format 1).
+    #[serde(default)]
+    pub primary_key: Vec<String>,
     pub watermark_before: Option<Position>,
     pub watermark_after: Position,
     pub started_at: Timestamp,
@@ -274,6 +278,7 @@ mod tests {
                 .split(',')
                 .map(ColumnType::untyped)
                 .collect(),
+            primary_key: vec!["id".into()],
             watermark_before: before,
             watermark_after: after.clone(),
             started_at: after.time(),
@@ -367,6 +372,7 @@ mod tests {
         let mut old = serde_json::to_value(&m).unwrap();
         old["format"] = 1.into();
         old["columns"] = serde_json::json!(["id", "name"]);
+        old.as_object_mut().unwrap().remove("primary_key");
         std::fs::write(
             d.join(format!("full.csv{SUFFIX}")),
             serde_json::to_string(&old).unwrap(),

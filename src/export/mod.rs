@@ -257,6 +257,7 @@ impl Exporter {
             bytes: written.bytes,
             sha256: written.sha256.clone(),
             columns: column_types(self.source.kind(), &info, &select.header),
+            primary_key: info.primary_key.iter().map(ToString::to_string).collect(),
             watermark_before: before.clone(),
             watermark_after: after.clone(),
             started_at,
