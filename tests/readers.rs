@@ -89,7 +89,11 @@ async fn export(t: &TestDb, mode: Mode) {
         .export(&req, None)
         .await
         .unwrap_or_else(|e| panic!("{mode} export on {}: {e}", t.kind));
-    assert!(out.file.is_some(), "{mode} export on {} wrote no file", t.kind);
+    assert!(
+        out.file.is_some(),
+        "{mode} export on {} wrote no file",
+        t.kind
+    );
 }
 
 /// The README's python blocks of its "Reading exports" section, in order.
@@ -285,12 +289,20 @@ async fn readme_snippets_read_exports_exactly(kind: DbKind) {
     let price = col("price");
     assert_eq!(price["kind"], "decimal", "{price}");
     if kind != DbKind::Sqlite {
-        assert_eq!((&price["precision"], &price["scale"]), (&12.into(), &3.into()));
+        assert_eq!(
+            (&price["precision"], &price["scale"]),
+            (&12.into(), &3.into())
+        );
         let code = col("code");
         assert_eq!((&code["length"], &code["fixed"]), (&6.into(), &true.into()));
     }
     let expected_types = match kind {
-        DbKind::Postgres => ["numeric(12,3)", "timestamp with time zone", "bigint", "bytea"],
+        DbKind::Postgres => [
+            "numeric(12,3)",
+            "timestamp with time zone",
+            "bigint",
+            "bytea",
+        ],
         DbKind::Mysql => ["decimal(12,3)", "timestamp(6)", "bigint(20)", "longblob"],
         DbKind::Sqlite => ["NUMERIC(12,3)", "TIMESTAMP", "INTEGER", "BLOB"],
     };
@@ -343,8 +355,7 @@ async fn readme_snippets_read_exports_exactly(kind: DbKind) {
     let want = expected(kind);
     for reader in ["duckdb", "pandas"] {
         assert_eq!(
-            got[reader],
-            want,
+            got[reader], want,
             "{reader} read the exports of {kind} as\n{:#}",
             got[reader]
         );
