@@ -324,6 +324,34 @@ async fn readme_snippets_read_exports_exactly(kind: DbKind) {
     assert_eq!(delta.columns[0].name, "operation");
     assert_eq!(delta.columns[0].sql_type, None);
 
+    // `tidemark verify` accepts them, and the same exports with manifests as tidemark wrote
+    // them before columns had types (format 1: names only, no primary key).
+    let verify = |dir: &Path| common::tidemark_cmd(&["verify", dir.to_str().unwrap()]).output();
+    let run = verify(t.out.path()).unwrap();
+    assert!(run.status.success(), "{run:?}");
+    let old = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(t.out.path()).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        if name.ends_with(".manifest.json") {
+            let mut m: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let names: Vec<serde_json::Value> = m["columns"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["name"].clone())
+                .collect();
+            m["columns"] = names.into();
+            m["format"] = 1.into();
+            m.as_object_mut().unwrap().remove("primary_key");
+            text = serde_json::to_string(&m).unwrap();
+        }
+        std::fs::write(old.path().join(name), text).unwrap();
+    }
+    let run = verify(old.path()).unwrap();
+    assert!(run.status.success(), "format 1 manifests: {run:?}");
+
     // The README's snippets, exactly as written there.
     let snippets = readme_snippets();
     assert_eq!(snippets.len(), 2, "a DuckDB and a pandas snippet");
