@@ -16,6 +16,8 @@ use tidemark::export::{manifest, ExportRequest};
 use tidemark::ident::{ConsumerId, Ident};
 
 const CONSUMER: &str = "reader";
+/// A consumer that only ever asks for deltas.
+const FRESH: &str = "fresh";
 
 /// The table, with one column of each kind of value.
 fn ddl(kind: DbKind) -> &'static str {
@@ -76,9 +78,9 @@ async fn exec(t: &TestDb, sql: &str) {
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
-async fn export(t: &TestDb, mode: Mode) {
+async fn export(t: &TestDb, consumer: &str, mode: Mode) {
     let req = ExportRequest::new(
-        ConsumerId::new(CONSUMER).unwrap(),
+        ConsumerId::new(consumer).unwrap(),
         Ident::new("readings").unwrap(),
         mode,
         t.out.path().to_path_buf(),
@@ -148,13 +150,16 @@ def tag(v):
     return f"{type(v).__name__}:{v}"
 
 out_dir, duck_path, pandas_path = sys.argv[1:4]
-con = load(duck_path).replay_duckdb(out_dir, "reader", "readings")
-rel = con.sql("SELECT * FROM replica ORDER BY id")
-names = [d[0] for d in rel.description]
-duck = [{n: tag(v) for n, v in zip(names, row)} for row in rel.fetchall()]
-df = load(pandas_path).replay_pandas(out_dir, "reader", "readings").sort_values("id")
-pandas_rows = [{n: tag(v) for n, v in r.items()} for r in df.to_dict("records")]
-print(json.dumps({"duckdb": duck, "pandas": pandas_rows}))
+duck, pandas = load(duck_path), load(pandas_path)
+got = {}
+for consumer in sys.argv[4:]:
+    con = duck.replay_duckdb(out_dir, consumer, "readings")
+    rel = con.sql("SELECT * FROM replica ORDER BY id")
+    names = [d[0] for d in rel.description]
+    got[f"duckdb {consumer}"] = [{n: tag(v) for n, v in zip(names, row)} for row in rel.fetchall()]
+    df = pandas.replay_pandas(out_dir, consumer, "readings").sort_values("id")
+    got[f"pandas {consumer}"] = [{n: tag(v) for n, v in r.items()} for r in df.to_dict("records")]
+print(json.dumps(got))
 "#;
 
 /// What both readers must give: rows by id, each value tagged with its Python type.
@@ -244,7 +249,7 @@ async fn readme_snippets_read_exports_exactly(kind: DbKind) {
         }
     };
     exec(&t, &insert(&rows.join(", "))).await;
-    export(&t, Mode::Full).await;
+    export(&t, CONSUMER, Mode::Full).await;
 
     // A delta: an update to a text that pyarrow would take for NULL by default, a delete, an
     // insert with an empty string; then a second delta.
@@ -259,7 +264,7 @@ async fn readme_snippets_read_exports_exactly(kind: DbKind) {
         )),
     )
     .await;
-    export(&t, Mode::Delta).await;
+    export(&t, CONSUMER, Mode::Delta).await;
     exec(
         &t,
         &format!(
@@ -268,7 +273,10 @@ async fn readme_snippets_read_exports_exactly(kind: DbKind) {
         ),
     )
     .await;
-    export(&t, Mode::Delta).await;
+    export(&t, CONSUMER, Mode::Delta).await;
+
+    // Another consumer whose first export is a delta (every live row as an INSERT).
+    export(&t, FRESH, Mode::Delta).await;
 
     // The manifests carry the types, and verify accepts them.
     let report = manifest::verify(t.out.path()).expect("verify");
@@ -370,6 +378,7 @@ async fn readme_snippets_read_exports_exactly(kind: DbKind) {
         .arg(t.out.path())
         .arg(&paths[0])
         .arg(&paths[1])
+        .args([CONSUMER, FRESH])
         .output()
         .expect("python3 (with duckdb, pandas, pyarrow: .ci/run installs them)");
     assert!(
@@ -381,7 +390,12 @@ async fn readme_snippets_read_exports_exactly(kind: DbKind) {
         panic!("{e}: {}", String::from_utf8_lossy(&run.stdout));
     });
     let want = expected(kind);
-    for reader in ["duckdb", "pandas"] {
+    for reader in [
+        "duckdb reader",
+        "pandas reader",
+        "duckdb fresh",
+        "pandas fresh",
+    ] {
         assert_eq!(
             got[reader], want,
             "{reader} read the exports of {kind} as\n{:#}",
