@@ -1131,6 +1131,11 @@ async fn extreme_values(from: DbKind, to: DbKind) -> (TestDb, TestDb) {
     for (row, values) in rows.iter().enumerate() {
         for (i, (c, v)) in cols.iter().enumerate() {
             let want = match row {
+                // A char(5) value arrives padded, as the source stores it; only SQLite keeps
+                // the spaces when reading it back.
+                1 if c.name == "ch" && from != DbKind::Sqlite && to == DbKind::Sqlite => {
+                    Some(format!("{:<5}", v[row]))
+                }
                 0 | 1 => Some(normalized(c.norm, v[row])),
                 3 if c.name == "tz" => Some(normalized(
                     c.norm,

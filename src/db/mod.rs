@@ -5,6 +5,7 @@
 
 mod common;
 pub mod mysql;
+pub mod portable;
 pub mod postgres;
 pub mod sqlite;
 pub mod types;

@@ -55,6 +55,12 @@ impl Dialect for MysqlDialect {
             ColumnKind::Float if is_single(column) => {
                 format!("CAST(CAST({c} AS DOUBLE) AS CHAR)")
             }
+            // CHAR(n) is stored without its trailing spaces and read back so (unless
+            // PAD_CHAR_TO_FULL_LENGTH): pad it again, as PostgreSQL keeps it.
+            ColumnKind::Text => match fixed_length(column) {
+                Some(n) => format!("RPAD(CAST({c} AS CHAR), {n}, ' ')"),
+                None => format!("CAST({c} AS CHAR)"),
+            },
             _ => format!("CAST({c} AS CHAR)"),
         }
     }
@@ -121,6 +127,10 @@ impl Dialect for MysqlDialect {
                     }
                     ColumnKind::Integer if is_bit(c) => format!("{v} + 0"),
                     ColumnKind::Float if is_single(c) => format!("CAST({v} AS DOUBLE)"),
+                    ColumnKind::Text => match fixed_length(c) {
+                        Some(n) => format!("RPAD({v}, {n}, ' ')"),
+                        None => v,
+                    },
                     _ => v,
                 };
                 format!("{}, {value}", string_literal(c.name.as_str()))
@@ -185,6 +195,12 @@ fn oldest_writer_seconds(status: &str) -> Option<u64> {
 /// True for a BIT(n) column, whose values are bytes that must be read as a number.
 fn is_bit(column: &Column) -> bool {
     super::types::SqlType::parse(DbKind::Mysql, &column.sql_type).base == "bit"
+}
+
+/// The length of a CHAR(n) column (padded to it), `None` for other columns.
+fn fixed_length(column: &Column) -> Option<u32> {
+    let t = super::types::SqlType::parse(DbKind::Mysql, &column.sql_type);
+    t.length.filter(|_| t.kind == ColumnKind::Text && t.fixed)
 }
 
 /// True for a single-precision FLOAT column.

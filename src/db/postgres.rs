@@ -47,6 +47,8 @@ impl Dialect for PostgresDialect {
             }
             ColumnKind::TimestampTz => format!("to_char({c} AT TIME ZONE 'UTC', {TS_FORMAT})"),
             ColumnKind::Timestamp => format!("to_char({c}, {TS_FORMAT})"),
+            // A cast of character(n) to text drops its padding; its output function keeps it.
+            ColumnKind::Text if is_fixed(column) => format!("textin(bpcharout({c}))"),
             _ => format!("{c}::text"),
         }
     }
@@ -122,6 +124,11 @@ impl Dialect for PostgresDialect {
     fn text_type(&self) -> &'static str {
         "TEXT"
     }
+}
+
+/// True for a blank-padded `character(n)` column.
+fn is_fixed(column: &Column) -> bool {
+    super::types::SqlType::parse(DbKind::Postgres, &column.sql_type).fixed
 }
 
 /// Rewrites `?` placeholders as `$1`, `$2`, … (outside quoted strings and identifiers).

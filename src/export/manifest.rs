@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::capture::Mode;
+use crate::db::portable::ColumnType;
 use crate::db::Timestamp;
 use crate::error::{Error, Result};
 use crate::sink::csv::reader;
@@ -17,6 +18,9 @@ use crate::state::Position;
 
 /// Suffix of manifest files.
 pub const SUFFIX: &str = ".manifest.json";
+
+/// The `format` of manifests whose columns carry their types (format 1: a list of names).
+pub const FORMAT: u32 = 2;
 
 /// The manifest of one export file.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -31,12 +35,46 @@ pub struct Manifest {
     pub rows: u64,
     pub bytes: u64,
     pub sha256: String,
-    pub columns: Vec<String>,
+    /// The file's columns in order, each with its database type and portable kind; manifests
+    /// of format 1 list names only, which read as columns of unknown (text) type.
+    #[serde(deserialize_with = "names_or_types")]
+    pub columns: Vec<ColumnType>,
+    /// The table's primary key, by which delta rows replace earlier ones (empty in manifests
+    /// of format 1).
+    #[serde(default)]
+    pub primary_key: Vec<String>,
     pub watermark_before: Option<Position>,
     pub watermark_after: Position,
     pub started_at: Timestamp,
     pub finished_at: Timestamp,
     pub source: String,
+}
+
+impl Manifest {
+    /// The column names, as in the file's header.
+    pub fn column_names(&self) -> Vec<String> {
+        self.columns.iter().map(|c| c.name.clone()).collect()
+    }
+}
+
+/// Reads `columns` as written by any tidemark: names (format 1) or typed columns.
+fn names_or_types<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<ColumnType>, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Entry {
+        Name(String),
+        Typed(ColumnType),
+    }
+    let entries: Vec<Entry> = serde::Deserialize::deserialize(d)?;
+    Ok(entries
+        .into_iter()
+        .map(|e| match e {
+            Entry::Name(n) => ColumnType::untyped(&n),
+            Entry::Typed(t) => t,
+        })
+        .collect())
 }
 
 /// The manifests of one (consumer, table), oldest first.
@@ -191,10 +229,10 @@ fn check_file(dir: &Path, m: &Manifest) -> std::result::Result<(), String> {
         )));
     }
     let (header, rows) = parsed.map_err(|e| fail(&e))?;
-    if header != m.columns {
+    let names = m.column_names();
+    if header != names {
         return Err(fail(&format!(
-            "header {header:?} differs from the manifest's columns {:?}",
-            m.columns
+            "header {header:?} differs from the manifest's columns {names:?}"
         )));
     }
     if rows != m.rows {
@@ -225,7 +263,7 @@ mod tests {
     ) -> Manifest {
         std::fs::write(dir.join(name), csv).unwrap();
         let m = Manifest {
-            format: 1,
+            format: FORMAT,
             export_id: name.into(),
             consumer: "c".into(),
             table: "t".into(),
@@ -239,8 +277,9 @@ mod tests {
                 .next()
                 .unwrap()
                 .split(',')
-                .map(str::to_string)
+                .map(ColumnType::untyped)
                 .collect(),
+            primary_key: vec!["id".into()],
             watermark_before: before,
             watermark_after: after.clone(),
             started_at: after.time(),
@@ -300,7 +339,7 @@ mod tests {
         );
 
         delta.rows = 1;
-        delta.columns = vec!["operation".into(), "id".into()];
+        delta.columns = ["operation", "id"].map(ColumnType::untyped).to_vec();
         write_manifest(d, &delta);
         assert!(
             problems(d)[0].contains("differs from the manifest's columns"),
@@ -308,11 +347,52 @@ mod tests {
             problems(d)
         );
 
-        delta.columns = vec!["operation".into(), "id".into(), "name".into()];
+        delta.columns = ["operation", "id", "name"]
+            .map(ColumnType::untyped)
+            .to_vec();
         write_manifest(d, &delta);
         std::fs::write(d.join("delta.csv"), "operation,id,name\r\nUPDATE,1,X\r\n").unwrap();
         assert!(problems(d)[0].contains("sha256 is"), "{:?}", problems(d));
         std::fs::remove_file(d.join("delta.csv")).unwrap();
         assert!(!problems(d).is_empty());
+    }
+
+    #[test]
+    fn reads_manifests_with_names_only_and_with_types() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let m = export(
+            d,
+            "full.csv",
+            Mode::Full,
+            "id,name\r\n1,a\r\n",
+            None,
+            at("2026-01-01T00:00:00Z"),
+        );
+        // A format 1 manifest, as tidemark wrote them before columns had types.
+        let mut old = serde_json::to_value(&m).unwrap();
+        old["format"] = 1.into();
+        old["columns"] = serde_json::json!(["id", "name"]);
+        old.as_object_mut().unwrap().remove("primary_key");
+        std::fs::write(
+            d.join(format!("full.csv{SUFFIX}")),
+            serde_json::to_string(&old).unwrap(),
+        )
+        .unwrap();
+        assert!(problems(d).is_empty(), "{:?}", problems(d));
+        let read = &chains(d).unwrap()[&("c".to_string(), "t".to_string())][0].1;
+        assert_eq!(read.column_names(), ["id", "name"]);
+        assert_eq!(read.columns[0].sql_type, None);
+
+        // Typed columns read back as written.
+        let mut typed = m.clone();
+        typed.columns[0] = serde_json::from_str(
+            r#"{"name":"id","type":"bigint","kind":"integer","nullable":false}"#,
+        )
+        .unwrap();
+        write_manifest(d, &typed);
+        let read = &chains(d).unwrap()[&("c".to_string(), "t".to_string())][0].1;
+        assert_eq!(read.columns[0].sql_type.as_deref(), Some("bigint"));
+        assert!(problems(d).is_empty(), "{:?}", problems(d));
     }
 }

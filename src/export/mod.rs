@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::capture::{self, strategy_for, Mode, Select};
+use crate::db::portable::ColumnType;
 use crate::db::{Bound, Database, RowSink, SnapshotOptions, TableInfo, Timestamp};
 use crate::error::{Error, Result};
 use crate::ident::{ConsumerId, Ident};
@@ -275,7 +276,7 @@ impl Exporter {
         fault("after-write");
 
         let manifest = Manifest {
-            format: 1,
+            format: manifest::FORMAT,
             export_id: export_id.clone(),
             consumer: req.consumer.to_string(),
             table: req.table.to_string(),
@@ -284,7 +285,8 @@ impl Exporter {
             rows,
             bytes: written.bytes,
             sha256: written.sha256.clone(),
-            columns: select.header.clone(),
+            columns: column_types(self.source.kind(), &info, &select.header),
+            primary_key: info.primary_key.iter().map(ToString::to_string).collect(),
             watermark_before: stored.clone(),
             watermark_after: after.clone(),
             started_at,
@@ -536,6 +538,26 @@ pub async fn full_select(
     let after = strategy.position_after(&Bound::at(Timestamp::now()), None);
     let select = strategy.select(db.dialect(), Mode::Full, None, &after)?;
     Ok((info, select))
+}
+
+/// The types of the columns named in an export's `header`: the table's columns from the
+/// catalog, and the `operation` column of delta exports.
+pub fn column_types(
+    engine: crate::db::DbKind,
+    info: &TableInfo,
+    header: &[String],
+) -> Vec<ColumnType> {
+    // Columns beyond the table's lead the header: the `operation` of delta exports.
+    let added = header.len().saturating_sub(info.columns.len());
+    header
+        .iter()
+        .enumerate()
+        .map(|(i, name)| match info.column(name) {
+            _ if i < added && name == "operation" => ColumnType::operation(),
+            Some(c) => ColumnType::of(engine, c),
+            None => ColumnType::untyped(name),
+        })
+        .collect()
 }
 
 /// `X.csv` → `X.csv.manifest.json`.

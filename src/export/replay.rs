@@ -28,7 +28,7 @@ fn key_of(columns: &[String], key: &[Ident], row: &[String]) -> Result<Vec<Strin
             columns
                 .iter()
                 .position(|c| c == k.as_str())
-                .map(|i| row[i].clone())
+                .and_then(|i| row.get(i).cloned())
                 .ok_or_else(|| Error::Verify(format!("primary key column {k} is not exported")))
         })
         .collect()
@@ -50,10 +50,11 @@ pub fn replay(dir: &Path, consumer: &ConsumerId, table: &Ident, key: &[Ident]) -
         let path = dir.join(&m.file);
         let file = File::open(&path).map_err(|e| Error::io("open", &path, e))?;
         let mut rdr = reader(BufReader::new(file));
+        let names = m.column_names();
         let data_columns: Vec<String> = if m.mode == Mode::Delta {
-            m.columns[1..].to_vec()
+            names.get(1..).unwrap_or_default().to_vec()
         } else {
-            m.columns.clone()
+            names
         };
         if m.mode == Mode::Full {
             image.rows.clear();
