@@ -151,6 +151,8 @@
       const first = line[0].split(',')[0], last = line[line.length - 1].split(',')[0];
       add('polygon', { points: first + ',' + y(0) + ' ' + line.join(' ') + ' ' + last + ',' + y(0), class: 'area' });
       add('polyline', { points: line.join(' '), class: 'line' });
+      const [lx, ly] = line[line.length - 1].split(',');
+      add('circle', { cx: lx, cy: ly, r: 2.5, class: 'dot' });
     }
     const axis = el('div', null, 'axis');
     axis.append(el('span', '−60 min'), el('span', vals.length ? 'top ' + format(max) : 'no samples yet'), el('span', 'now'));
