@@ -280,7 +280,10 @@ pub async fn serve(report: &DemoReport, listen: &str, json: bool) -> Result<()> 
     let config = ServeConfig::resolve(FileConfig::default(), flags)?;
     crate::serve::serve(config, &move |addr: std::net::SocketAddr| {
         if json {
-            println!("{}", serde_json::json!({ "status_page": format!("http://{addr}/") }));
+            println!(
+                "{}",
+                serde_json::json!({ "status_page": format!("http://{addr}/") })
+            );
         } else {
             println!("status page: http://{addr}/ (Ctrl-C stops)");
         }
@@ -356,7 +359,9 @@ async fn capture_story(
     let now = "strftime('%Y-%m-%dT%H:%M:%f000Z', 'now')";
     let updated = db
         .execute(
-            &format!("UPDATE accounts SET balance = balance + 100, updated_at = {now} WHERE id % 7 = 0"),
+            &format!(
+                "UPDATE accounts SET balance = balance + 100, updated_at = {now} WHERE id % 7 = 0"
+            ),
             &[],
         )
         .await?;
@@ -375,7 +380,10 @@ async fn capture_story(
                 "INSERT INTO accounts (id, owner, email, balance, updated_at) \
                  SELECT id, name, email, 0, {now} FROM users WHERE id > ? AND id <= ?"
             ),
-            &[(n as i64).into(), (n as i64 + (n / 50).max(1) as i64).into()],
+            &[
+                (n as i64).into(),
+                (n as i64 + (n / 50).max(1) as i64).into(),
+            ],
         )
         .await?;
     log.done(
@@ -390,7 +398,10 @@ async fn capture_story(
     let view = format!("tidemark_changes_{ACCOUNTS}");
     let mut lines = Vec::new();
     for (what, filter) in [
-        ("key change", "operation = 'UPDATE' AND old_key_1 <> new_key_1"),
+        (
+            "key change",
+            "operation = 'UPDATE' AND old_key_1 <> new_key_1",
+        ),
         ("hard delete", "operation = 'DELETE'"),
     ] {
         let rows = db
@@ -474,7 +485,10 @@ async fn capture_story(
     log.with_lines(
         "status",
         format!("health {}", status.health),
-        monitor::render(&status).lines().map(str::to_string).collect(),
+        monitor::render(&status)
+            .lines()
+            .map(str::to_string)
+            .collect(),
         t,
     );
     Ok(replica)

@@ -48,7 +48,12 @@ fn serve(source: &str, out: &Path) -> (Proc, String) {
     BufReader::new(child.stdout.take().expect("stdout"))
         .read_line(&mut line)
         .expect("read the listening line");
-    let addr = line.trim().rsplit("http://").next().unwrap_or("").to_string();
+    let addr = line
+        .trim()
+        .rsplit("http://")
+        .next()
+        .unwrap_or("")
+        .to_string();
     assert!(
         !addr.is_empty(),
         "server did not start: {line:?}\n{}",
@@ -115,7 +120,10 @@ impl Browser {
             if ready.is_some_and(|v| v["value"]["ready"] == json!(true)) {
                 break;
             }
-            assert!(t0.elapsed() < Duration::from_secs(20), "chromedriver did not start");
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "chromedriver did not start"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let profile = tempfile::tempdir().expect("profile dir");
@@ -210,7 +218,9 @@ impl Browser {
     }
 
     async fn screenshot(&self, name: &str) -> PathBuf {
-        let b64 = self.cmd(reqwest::Method::GET, "/screenshot", Value::Null).await;
+        let b64 = self
+            .cmd(reqwest::Method::GET, "/screenshot", Value::Null)
+            .await;
         let png = base64_decode(b64.as_str().expect("screenshot is base64"));
         assert!(png.starts_with(b"\x89PNG"), "a PNG");
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("page");
@@ -239,13 +249,24 @@ const ODD: &str = "<b>bold</b><script>window.pwned=1</script>";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_page_in_a_real_browser() {
     let pg = PgServer::start().expect("own PostgreSQL");
-    let url = pg.fresh_database().await.expect("database").as_str().to_string();
+    let url = pg
+        .fresh_database()
+        .await
+        .expect("database")
+        .as_str()
+        .to_string();
     let dir = tempfile::tempdir().expect("tmp");
     let out = dir.path().join("out");
     cli(&url, &["seed", "--rows", "300"]);
-    cli(&url, &["setup", "--table", "users", "--strategy", "timestamp"]);
+    cli(
+        &url,
+        &["setup", "--table", "users", "--strategy", "timestamp"],
+    );
     let o = out.to_string_lossy().into_owned();
-    cli(&url, &["export", "--consumer", "c1", "--mode", "full", "--out", &o]);
+    cli(
+        &url,
+        &["export", "--consumer", "c1", "--mode", "full", "--out", &o],
+    );
     cli(&url, &["seed", "--rows", "7"]);
     {
         let db = connect(
@@ -277,14 +298,19 @@ async fn the_status_page_in_a_real_browser() {
     let html = page.text().await.expect("body");
     assert!(html.len() < 100 * 1024 && html.starts_with("<!doctype html>"));
     // Unknown paths keep the JSON 404.
-    let nope = http.get(format!("{base}/nope.html")).send().await.expect("GET");
+    let nope = http
+        .get(format!("{base}/nope.html"))
+        .send()
+        .await
+        .expect("GET");
     assert_eq!(nope.status(), 404);
     let body: Value = nope.json().await.expect("JSON 404");
     assert!(body["error"].is_string(), "{body}");
 
     let browser = Browser::start().await;
     browser.goto(&format!("{base}/")).await;
-    let c1 = r#"return document.querySelector('#consumers tr[data-consumer="c1"][data-table="users"]')"#;
+    let c1 =
+        r#"return document.querySelector('#consumers tr[data-consumer="c1"][data-table="users"]')"#;
     let pending = browser
         .until(
             "consumer c1 with 7 pending changes",
@@ -342,7 +368,11 @@ async fn the_status_page_in_a_real_browser() {
         .await;
     assert_eq!(seen["outcome"], json!("completed"), "{seen}");
     assert_eq!(seen["rows"], json!("7"), "{seen}");
-    assert_eq!(seen["href"], json!(format!("/exports/{job}/file")), "{seen}");
+    assert_eq!(
+        seen["href"],
+        json!(format!("/exports/{job}/file")),
+        "{seen}"
+    );
     assert_eq!(seen["same"], json!(42), "the page reloaded: {seen}");
     let file = http
         .get(format!("{base}/exports/{job}/file"))
