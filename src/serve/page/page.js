@@ -85,6 +85,10 @@
     }
     fill($('tables').tBodies[0], tables, 7, 'no captured table yet: tidemark setup --table NAME --strategy …');
     fill($('consumers').tBodies[0], consumers, 7, 'no consumer or replica yet: export or replicate once');
+    // The lag as of now (the chart's samples are up to 10 s old).
+    let lag = 0;
+    for (const t of stats.tables || []) for (const c of t.consumers || []) lag = Math.max(lag, c.lag_seconds || 0);
+    $('lag-now').textContent = secs(lag);
     const h = stats.health || 'unknown';
     pill('verdict', 'health: ' + h, h === 'ok' ? 'ok' : h === 'lagging' ? 'warn' : 'bad');
   }
@@ -147,12 +151,15 @@
     }
     const line = pts.filter((p) => p[key] !== null && p[key] !== undefined)
       .map((p) => x(p.t).toFixed(1) + ',' + y(p[key]).toFixed(1));
+    if (line.length === 1) {
+      // One sample so far: a short stroke, so that it shows.
+      const [lx, ly] = line[0].split(',');
+      line.unshift(Math.max(0, Number(lx) - 4).toFixed(1) + ',' + ly);
+    }
     if (line.length > 0) {
       const first = line[0].split(',')[0], last = line[line.length - 1].split(',')[0];
       add('polygon', { points: first + ',' + y(0) + ' ' + line.join(' ') + ' ' + last + ',' + y(0), class: 'area' });
       add('polyline', { points: line.join(' '), class: 'line' });
-      const [lx, ly] = line[line.length - 1].split(',');
-      add('circle', { cx: lx, cy: ly, r: 2.5, class: 'dot' });
     }
     const axis = el('div', null, 'axis');
     axis.append(el('span', '−60 min'), el('span', vals.length ? 'top ' + format(max) : 'no samples yet'), el('span', 'now'));
