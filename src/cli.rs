@@ -62,7 +62,7 @@ impl From<ModeArg> for Mode {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// The whole story on embedded SQLite: seed, full export, changes, delta export, verify, replay
+    /// The whole story on embedded SQLite: exports (seed, full, burst, delta, verify, replay), then trigger capture, replication and status
     Demo {
         /// Directory for the demo database (and output unless --out)
         #[arg(long, default_value = "tidemark-demo")]
@@ -73,6 +73,12 @@ enum Command {
         /// Users to seed
         #[arg(long, default_value_t = 100_000)]
         rows: u64,
+        /// Then serve the demo database and print the status page's address
+        #[arg(long)]
+        serve: bool,
+        /// Address for --serve
+        #[arg(long, default_value = "127.0.0.1:8080", requires = "serve")]
+        listen: String,
     },
     /// Create the users table if missing and append N deterministic mock users
     Seed {
@@ -421,20 +427,30 @@ impl Observer for DemoUi {
         if self.json {
             return;
         }
-        let line = format!(
+        let mut text = format!(
             "  {:<13} {:>7.2} s  {}",
             step.name, step.seconds, step.detail
         );
+        for l in &step.lines {
+            text.push_str("\n      ");
+            text.push_str(l);
+        }
         match &self.bar {
-            Some(b) => b.println(line),
-            None => println!("{line}"),
+            Some(b) => b.println(text),
+            None => println!("{text}"),
         }
     }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
-        Command::Demo { dir, out, rows } => {
+        Command::Demo {
+            dir,
+            out,
+            rows,
+            serve,
+            listen,
+        } => {
             let opts = DemoOptions {
                 dir: dir.clone(),
                 out: out.clone(),
@@ -459,11 +475,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 print_json(&report)?;
             } else {
                 println!(
-                    "done in {:.2} s: replaying {} gives exactly the table ({} live rows)",
+                    "done in {:.2} s: replaying {} gives exactly the table ({} live rows); {} holds the same accounts as the source",
                     report.seconds,
                     report.out_dir.display(),
-                    report.live_rows
+                    report.live_rows,
+                    report.replica
                 );
+            }
+            if *serve {
+                crate::demo::serve(&report, listen, cli.json).await?;
             }
         }
         Command::Seed { rows, if_empty } => {

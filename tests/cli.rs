@@ -483,3 +483,158 @@ async fn setup_reuses_index_and_teardown_removes_only_its_own(kind: DbKind) {
     );
 }
 on_each_db!(setup_reuses_index_and_teardown_removes_only_its_own);
+
+/// The rows of the demo's accounts table in a SQLite file, in key order.
+fn accounts_in(path: &std::path::Path) -> Vec<String> {
+    let c = rusqlite::Connection::open(path).unwrap();
+    let mut s = c
+        .prepare("SELECT id, owner, email, balance FROM accounts ORDER BY id")
+        .unwrap();
+    s.query_map([], |r| {
+        Ok(format!(
+            "{}|{}|{}|{}",
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, i64>(3)?
+        ))
+    })
+    .unwrap()
+    .collect::<Result<_, _>>()
+    .unwrap()
+}
+
+/// `tidemark demo`, piped: both stories in plain lines (exports, then trigger capture with
+/// before/after images, replication checked by checksum, status), a replica that holds exactly
+/// the source's accounts, and `--serve` serving the status page of the demo database.
+#[tokio::test]
+async fn demo_tells_both_stories_and_serves_the_page() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo");
+    let dir_arg = dir.to_str().unwrap();
+    let t0 = std::time::Instant::now();
+    let text = ok(&tidemark_cmd(&["demo", "--dir", dir_arg, "--rows", "3000"])
+        .output()
+        .unwrap());
+    let took = t0.elapsed();
+    assert!(
+        !text.contains('\r') && !text.contains('\x1b'),
+        "terminal codes when piped:\n{text}"
+    );
+    for step in [
+        "seed",
+        "setup",
+        "full export",
+        "burst",
+        "delta export",
+        "verify",
+        "replay",
+        "trigger setup",
+        "replicate",
+        "images",
+        "compare",
+        "status",
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.trim_start().starts_with(&format!("{step} "))),
+            "no {step} step in:\n{text}"
+        );
+    }
+    let after = |needle: &str| -> Vec<&str> {
+        let lines: Vec<&str> = text.lines().collect();
+        let i = lines
+            .iter()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle:?} in:\n{text}"));
+        lines[i..(i + 3).min(lines.len())].to_vec()
+    };
+    // The key change: the before image has the old key, the after image the new one.
+    let moved = after("UPDATE (key change) key 12 → ");
+    assert!(
+        moved[1].trim_start().starts_with("before {\"id\":12,"),
+        "{moved:?}"
+    );
+    assert!(
+        moved[2].trim_start().starts_with("after  {\"id\":"),
+        "{moved:?}"
+    );
+    assert!(!moved[2].contains("\"id\":12,"), "{moved:?}");
+    // The hard delete: a before image and no after image.
+    let gone = after("DELETE (hard delete)");
+    assert!(gone[1].contains("before {\"id\":"), "{gone:?}");
+    assert!(gone[2].trim_end().ends_with("after  NULL"), "{gone:?}");
+    assert!(text.contains("on both sides"), "{text}");
+    for needle in [
+        "accounts — trigger capture",
+        "users — timestamp capture",
+        "replica  ",
+    ] {
+        assert!(
+            text.contains(needle),
+            "status report lacks {needle:?}:\n{text}"
+        );
+    }
+    // The replica holds exactly the source's accounts, burst included.
+    let source = accounts_in(&dir.join("demo.db"));
+    let replica = accounts_in(&dir.join("replica.db"));
+    assert!(source.len() > 500, "{}", source.len());
+    assert_eq!(source, replica);
+    assert!(
+        !source.iter().any(|r| r.starts_with("12|")),
+        "the key change is not applied"
+    );
+    println!("demo with 3000 users: {took:?}");
+
+    // --serve: the status page of the demo database.
+    let mut child = tidemark_cmd(&[
+        "demo",
+        "--dir",
+        dir_arg,
+        "--rows",
+        "500",
+        "--serve",
+        "--listen",
+        "127.0.0.1:0",
+    ])
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = loop {
+        let line = lines
+            .next()
+            .expect("the demo ended without serving")
+            .unwrap();
+        if let Some(rest) = line.strip_prefix("status page: ") {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    let http = reqwest::Client::new();
+    let page = http.get(&url).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page
+        .text()
+        .await
+        .unwrap()
+        .contains("<title>tidemark status</title>"));
+    let stats: serde_json::Value = http
+        .get(format!("{url}stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let tables: Vec<&str> = stats["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["table"].as_str())
+        .collect();
+    assert_eq!(tables, ["accounts", "users"], "{stats}");
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -423,6 +423,19 @@ impl Jobs {
         }
     }
 
+    /// The newest `n` jobs this process knows, newest first (the status page).
+    pub fn recent(&self, n: usize) -> Vec<JobRecord> {
+        let known = lock(&self.inner.known);
+        let (map, order) = &*known;
+        order
+            .iter()
+            .rev()
+            .filter_map(|id| map.get(id))
+            .take(n)
+            .map(|l| l.snapshot())
+            .collect()
+    }
+
     /// Waits until the job ends and returns its record.
     pub async fn wait(&self, id: &str) -> Option<Finished> {
         let live = lock(&self.inner.known).0.get(id).cloned()?;

@@ -151,6 +151,21 @@ impl Metrics {
             .observe(seconds);
     }
 
+    /// Rows exported since the server started, every mode together (the status page's
+    /// throughput chart).
+    pub fn rows_exported(&self) -> u64 {
+        [Mode::Full, Mode::Incremental, Mode::Delta]
+            .iter()
+            .filter_map(|m| {
+                self.rows
+                    .get(&ModeLabels {
+                        mode: m.as_str().to_string(),
+                    })
+                    .map(|c| c.get())
+            })
+            .sum()
+    }
+
     /// Counts an answered request.
     pub fn request(&self, route: &str, method: &str, status: u16, seconds: f64) {
         self.http

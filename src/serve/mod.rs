@@ -6,6 +6,7 @@
 
 pub mod jobs;
 pub mod metrics;
+pub mod page;
 pub mod routes;
 
 use std::net::SocketAddr;

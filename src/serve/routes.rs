@@ -277,6 +277,7 @@ pub fn router(state: AppState) -> Router {
         .route("/stats", get(stats))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi_json))
+        .merge(super::page::routes(&state))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             count_request,
