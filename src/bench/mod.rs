@@ -54,6 +54,7 @@ pub struct BenchReport {
     pub sqlite_cli: Measured,
     pub sqlite_full_export: Measured,
     pub capture: overhead::CaptureOverhead,
+    pub pg_capture: overhead::PgCaptureOverhead,
     pub http: http::HttpBench,
     pub replication: Option<replicate::ReplicationBench>,
 }
@@ -145,6 +146,7 @@ impl BenchReport {
             self.pg_seed_seconds
         );
         s += &self.capture.render();
+        s += &self.pg_capture.render();
         s += &self.http.render();
         if let Some(r) = &self.replication {
             s += &r.render();
@@ -434,6 +436,9 @@ pub async fn run(opts: &BenchOptions, log: &(dyn Fn(&str) + Sync)) -> Result<Ben
     })?;
     let sqlite_full_export = full_exports(&sqlite_url, &out)?;
     let capture = overhead::run(&dir, log).await?;
+    // pgbench runs for 10 s per variant in a full run, 2 s in the suite's small one.
+    let pgbench_seconds = if rows >= 500_000 { 10 } else { 2 };
+    let pg_capture = overhead::run_postgres(&small_url, &dir, pgbench_seconds, log).await?;
     let http = http::run(&small_url, Arc::clone(&small), &big_url, &dir, log).await?;
     let replication = Some(replicate::run(&dir, repl_dbs, opts.changes, log).await?);
 
@@ -449,6 +454,7 @@ pub async fn run(opts: &BenchOptions, log: &(dyn Fn(&str) + Sync)) -> Result<Ben
         sqlite_cli,
         sqlite_full_export,
         capture,
+        pg_capture,
         http,
         replication,
     })
@@ -480,6 +486,7 @@ impl BenchReport {
             sqlite_cli: zero,
             sqlite_full_export: zero,
             capture: overhead::CaptureOverhead::default(),
+            pg_capture: overhead::PgCaptureOverhead::default(),
             http: http::HttpBench::default(),
             replication: Some(replication),
         }

@@ -1,8 +1,9 @@
 //! The write overhead of capture: the same application writes — 100,000 inserts, 50,000
-//! updates and 10,000 hard deletes in transactions of 1,000 rows, run by the `sqlite3` shell
-//! so that only the database's own work is timed — on a SQLite users table without capture,
-//! with the `trigger` strategy's triggers and with the `version` strategy's; medians of five
-//! rounds that take the three in turn.
+//! updates and 10,000 hard deletes in transactions of 1,000 rows, run by the database's own
+//! shell (`sqlite3`, `psql`) so that only the database's own work is timed — on a users table
+//! without capture, with the `trigger` strategy's triggers and with the `version` strategy's;
+//! medians of rounds that take the three in turn. On PostgreSQL also pgbench's single-row
+//! TPC-B transactions, without and with capture on `pgbench_accounts`.
 
 use std::path::Path;
 use std::process::Command;
@@ -151,4 +152,198 @@ pub async fn run(dir: &Path, log: &(dyn Fn(&str) + Sync)) -> Result<CaptureOverh
         trigger: median(1),
         version: median(2),
     })
+}
+
+/// What capture costs writers on PostgreSQL: bulk statements (the same 160 transactions of
+/// 1,000-row INSERT … SELECT, UPDATE and DELETE as on SQLite, run by `psql`) and pgbench's
+/// single-row TPC-B transactions, without capture and with each strategy's triggers.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PgCaptureOverhead {
+    pub plain: Measured,
+    pub trigger: Measured,
+    pub version: Measured,
+    /// pgbench TPC-B transactions per second, `-c 4 -j 2`, without capture and with the
+    /// trigger and version strategies on `pgbench_accounts`.
+    pub pgbench_seconds: u64,
+    pub pgbench_plain_tps: f64,
+    pub pgbench_trigger_tps: f64,
+    pub pgbench_version_tps: f64,
+}
+
+impl PgCaptureOverhead {
+    /// Lines for the report.
+    pub fn render(&self) -> String {
+        let r = |m: &Measured| m.seconds / self.plain.seconds.max(1e-9);
+        let tps = |v: f64| v / self.pgbench_plain_tps.max(1e-9);
+        format!(
+            "\nwrite overhead of capture on PostgreSQL (100,000 inserts, 50,000 updates, 10,000 \
+             deletes as 1,000-row statements, one per transaction, by psql; median of 3 \
+             interleaved rounds)\n\
+             {:<48} {:>8.3} s\n\
+             {:<48} {:>8.3} s  {:.2}× (target ≤ 1.6×)\n\
+             {:<48} {:>8.3} s  {:.2}×\n\
+             pgbench TPC-B, -c 4 -j 2, {} s each: no capture {:.0} tps; trigger {:.0} tps ({:.2}× \
+             the TPS, target ≥ 0.91× i.e. ≤ 1.1× the time); version {:.0} tps ({:.2}×)\n",
+            "no capture",
+            self.plain.seconds,
+            "trigger strategy (statement-level, transition tables)",
+            self.trigger.seconds,
+            r(&self.trigger),
+            "version strategy (version column)",
+            self.version.seconds,
+            r(&self.version),
+            self.pgbench_seconds,
+            self.pgbench_plain_tps,
+            self.pgbench_trigger_tps,
+            tps(self.pgbench_trigger_tps),
+            self.pgbench_version_tps,
+            tps(self.pgbench_version_tps),
+        )
+    }
+}
+
+/// The bulk workload for PostgreSQL on `table`.
+fn pg_workload(table: &str, inserts: u64, updates: u64, deletes: u64) -> String {
+    const CHUNK: u64 = 1000;
+    let mut s = String::new();
+    let mut lo = 1;
+    while lo <= inserts {
+        let hi = (lo + CHUNK - 1).min(inserts);
+        s += &format!(
+            "BEGIN;\nINSERT INTO {table} (id, name, email) SELECT x, 'user ' || x, \
+             'user' || x || '@example.com' FROM generate_series({lo}, {hi}) x;\nCOMMIT;\n"
+        );
+        lo = hi + 1;
+    }
+    let mut lo = 1;
+    while lo <= updates {
+        let hi = (lo + CHUNK - 1).min(updates);
+        s += &format!(
+            "BEGIN;\nUPDATE {table} SET name = name || '.', updated_at = now() \
+             WHERE id BETWEEN {lo} AND {hi};\nCOMMIT;\n"
+        );
+        lo = hi + 1;
+    }
+    let mut lo = inserts - deletes.min(inserts) + 1;
+    while lo <= inserts {
+        let hi = (lo + CHUNK - 1).min(inserts);
+        s += &format!("BEGIN;\nDELETE FROM {table} WHERE id BETWEEN {lo} AND {hi};\nCOMMIT;\n");
+        lo = hi + 1;
+    }
+    s
+}
+
+/// Sets `table` up for capture by `strategy` and registers it, as `tidemark setup` does.
+async fn capture_table(
+    db: &std::sync::Arc<dyn crate::db::Database>,
+    state: &StateStore,
+    table: &crate::ident::Ident,
+    strategy: &str,
+) -> Result<()> {
+    let info = db.describe(table).await?;
+    let report = capture::setup(db.as_ref(), &info, strategy, &SetupOptions::default()).await?;
+    state.save_table_config(table, &report.config).await
+}
+
+/// Runs the PostgreSQL workloads on `url` (a database of the bench's server).
+pub async fn run_postgres(
+    url: &DbUrl,
+    dir: &Path,
+    pgbench_seconds: u64,
+    log: &(dyn Fn(&str) + Sync),
+) -> Result<PgCaptureOverhead> {
+    const ROUNDS: usize = 3;
+    let (inserts, updates, deletes) = (100_000, 50_000, 10_000);
+    let db = connect(url, ConnectOptions::default()).await?;
+    let state = StateStore::open(std::sync::Arc::clone(&db)).await?;
+    let variants = [None, Some("trigger"), Some("version")];
+    let mut runs: Vec<Vec<Measured>> = vec![Vec::new(); variants.len()];
+    for round in 1..=ROUNDS {
+        log(&format!(
+            "PostgreSQL capture write overhead: round {round} of {ROUNDS} (no capture, trigger, \
+             version)"
+        ));
+        for (strategy, measured) in variants.iter().zip(&mut runs) {
+            let name = format!("capture_{}_{round}", strategy.unwrap_or("plain"));
+            let table = crate::ident::Ident::new(&name)?;
+            db.execute(
+                &format!(
+                    "CREATE TABLE {name} (id BIGINT PRIMARY KEY, name TEXT NOT NULL, \
+                     email TEXT NOT NULL UNIQUE, created_at TIMESTAMPTZ NOT NULL DEFAULT now(), \
+                     updated_at TIMESTAMPTZ NOT NULL DEFAULT now(), \
+                     is_deleted BOOLEAN NOT NULL DEFAULT FALSE)"
+                ),
+                &[],
+            )
+            .await?;
+            db.execute(&format!("CREATE INDEX ON {name} (updated_at)"), &[])
+                .await?;
+            if let Some(strategy) = strategy {
+                capture_table(&db, &state, &table, strategy).await?;
+            }
+            let script = dir.join(format!("{name}.sql"));
+            std::fs::write(&script, pg_workload(&name, inserts, updates, deletes))
+                .map_err(|e| Error::io("write", &script, e))?;
+            let mut c = Command::new("psql");
+            c.args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
+                .arg(url.as_str())
+                .arg("-f")
+                .arg(&script);
+            measured.push(measure_once(&mut c)?);
+        }
+    }
+    let median = |i: usize| summarize(&runs[i]);
+    let mut report = PgCaptureOverhead {
+        plain: median(0),
+        trigger: median(1),
+        version: median(2),
+        pgbench_seconds,
+        ..PgCaptureOverhead::default()
+    };
+    let pgbench = |args: &[&str]| -> Result<String> {
+        let out = Command::new("pgbench")
+            .args(args)
+            .arg(url.as_str())
+            .output()
+            .map_err(|e| Error::Runtime(format!("bench: cannot run pgbench: {e}")))?;
+        if !out.status.success() {
+            return Err(Error::Runtime(format!(
+                "bench: pgbench failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let tps = |text: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix("tps = "))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let seconds = pgbench_seconds.to_string();
+    let run = ["-c", "4", "-j", "2", "-T", seconds.as_str(), "-n"];
+    let accounts = crate::ident::Ident::new("pgbench_accounts")?;
+    for strategy in [None, Some("trigger"), Some("version")] {
+        log(&format!(
+            "pgbench with {} capture",
+            strategy.unwrap_or("no")
+        ));
+        pgbench(&["-i", "-s", "1", "-q"])?;
+        if let Some(strategy) = strategy {
+            capture_table(&db, &state, &accounts, strategy).await?;
+        }
+        let v = tps(&pgbench(&run)?);
+        match strategy {
+            None => report.pgbench_plain_tps = v,
+            Some("trigger") => report.pgbench_trigger_tps = v,
+            _ => report.pgbench_version_tps = v,
+        }
+        // pgbench -i drops its tables; the log and registration of the last set-up go too.
+        if let Some(config) = state.table_config(&accounts).await? {
+            let info = db.describe(&accounts).await?;
+            capture::teardown(db.as_ref(), &info, &config).await?;
+        }
+    }
+    Ok(report)
 }
