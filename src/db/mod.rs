@@ -6,6 +6,7 @@
 mod common;
 pub mod mysql;
 pub mod postgres;
+pub mod reach;
 pub mod sqlite;
 pub mod types;
 
@@ -84,6 +85,7 @@ impl DbUrl {
                 if host.is_empty() && !after.contains("host=") {
                     return Err(bad("no host"));
                 }
+                reach::check_parameters(kind, url).map_err(|reason| bad(&reason))?;
                 if kind == DbKind::Mysql {
                     // sqlx only knows the mysql scheme; MariaDB users often write mariadb://.
                     format!("mysql:{rest}")
@@ -121,6 +123,22 @@ fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
+    // A password given as a query parameter (`?password=…`).
+    if let Some((before, query)) = rest.split_once('?') {
+        if query.split('&').any(|p| p.starts_with("password=")) {
+            let query: Vec<&str> = query
+                .split('&')
+                .map(|p| {
+                    if p.starts_with("password=") {
+                        "password=***"
+                    } else {
+                        p
+                    }
+                })
+                .collect();
+            return redact(&format!("{scheme}://{before}?{}", query.join("&")));
+        }
+    }
     let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(authority_end);
     match authority.rsplit_once('@') {

@@ -18,7 +18,7 @@ use super::{
     Database, DbKind, DbUrl, Dialect, LockGuard, Param, RowSink, Settled, Snapshot,
     SnapshotOptions, Stmt, TextRow, Timestamp, Transaction,
 };
-use crate::error::{Error, Result};
+use crate::error::{server_message, ConnectFailure, Error, Result};
 use crate::ident::Ident;
 
 /// How long a connection of the pool waits for a lock held by another.
@@ -226,9 +226,10 @@ impl SqliteDb {
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(opts)
             .await
-            .map_err(|source| Error::Connect {
+            .map_err(|e| Error::Connect {
                 target: url.redacted(),
-                source,
+                failure: ConnectFailure::Other,
+                detail: server_message(&e),
             })?;
         Ok(SqliteDb {
             pool,
