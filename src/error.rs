@@ -238,6 +238,9 @@ fn connect_failure(failure: ConnectFailure, detail: &str) -> String {
         ConnectFailure::Privilege => "missing privilege",
         ConnectFailure::Network | ConnectFailure::Other => "",
     };
+    if failure == ConnectFailure::UnknownDatabase && !detail.is_empty() {
+        return format!("{what} {detail}");
+    }
     match (what.is_empty(), detail.is_empty()) {
         (_, true) => what.to_string(),
         (true, false) => detail.to_string(),

@@ -23,7 +23,7 @@ use super::{
     Dialect, LockGuard, Param, RowSink, Snapshot, SnapshotOptions, Stmt, TextRow, Timestamp,
     Transaction,
 };
-use crate::error::{Error, Result};
+use crate::error::{ConnectFailure, Error, Result};
 use crate::ident::Ident;
 
 const TS_FORMAT: &str = "'%Y-%m-%dT%H:%i:%s.%fZ'";
@@ -231,7 +231,26 @@ impl MysqlDb {
         };
         // One attempt first, bounded and named: the pool would retry a refused connection
         // until its acquire timeout and then say only that it timed out.
-        reach::probe(&opts, &target).await?;
+        match reach::probe(&opts, &target).await {
+            Err(Error::Connect {
+                failure: ConnectFailure::BadCredentials,
+                ..
+            }) if target.tls_off.is_some()
+                && reach::probe(&opts.clone().ssl_mode(MySqlSslMode::Preferred), &target)
+                    .await
+                    .is_ok() =>
+            {
+                // MariaDB answers "Access denied" to a connection without TLS when it requires
+                // TLS (--require-secure-transport): the same credentials over TLS tell the two
+                // apart.
+                return Err(Error::Connect {
+                    target: target.redacted,
+                    failure: ConnectFailure::TlsRequired,
+                    detail: "ssl-mode=DISABLED".to_string(),
+                });
+            }
+            other => other?,
+        }
         let pool = MySqlPoolOptions::new()
             .max_connections(options.max_connections.unwrap_or(8))
             .acquire_timeout(Duration::from_secs(10))

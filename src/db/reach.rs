@@ -181,22 +181,11 @@ fn failure_of(e: &sqlx::Error, target: &Target<'_>) -> (ConnectFailure, String) 
             _ if io.to_string().contains("lookup address") => {
                 (ConnectFailure::UnknownHost, format!("{:?}", target.host))
             }
+            // rustls's handshake errors come back as I/O errors.
+            ErrorKind::InvalidData => (ConnectFailure::Tls, tls_detail(&io.to_string(), target)),
             _ => (ConnectFailure::Network, io.to_string()),
         },
-        sqlx::Error::Tls(t) => {
-            let text = t.to_string();
-            let detail = if text.contains("UnknownIssuer") || text.contains("BadSignature") {
-                format!("the server's certificate is not signed by a trusted CA (is sslrootcert/ssl-ca the server's CA?): {text}")
-            } else if text.contains("NotValidForName") {
-                format!(
-                    "the server's certificate is not made out to {:?}: {text}",
-                    target.host
-                )
-            } else {
-                text
-            };
-            (ConnectFailure::Tls, detail)
-        }
+        sqlx::Error::Tls(t) => (ConnectFailure::Tls, tls_detail(&t.to_string(), target)),
         sqlx::Error::Database(d) => {
             if let Some(pg) = d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
                 match pg.code() {
@@ -231,6 +220,23 @@ fn failure_of(e: &sqlx::Error, target: &Target<'_>) -> (ConnectFailure, String) 
             format!("nothing answered within {} s", CONNECT_TIMEOUT.as_secs()),
         ),
         other => (ConnectFailure::Other, other.to_string()),
+    }
+}
+
+/// What a failed TLS handshake means for the person who wrote the URL.
+fn tls_detail(text: &str, target: &Target<'_>) -> String {
+    if text.contains("UnknownIssuer") || text.contains("BadSignature") {
+        format!(
+            "the server's certificate is not signed by a trusted CA \
+             (is sslrootcert/ssl-ca the server's CA?): {text}"
+        )
+    } else if text.contains("NotValidForName") {
+        format!(
+            "the server's certificate is not made out to {:?}: {text}",
+            target.host
+        )
+    } else {
+        text.to_string()
     }
 }
 
