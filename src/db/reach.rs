@@ -91,13 +91,11 @@ pub(super) fn check_parameters(kind: DbKind, url: &str) -> std::result::Result<(
             ));
         }
         match key {
-            "sslmode" | "ssl-mode" => {
-                if !modes.iter().any(|m| m.eq_ignore_ascii_case(&value)) {
-                    return Err(format!(
-                        "unknown {key} {value:?} (one of {})",
-                        modes.join(", ")
-                    ));
-                }
+            "sslmode" | "ssl-mode" if !modes.iter().any(|m| m.eq_ignore_ascii_case(&value)) => {
+                return Err(format!(
+                    "unknown {key} {value:?} (one of {})",
+                    modes.join(", ")
+                ));
             }
             "sslrootcert" | "ssl-root-cert" | "ssl-ca" | "sslca" | "sslcert" | "ssl-cert"
             | "sslkey" | "ssl-key" => {
