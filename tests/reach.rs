@@ -286,6 +286,29 @@ async fn unreachable_servers_are_named_within_seconds() {
             &["unknown host", "\"nohost.invalid\""],
         );
     }
+    // SQLite has no server: a missing file is bad input, an unknown parameter too.
+    fails(
+        &["status", "--source", "sqlite:///nonexistent/dir/app.db"],
+        2,
+        &["database file /nonexistent/dir/app.db does not exist"],
+    );
+    fails_json(
+        &["status", "--source", "sqlite:///nonexistent/dir/app.db"],
+        2,
+        "does not exist",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("app.db");
+    fails(
+        &[
+            "status",
+            "--source",
+            &format!("sqlite://{}?frob=1", file.display()),
+        ],
+        2,
+        &["unknown query parameter `frob`"],
+    );
+    assert!(!file.exists(), "the database file was created");
     // A port that accepts TCP but never answers (a hung server): the connect timeout.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = silent.local_addr().unwrap().port();

@@ -218,7 +218,7 @@ impl MysqlDb {
         let opts = MySqlConnectOptions::from_str(url.as_str())
             .map_err(|e| Error::InvalidUrl {
                 url: url.redacted(),
-                reason: e.to_string(),
+                reason: reach::url_reason(&e),
             })?
             .timezone(Some("+00:00".to_string()))
             .disable_statement_logging();

@@ -167,7 +167,7 @@ impl PostgresDb {
         let opts = PgConnectOptions::from_str(url.as_str())
             .map_err(|e| Error::InvalidUrl {
                 url: url.redacted(),
-                reason: e.to_string(),
+                reason: reach::url_reason(&e),
             })?
             .options([("TimeZone", "UTC"), ("DateStyle", "ISO")])
             .disable_statement_logging();

@@ -125,6 +125,14 @@ pub(super) fn check_parameters(kind: DbKind, url: &str) -> std::result::Result<(
     Ok(())
 }
 
+/// Why the driver refused a URL, without its "error with configuration:" prefix.
+pub(super) fn url_reason(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Configuration(inner) => inner.to_string(),
+        other => other.to_string(),
+    }
+}
+
 /// What the classification of a failed connection needs to know about its target.
 pub(super) struct Target<'a> {
     /// The URL without its password.

@@ -14,7 +14,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use sqlx::{ConnectOptions as _, Sqlite};
 
 use super::{
-    common::Driver, field, first_row, Bound, ClockNeed, Column, ColumnKind, ConnectOptions,
+    common::Driver, field, first_row, reach, Bound, ClockNeed, Column, ColumnKind, ConnectOptions,
     Database, DbKind, DbUrl, Dialect, LockGuard, Param, RowSink, Settled, Snapshot,
     SnapshotOptions, Stmt, TextRow, Timestamp, Transaction,
 };
@@ -201,7 +201,7 @@ impl SqliteDb {
     pub async fn connect(url: &DbUrl, options: ConnectOptions) -> Result<Self> {
         let opts = SqliteConnectOptions::from_str(url.as_str()).map_err(|e| Error::InvalidUrl {
             url: url.redacted(),
-            reason: e.to_string(),
+            reason: reach::url_reason(&e),
         })?;
         let path = opts.get_filename().to_path_buf();
         if !options.create_if_missing && !path.exists() {
