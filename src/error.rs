@@ -92,7 +92,7 @@ impl Error {
     /// may succeed. HTTP answers 503 for these.
     pub fn is_unavailable(&self) -> bool {
         match self {
-            Error::Connect { .. } => true,
+            Error::Connect { failure, .. } => failure.may_pass(),
             Error::Database(e) => matches!(
                 e,
                 sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
@@ -210,15 +210,17 @@ pub enum ConnectFailure {
 }
 
 impl ConnectFailure {
-    /// True when the database could not be reached at all (down, refused, timed out, the
-    /// network failed): trying again later may succeed.
-    pub fn is_unreachable(self) -> bool {
-        matches!(
+    /// False when waiting cannot cure it (wrong password, unknown database, TLS refused or
+    /// untrusted, missing privilege): the person must change the URL or the server, so
+    /// retrying (replication, `--follow`) would only hide it.
+    pub fn may_pass(self) -> bool {
+        !matches!(
             self,
-            ConnectFailure::Refused
-                | ConnectFailure::UnknownHost
-                | ConnectFailure::TimedOut
-                | ConnectFailure::Network
+            ConnectFailure::BadCredentials
+                | ConnectFailure::UnknownDatabase
+                | ConnectFailure::TlsRequired
+                | ConnectFailure::Tls
+                | ConnectFailure::Privilege
         )
     }
 }

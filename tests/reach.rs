@@ -353,6 +353,23 @@ async fn credentials_and_databases_are_named() {
         &["wrong user or password", "password authentication failed"],
     );
     assert!(!err.contains("wrong@"), "the password is shown: {err}");
+    // Replication does not retry what waiting cannot cure.
+    let src = TestDb::new(DbKind::Sqlite).await;
+    src.users(3).await;
+    let (out, took) = run(&[
+        "replicate",
+        "--source",
+        src.url.as_str(),
+        "--target",
+        &format!("postgres://{user}:wrong@127.0.0.1:{port}/postgres?sslmode=require"),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("wrong user or password"), "{stderr}");
+    assert!(
+        took < Duration::from_secs(2),
+        "retried for {took:?}: {stderr}"
+    );
 
     // MariaDB: a user with a password on the shared server.
     let t = TestDb::new(DbKind::Mysql).await;
