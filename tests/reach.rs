@@ -65,6 +65,7 @@ fn fails(args: &[&str], code: i32, needles: &[&str]) -> String {
     let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
     assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
     assert!(took < PROMPT, "{args:?} took {took:?}: {err}");
+    eprintln!("{:>5} ms, exit {code}: {err}", took.as_millis());
     assert_eq!(err.lines().count(), 1, "not one line: {err}");
     for n in needles {
         assert!(err.contains(n), "expected {n:?} in: {err}");
