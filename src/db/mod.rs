@@ -125,16 +125,11 @@ fn redact(url: &str) -> String {
     };
     // A password given as a query parameter (`?password=…`).
     if let Some((before, query)) = rest.split_once('?') {
-        if query.split('&').any(|p| p.starts_with("password=")) {
+        let hidden = |p: &str| p.starts_with("password=") && p != "password=***";
+        if query.split('&').any(hidden) {
             let query: Vec<&str> = query
                 .split('&')
-                .map(|p| {
-                    if p.starts_with("password=") {
-                        "password=***"
-                    } else {
-                        p
-                    }
-                })
+                .map(|p| if hidden(p) { "password=***" } else { p })
                 .collect();
             return redact(&format!("{scheme}://{before}?{}", query.join("&")));
         }

@@ -271,4 +271,44 @@ mod tests {
         assert!(e.starts_with("key file"), "{e}");
         assert!(pg("sslrootcert=/").unwrap_err().contains("is not a file"));
     }
+
+    #[test]
+    fn a_password_in_the_query_is_never_shown() {
+        let url =
+            super::super::DbUrl::parse("postgres://u@h/d?sslmode=require&password=secret").unwrap();
+        assert_eq!(
+            url.redacted(),
+            "postgres://u@h/d?sslmode=require&password=***"
+        );
+        let bad = super::super::DbUrl::parse("postgres://u:pw@h/d?password=secret&frob=1")
+            .unwrap_err()
+            .to_string();
+        assert!(!bad.contains("secret") && !bad.contains(":pw@"), "{bad}");
+    }
+
+    #[test]
+    fn connect_failures_read_as_one_plain_line() {
+        let e = |failure, detail: &str| {
+            Error::Connect {
+                target: "postgres://u@h/d".into(),
+                failure,
+                detail: detail.into(),
+            }
+            .to_string()
+        };
+        assert_eq!(
+            e(ConnectFailure::UnknownDatabase, "\"d\""),
+            "cannot connect to postgres://u@h/d: unknown database \"d\""
+        );
+        assert_eq!(
+            e(ConnectFailure::Refused, ""),
+            "cannot connect to postgres://u@h/d: connection refused (is the server running and listening there?)"
+        );
+        assert_eq!(
+            e(ConnectFailure::Other, "boom"),
+            "cannot connect to postgres://u@h/d: boom"
+        );
+        assert!(!ConnectFailure::BadCredentials.may_pass());
+        assert!(ConnectFailure::Refused.may_pass());
+    }
 }
