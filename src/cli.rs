@@ -292,6 +292,12 @@ pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
+            if e.use_stderr() && std::env::args().any(|a| a == "--json") {
+                let text = e.render().to_string();
+                let first = text.lines().next().unwrap_or_default();
+                print_error_json(first.strip_prefix("error: ").unwrap_or(first));
+                return ExitCode::from(2);
+            }
             let _ = e.print();
             return if e.use_stderr() {
                 ExitCode::from(2)
@@ -300,6 +306,7 @@ pub fn main() -> ExitCode {
             };
         }
     };
+    let json = cli.json;
     let serving = matches!(cli.command, Command::Serve(_));
     init_logging(if serving { "info" } else { "warn" });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -308,7 +315,12 @@ pub fn main() -> ExitCode {
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
+            let line = format!("cannot start the runtime: {e}");
+            if json {
+                print_error_json(&line);
+            } else {
+                eprintln!("error: {line}");
+            }
             return ExitCode::from(1);
         }
     };
@@ -326,13 +338,22 @@ pub fn main() -> ExitCode {
                     line.push_str(&text);
                 }
             }
-            eprintln!("error: {line}");
+            if json {
+                print_error_json(&line);
+            } else {
+                eprintln!("error: {line}");
+            }
             let input = e
                 .chain()
                 .any(|c| c.downcast_ref::<Error>().is_some_and(Error::is_input_error));
             ExitCode::from(if input { 2 } else { 1 })
         }
     }
+}
+
+/// An error for scripts (`--json`): one line `{"error": "…"}` on stderr.
+fn print_error_json(line: &str) {
+    eprintln!("{}", serde_json::json!({ "error": line }));
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `level`); JSON lines when

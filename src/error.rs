@@ -18,16 +18,19 @@ pub enum Error {
     /// A table cannot be captured as asked (no primary key, missing or unfit column, …).
     #[error("table {table:?}: {reason}")]
     UnfitTable { table: String, reason: String },
-    /// The database could not be reached or refused the connection.
-    #[error("cannot connect to {target}: {source}")]
+    /// The database could not be reached or refused the connection: `failure` names why in
+    /// words a person acts on, `detail` is the server's or the system's message without the
+    /// driver's decoration (empty when the failure says it all).
+    #[error("cannot connect to {target}: {}", connect_failure(*failure, detail))]
     Connect {
         target: String,
-        #[source]
-        source: sqlx::Error,
+        failure: ConnectFailure,
+        detail: String,
     },
-    /// A statement failed on the database.
-    #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    /// A statement failed on the database. Printed without the driver's decoration (no "error
+    /// returned from database:", no PostgreSQL source line), a missing privilege named as such.
+    #[error("database error: {}", database_message(.0))]
+    Database(sqlx::Error),
     /// A statement failed on a SQLite connection tidemark drives itself (rusqlite: the
     /// snapshot reader), classified as sqlx's are.
     #[error("database error: SQLite: {0}")]
@@ -117,7 +120,7 @@ impl Error {
     /// may succeed. HTTP answers 503 for these.
     pub fn is_unavailable(&self) -> bool {
         match self {
-            Error::Connect { .. } => true,
+            Error::Connect { failure, .. } => failure.may_pass(),
             Error::Database(e) => matches!(
                 e,
                 sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
@@ -199,6 +202,114 @@ impl Error {
             path: path.into(),
             cause,
         }
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        Error::Database(e)
+    }
+}
+
+/// Why a connection to a database could not be made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectFailure {
+    /// Nothing listens at the address ("connection refused").
+    Refused,
+    /// The host name does not resolve.
+    UnknownHost,
+    /// No answer within the connect timeout.
+    TimedOut,
+    /// The server refused the user name or password.
+    BadCredentials,
+    /// The database named in the URL does not exist.
+    UnknownDatabase,
+    /// The server accepts only TLS connections and the URL turned TLS off.
+    TlsRequired,
+    /// TLS was asked for and failed: the server does not offer it, or its certificate is not
+    /// trusted (wrong or missing CA, name mismatch).
+    Tls,
+    /// The user may not connect to that database.
+    Privilege,
+    /// The network failed otherwise (reset, unreachable network, …).
+    Network,
+    /// Anything else the server said while connecting.
+    Other,
+}
+
+impl ConnectFailure {
+    /// False when waiting cannot cure it (wrong password, unknown database, TLS refused or
+    /// untrusted, missing privilege): the person must change the URL or the server, so
+    /// retrying (replication, `--follow`) would only hide it.
+    pub fn may_pass(self) -> bool {
+        !matches!(
+            self,
+            ConnectFailure::BadCredentials
+                | ConnectFailure::UnknownDatabase
+                | ConnectFailure::TlsRequired
+                | ConnectFailure::Tls
+                | ConnectFailure::Privilege
+        )
+    }
+}
+
+/// The message of [`Error::Connect`].
+fn connect_failure(failure: ConnectFailure, detail: &str) -> String {
+    let what = match failure {
+        ConnectFailure::Refused => {
+            "connection refused (is the server running and listening there?)"
+        }
+        ConnectFailure::UnknownHost => "unknown host",
+        ConnectFailure::TimedOut => "no answer (connect timeout)",
+        ConnectFailure::BadCredentials => "wrong user or password",
+        ConnectFailure::UnknownDatabase => "unknown database",
+        ConnectFailure::TlsRequired => "the server requires TLS but the URL disables it",
+        ConnectFailure::Tls => "TLS failed",
+        ConnectFailure::Privilege => "missing privilege",
+        ConnectFailure::Network | ConnectFailure::Other => "",
+    };
+    if failure == ConnectFailure::UnknownDatabase && !detail.is_empty() {
+        return format!("{what} {detail}");
+    }
+    match (what.is_empty(), detail.is_empty()) {
+        (_, true) => what.to_string(),
+        (true, false) => detail.to_string(),
+        (false, false) => format!("{what}: {detail}"),
+    }
+}
+
+/// The server's own message of a database error, without the driver's decoration: sqlx's
+/// "error returned from database:" prefix and PostgreSQL's "at line N" (a line of the server's
+/// C source). Other sqlx errors keep their text.
+pub fn server_message(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(d) => d.message().to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// True when the server refused a statement or a connection for want of a privilege
+/// (PostgreSQL 42501; MySQL/MariaDB access denied to a database, table, column or command).
+pub fn is_privilege_error(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(d) = e else {
+        return false;
+    };
+    if let Some(pg) = d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+        pg.code() == "42501"
+    } else if let Some(my) = d.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+        matches!(my.number(), 1044 | 1142 | 1143 | 1227 | 1370)
+    } else {
+        false
+    }
+}
+
+/// The message of [`Error::Database`].
+fn database_message(e: &sqlx::Error) -> String {
+    let message = server_message(e);
+    if is_privilege_error(e) {
+        format!("missing privilege: {message}")
+    } else {
+        message
     }
 }
 

@@ -97,6 +97,8 @@ pub struct PgServer {
     dir: PathBuf,
     bin: PathBuf,
     port: u16,
+    /// Further `-c name=value` server options (TLS).
+    extra: String,
 }
 
 impl PgServer {
@@ -122,6 +124,21 @@ impl PgServer {
 
     /// Initializes and starts a server.
     pub fn start() -> Result<Self> {
+        Self::start_with(None)
+    }
+
+    /// Initializes and starts a server that speaks TLS only, with the certificate `ca` made
+    /// for 127.0.0.1 and localhost: `hostssl` lines alone in pg_hba.conf, so a connection
+    /// without TLS is refused. Every user is trusted except [`PgServer::PASSWORD_USER`], who
+    /// must give a password (SCRAM); the tests create that role.
+    pub fn start_tls(ca: &TestCa) -> Result<Self> {
+        Self::start_with(Some(ca))
+    }
+
+    /// The role that must authenticate with a password on a [`PgServer::start_tls`] server.
+    pub const PASSWORD_USER: &'static str = "tidemark_pw";
+
+    fn start_with(tls: Option<&TestCa>) -> Result<Self> {
         let bin = Self::bin_dir()?;
         let dir = tempfile::Builder::new()
             .prefix("tidemark-pg.")
@@ -134,7 +151,12 @@ impl PgServer {
                 "chown data directory",
             )?;
         }
-        let mut server = PgServer { dir, bin, port: 0 };
+        let mut server = PgServer {
+            dir,
+            bin,
+            port: 0,
+            extra: String::new(),
+        };
         run(
             server
                 .as_owner(&server.bin.join("initdb"))
@@ -152,6 +174,9 @@ impl PgServer {
                 ]),
             "initdb",
         )?;
+        if let Some(ca) = tls {
+            server.enable_tls(ca)?;
+        }
         watchdog(&format!(
             "{} ; rm -rf '{}'",
             server.stop_command(),
@@ -166,6 +191,40 @@ impl PgServer {
             }
         }
         Err(last.unwrap_or_else(|| fail("start PostgreSQL", "gave up")))
+    }
+
+    /// Copies the server certificate and key into the data directory (the key 0600, owned by
+    /// the server's user, as PostgreSQL demands), turns `ssl` on and allows TLS connections only.
+    fn enable_tls(&mut self, ca: &TestCa) -> Result<()> {
+        let data = self.dir.join("data");
+        let cert = data.join("server.crt");
+        let key = data.join("server.key");
+        std::fs::copy(&ca.server_cert, &cert).map_err(|e| fail("copy server certificate", e))?;
+        std::fs::copy(&ca.server_key, &key).map_err(|e| fail("copy server key", e))?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| fail("chmod server key", e))?;
+        }
+        if is_root() {
+            run(
+                Command::new("chown").arg("postgres:").arg(&cert).arg(&key),
+                "chown server certificate",
+            )?;
+        }
+        let hba = format!(
+            "local all all trust\n\
+             hostssl all {user} 127.0.0.1/32 scram-sha-256\n\
+             hostssl all all 127.0.0.1/32 trust\n",
+            user = Self::PASSWORD_USER
+        );
+        std::fs::write(data.join("pg_hba.conf"), hba).map_err(|e| fail("write pg_hba.conf", e))?;
+        self.extra = format!(
+            " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+            cert.display(),
+            key.display()
+        );
+        Ok(())
     }
 
     fn as_owner(&self, program: &Path) -> Command {
@@ -197,9 +256,10 @@ impl PgServer {
         let opts = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c wal_level=logical \
              -c max_replication_slots=10 -c max_wal_senders=10 -c fsync=off \
-             -c full_page_writes=off -c max_connections=200",
+             -c full_page_writes=off -c max_connections=200{}",
             self.port,
-            self.dir.display()
+            self.dir.display(),
+            self.extra
         );
         run(
             self.as_owner(&self.bin.join("pg_ctl"))
@@ -253,6 +313,16 @@ pub struct MariaDbServer {
 impl MariaDbServer {
     /// Initializes and starts a server.
     pub fn start() -> Result<Self> {
+        Self::start_with(None)
+    }
+
+    /// Initializes and starts a server with the certificate `ca` made for 127.0.0.1 and
+    /// localhost that refuses TCP connections without TLS (`--require-secure-transport=ON`).
+    pub fn start_tls(ca: &TestCa) -> Result<Self> {
+        Self::start_with(Some(ca))
+    }
+
+    fn start_with(tls: Option<&TestCa>) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("tidemark-my.")
             .tempdir()
@@ -275,6 +345,13 @@ impl MariaDbServer {
             .into_iter()
             .find(|p| Path::new(p).exists())
             .ok_or_else(|| fail("find mariadbd", "not in /usr/sbin"))?;
+        let mut tls_args = Vec::new();
+        if let Some(ca) = tls {
+            tls_args.push(format!("--ssl-cert={}", ca.server_cert.display()));
+            tls_args.push(format!("--ssl-key={}", ca.server_key.display()));
+            tls_args.push(format!("--ssl-ca={}", ca.ca_cert.display()));
+            tls_args.push("--require-secure-transport=ON".to_string());
+        }
         let child = Command::new(daemon)
             .arg("--no-defaults")
             .arg("--user=root")
@@ -299,6 +376,7 @@ impl MariaDbServer {
                 "--character-set-server=utf8mb4",
                 "--collation-server=utf8mb4_unicode_ci",
             ])
+            .args(&tls_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -360,5 +438,107 @@ impl SqliteFile {
             dir.path().join("test.db").display()
         ))?;
         Ok(SqliteFile { dir, url })
+    }
+}
+
+/// A certificate authority of its own and a server certificate it signed for `127.0.0.1` and
+/// `localhost`, made with `openssl` (Debian package `openssl`) in a temporary directory that
+/// lives as long as the value.
+pub struct TestCa {
+    pub dir: tempfile::TempDir,
+    /// The CA's certificate (PEM): what a client names in `sslrootcert`/`ssl-ca`.
+    pub ca_cert: PathBuf,
+    /// The server's certificate (PEM), signed by the CA.
+    pub server_cert: PathBuf,
+    /// The server's private key (PEM, unencrypted).
+    pub server_key: PathBuf,
+}
+
+impl TestCa {
+    /// Makes a new CA (P-256 keys, valid for two days) and a server certificate.
+    pub fn new() -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("tidemark-ca.")
+            .tempdir()
+            .map_err(|e| fail("create CA directory", e))?;
+        // World-readable, so that a server running as another user can read what it needs.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+                .map_err(|e| fail("chmod CA directory", e))?;
+        }
+        let p = |name: &str| dir.path().join(name);
+        let write = |name: &str, text: &str| {
+            std::fs::write(p(name), text).map_err(|e| fail("write openssl config", e))
+        };
+        // A name of its own: another TestCa is another issuer, not a forgery of this one.
+        write(
+            "ca.cnf",
+            &format!(
+                "[req]\ndistinguished_name=dn\nx509_extensions=v3_ca\nprompt=no\n\
+             [dn]\nCN=tidemark test CA {}\n\
+             [v3_ca]\nbasicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n\
+             subjectKeyIdentifier=hash\n",
+                rand::random::<u32>()
+            ),
+        )?;
+        write(
+            "server.ext",
+            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n\
+             extendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n\
+             subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n",
+        )?;
+        let openssl = |args: &[&str], what: &str| {
+            run(
+                Command::new("openssl").current_dir(dir.path()).args(args),
+                &format!("openssl {what} (install the openssl package)"),
+            )
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let mut ca_args = vec!["req", "-x509", "-config", "ca.cnf", "-days", "2"];
+        ca_args.extend(ec);
+        ca_args.extend(["-keyout", "ca.key", "-out", "ca.crt"]);
+        openssl(&ca_args, "make CA")?;
+        let mut csr_args = vec!["req", "-new", "-subj", "/CN=localhost"];
+        csr_args.extend(ec);
+        csr_args.extend(["-keyout", "server.key", "-out", "server.csr"]);
+        openssl(&csr_args, "make server key")?;
+        openssl(
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                "server.ext",
+                "-out",
+                "server.crt",
+            ],
+            "sign server certificate",
+        )?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(p("server.key"), std::fs::Permissions::from_mode(0o644))
+                .map_err(|e| fail("chmod server key", e))?;
+        }
+        Ok(TestCa {
+            ca_cert: p("ca.crt"),
+            server_cert: p("server.crt"),
+            server_key: p("server.key"),
+            dir,
+        })
     }
 }

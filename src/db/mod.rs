@@ -7,6 +7,7 @@ mod common;
 pub mod mysql;
 pub mod portable;
 pub mod postgres;
+pub mod reach;
 pub mod sqlite;
 pub mod types;
 
@@ -85,6 +86,7 @@ impl DbUrl {
                 if host.is_empty() && !after.contains("host=") {
                     return Err(bad("no host"));
                 }
+                reach::check_parameters(kind, url).map_err(|reason| bad(&reason))?;
                 if kind == DbKind::Mysql {
                     // sqlx only knows the mysql scheme; MariaDB users often write mariadb://.
                     format!("mysql:{rest}")
@@ -122,6 +124,17 @@ fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
+    // A password given as a query parameter (`?password=…`).
+    if let Some((before, query)) = rest.split_once('?') {
+        let hidden = |p: &str| p.starts_with("password=") && p != "password=***";
+        if query.split('&').any(hidden) {
+            let query: Vec<&str> = query
+                .split('&')
+                .map(|p| if hidden(p) { "password=***" } else { p })
+                .collect();
+            return redact(&format!("{scheme}://{before}?{}", query.join("&")));
+        }
+    }
     let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(authority_end);
     match authority.rsplit_once('@') {

@@ -12,15 +12,18 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
-use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlPoolOptions};
+use sqlx::mysql::{
+    MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlPoolOptions, MySqlSslMode,
+};
 use sqlx::{ConnectOptions as _, Connection, MySql};
 
 use super::{
     common::{settle, Driver, Probe},
-    field, first_row, Bound, Column, ColumnKind, ConnectOptions, Database, DbKind, DbUrl, Dialect,
-    LockGuard, Param, RowSink, Snapshot, SnapshotOptions, Stmt, TextRow, Timestamp, Transaction,
+    field, first_row, reach, Bound, Column, ColumnKind, ConnectOptions, Database, DbKind, DbUrl,
+    Dialect, LockGuard, Param, RowSink, Snapshot, SnapshotOptions, Stmt, TextRow, Timestamp,
+    Transaction,
 };
-use crate::error::{Error, Result};
+use crate::error::{ConnectFailure, Error, Result};
 use crate::ident::Ident;
 
 const TS_FORMAT: &str = "'%Y-%m-%dT%H:%i:%s.%fZ'";
@@ -231,19 +234,45 @@ impl MysqlDb {
         let opts = MySqlConnectOptions::from_str(url.as_str())
             .map_err(|e| Error::InvalidUrl {
                 url: url.redacted(),
-                reason: e.to_string(),
+                reason: reach::url_reason(&e),
             })?
             .timezone(Some("+00:00".to_string()))
             .disable_statement_logging();
+        let target = reach::Target {
+            redacted: url.redacted(),
+            host: opts.get_host(),
+            database: opts.get_database(),
+            tls_off: matches!(opts.get_ssl_mode(), MySqlSslMode::Disabled)
+                .then_some("ssl-mode=DISABLED"),
+        };
+        // One attempt first, bounded and named: the pool would retry a refused connection
+        // until its acquire timeout and then say only that it timed out.
+        match reach::probe(&opts, &target).await {
+            Err(Error::Connect {
+                failure: ConnectFailure::BadCredentials,
+                ..
+            }) if target.tls_off.is_some()
+                && reach::probe(&opts.clone().ssl_mode(MySqlSslMode::Preferred), &target)
+                    .await
+                    .is_ok() =>
+            {
+                // MariaDB answers "Access denied" to a connection without TLS when it requires
+                // TLS (--require-secure-transport): the same credentials over TLS tell the two
+                // apart.
+                return Err(Error::Connect {
+                    target: target.redacted,
+                    failure: ConnectFailure::TlsRequired,
+                    detail: "ssl-mode=DISABLED".to_string(),
+                });
+            }
+            other => other?,
+        }
         let pool = MySqlPoolOptions::new()
             .max_connections(options.max_connections.unwrap_or(8))
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(opts.clone())
             .await
-            .map_err(|source| Error::Connect {
-                target: url.redacted(),
-                source,
-            })?;
+            .map_err(|e| reach::classify(&e, &target))?;
         Ok(MysqlDb {
             pool,
             options: opts,

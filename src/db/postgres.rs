@@ -10,14 +10,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::TryStreamExt;
 use sha2::{Digest, Sha256};
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgSslMode};
 use sqlx::{ConnectOptions as _, Connection, Postgres};
 
 use super::{
     common::{settle, Driver, Probe},
-    field, first_row, Bound, ClockNeed, Column, ColumnKind, ConnectOptions, Database, DbKind,
-    DbUrl, Dialect, LockGuard, Param, RowSink, Settled, Snapshot, SnapshotOptions, Stmt, TextRow,
-    Timestamp, Transaction, Wakeups,
+    field, first_row, reach, Bound, ClockNeed, Column, ColumnKind, ConnectOptions, Database,
+    DbKind, DbUrl, Dialect, LockGuard, Param, RowSink, Settled, Snapshot, SnapshotOptions, Stmt,
+    TextRow, Timestamp, Transaction, Wakeups,
 };
 use crate::error::{Error, Result};
 use crate::ident::Ident;
@@ -174,19 +174,25 @@ impl PostgresDb {
         let opts = PgConnectOptions::from_str(url.as_str())
             .map_err(|e| Error::InvalidUrl {
                 url: url.redacted(),
-                reason: e.to_string(),
+                reason: reach::url_reason(&e),
             })?
             .options([("TimeZone", "UTC"), ("DateStyle", "ISO")])
             .disable_statement_logging();
+        let target = reach::Target {
+            redacted: url.redacted(),
+            host: opts.get_host(),
+            database: opts.get_database(),
+            tls_off: matches!(opts.get_ssl_mode(), PgSslMode::Disable).then_some("sslmode=disable"),
+        };
+        // One attempt first, bounded and named: the pool would retry a refused connection
+        // until its acquire timeout and then say only that it timed out.
+        reach::probe(&opts, &target).await?;
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.unwrap_or(8))
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(opts.clone())
             .await
-            .map_err(|source| Error::Connect {
-                target: url.redacted(),
-                source,
-            })?;
+            .map_err(|e| reach::classify(&e, &target))?;
         let snapshots = PgPoolOptions::new()
             .max_connections(options.max_connections.unwrap_or(8))
             .acquire_timeout(Duration::from_secs(10))

@@ -14,11 +14,11 @@ use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use sqlx::{ConnectOptions as _, Sqlite};
 
 use super::{
-    common::Driver, field, first_row, Bound, ClockNeed, Column, ColumnKind, ConnectOptions,
+    common::Driver, field, first_row, reach, Bound, ClockNeed, Column, ColumnKind, ConnectOptions,
     Database, DbKind, DbUrl, Dialect, LockGuard, Param, RowSink, Settled, Snapshot,
     SnapshotOptions, Stmt, TextRow, Timestamp, Transaction,
 };
-use crate::error::{Error, Result};
+use crate::error::{server_message, ConnectFailure, Error, Result};
 use crate::ident::Ident;
 
 /// How long a connection of the pool waits for a lock held by another.
@@ -201,7 +201,7 @@ impl SqliteDb {
     pub async fn connect(url: &DbUrl, options: ConnectOptions) -> Result<Self> {
         let opts = SqliteConnectOptions::from_str(url.as_str()).map_err(|e| Error::InvalidUrl {
             url: url.redacted(),
-            reason: e.to_string(),
+            reason: reach::url_reason(&e),
         })?;
         let path = opts.get_filename().to_path_buf();
         if !options.create_if_missing && !path.exists() {
@@ -226,9 +226,10 @@ impl SqliteDb {
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(opts)
             .await
-            .map_err(|source| Error::Connect {
+            .map_err(|e| Error::Connect {
                 target: url.redacted(),
-                source,
+                failure: ConnectFailure::Other,
+                detail: server_message(&e),
             })?;
         Ok(SqliteDb {
             pool,
