@@ -11,7 +11,7 @@ use crate::ident::{ConsumerId, Ident};
 use crate::state::{Position, StateStore};
 
 /// When a consumer counts as lagging.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Clone, Copy, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub struct Thresholds {
     /// Lag in seconds above which a consumer is lagging.
@@ -30,7 +30,7 @@ impl Default for Thresholds {
 }
 
 /// Changes by operation.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Counts {
     pub total: u64,
     pub insert: u64,
@@ -39,9 +39,10 @@ pub struct Counts {
 }
 
 /// One consumer of one table.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub struct ConsumerStatus {
+    #[schema(value_type = String)]
     pub consumer_id: ConsumerId,
     /// `export` (a watermark) or `replica` (`tidemark replicate`).
     pub kind: &'static str,
@@ -49,14 +50,18 @@ pub struct ConsumerStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
     /// The time the watermark stands for.
+    #[schema(value_type = String)]
     pub watermark: Timestamp,
+    #[schema(value_type = Object)]
     pub position: Position,
     /// When the watermark last moved.
+    #[schema(value_type = String)]
     pub updated_at: Timestamp,
     /// Changes not yet delivered to this consumer.
     pub pending: Counts,
     /// The change time of the oldest change not yet delivered (none when nothing is pending,
     /// or when the strategy cannot date it; see `lag_from`).
+    #[schema(value_type = Option<String>)]
     pub oldest_pending: Option<Timestamp>,
     /// The age of the oldest change not yet delivered, in seconds: the report's time minus
     /// `oldest_pending`; 0 when nothing is pending.
@@ -71,9 +76,10 @@ pub struct ConsumerStatus {
 }
 
 /// One captured table.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub struct TableStatus {
+    #[schema(value_type = String)]
     pub table: Ident,
     /// The registered strategy (`timestamp` defaults when not set up).
     pub strategy: String,
@@ -86,9 +92,10 @@ pub struct TableStatus {
 }
 
 /// The whole report.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub struct StatusReport {
+    #[schema(value_type = String)]
     pub timestamp: Timestamp,
     pub source: String,
     /// `ok`, `lagging` (a consumer or replica lags) or `unhealthy` (a table cannot be read);

@@ -90,7 +90,11 @@ impl Metrics {
             "Exports finished, by mode and outcome (completed, empty, failed)",
             exports.clone(),
         );
-        registry.register("rows_exported", "Rows written to CSV exports", rows.clone());
+        registry.register(
+            "rows_exported",
+            "Rows written to export files, by mode",
+            rows.clone(),
+        );
         registry.register(
             "export_duration_seconds",
             "Duration of finished exports",
@@ -197,4 +201,75 @@ impl Metrics {
         let _ = encode(&mut out, &self.registry);
         out
     }
+
+    /// The Prometheus text format (0.0.4) of every metric.
+    pub fn render_text(&self) -> String {
+        openmetrics_to_text(&self.render())
+    }
+}
+
+/// Whether an `Accept` header prefers OpenMetrics over the Prometheus text format: it names
+/// `application/openmetrics-text` with a quality above that of `text/plain` (absent counts 0).
+pub fn wants_openmetrics(accept: &str) -> bool {
+    let quality = |wanted: &str| {
+        accept
+            .split(',')
+            .filter_map(|item| {
+                let mut parts = item.split(';').map(str::trim);
+                let media = parts.next()?;
+                if !media.eq_ignore_ascii_case(wanted) {
+                    return None;
+                }
+                let q = parts
+                    .filter_map(|p| p.strip_prefix("q="))
+                    .find_map(|q| q.trim().parse::<f32>().ok())
+                    .unwrap_or(1.0);
+                Some(q)
+            })
+            .fold(0.0f32, f32::max)
+    };
+    let open = quality("application/openmetrics-text");
+    open > 0.0 && open >= quality("text/plain")
+}
+
+/// Rewrites OpenMetrics text as the Prometheus text format: a counter family `x` is named
+/// `x_total` in its `HELP` and `TYPE` lines (as its samples are), `UNIT` lines and the closing
+/// `# EOF` go, and the types the text format lacks become `untyped`.
+pub fn openmetrics_to_text(open: &str) -> String {
+    let mut counters = std::collections::HashSet::new();
+    for line in open.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            if let Some((name, "counter")) = rest.split_once(' ') {
+                counters.insert(name.to_string());
+            }
+        }
+    }
+    let rename = |name: &str| {
+        if counters.contains(name) {
+            format!("{name}_total")
+        } else {
+            name.to_string()
+        }
+    };
+    let mut out = String::with_capacity(open.len());
+    for line in open.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            out.push_str(&format!("# HELP {} {help}\n", rename(name)));
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let kind = match kind {
+                "counter" | "gauge" | "histogram" | "summary" => kind,
+                _ => "untyped",
+            };
+            out.push_str(&format!("# TYPE {} {kind}\n", rename(name)));
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
 }
