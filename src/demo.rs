@@ -2,6 +2,7 @@
 //! the table, full export, a burst of application changes, delta export, verify the manifest
 //! chain, and check that replaying the files gives exactly the table.
 
+use crate::words::count;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -123,7 +124,7 @@ pub async fn run(opts: &DemoOptions, observer: &dyn Observer) -> Result<DemoRepo
         Some(&|n| observer.progress("seed", n)),
     )
     .await?;
-    done("seed", format!("{} users", seeded.rows), t);
+    done("seed", count(seeded.rows, "user"), t);
 
     let t = Instant::now();
     let state = StateStore::open(Arc::clone(&db)).await?;
@@ -163,7 +164,7 @@ pub async fn run(opts: &DemoOptions, observer: &dyn Observer) -> Result<DemoRepo
         }
     };
     let describe = |o: &ExportOutcome| match &o.file {
-        Some(f) => format!("{} rows → {}", o.rows, f.display()),
+        Some(f) => format!("{} → {}", count(o.rows, "row"), f.display()),
         None => "no changes".to_string(),
     };
 
@@ -182,8 +183,10 @@ pub async fn run(opts: &DemoOptions, observer: &dyn Observer) -> Result<DemoRepo
     done(
         "burst",
         format!(
-            "{} inserts, {} updates, {} soft deletes by the application",
-            burst.inserts, burst.updates, burst.soft_deletes
+            "{}, {}, {} by the application",
+            count(burst.inserts, "insert"),
+            count(burst.updates, "update"),
+            count(burst.soft_deletes, "soft delete")
         ),
         t,
     );
@@ -200,7 +203,10 @@ pub async fn run(opts: &DemoOptions, observer: &dyn Observer) -> Result<DemoRepo
     let files: usize = verified.chains.iter().map(|c| c.files).sum();
     done(
         "verify",
-        format!("{files} files: chain, checksums, row counts ok"),
+        format!(
+            "{}: chain, checksums, row counts ok",
+            count(files as u64, "file")
+        ),
         t,
     );
 
@@ -217,8 +223,8 @@ pub async fn run(opts: &DemoOptions, observer: &dyn Observer) -> Result<DemoRepo
     done(
         "replay",
         format!(
-            "full + delta = table: {} live rows, identical",
-            live.rows.len()
+            "full + delta = table: {}, identical",
+            count(live.rows.len() as u64, "live row")
         ),
         t,
     );

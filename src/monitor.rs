@@ -46,7 +46,7 @@ pub struct ConsumerStatus {
     pub consumer_id: ConsumerId,
     /// `export` (a watermark) or `replica` (`tidemark replicate`).
     pub kind: &'static str,
-    /// A replica's target (without password).
+    /// A replica's target (without password) and table: `postgres://host/db.users`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
     /// The time the watermark stands for.
@@ -73,6 +73,17 @@ pub struct ConsumerStatus {
     pub lag_from: &'static str,
     /// `ok` or `lagging`.
     pub health: &'static str,
+}
+
+impl ConsumerStatus {
+    /// The consumer as people read it: its id, or for a replica `replica of users →
+    /// postgres://host/db.users` (its id is an internal hash).
+    pub fn display_name(&self, table: &Ident) -> String {
+        match &self.target {
+            Some(target) if self.kind == "replica" => format!("replica of {table} → {target}"),
+            _ => self.consumer_id.to_string(),
+        }
+    }
 }
 
 /// One captured table.
@@ -151,7 +162,7 @@ pub async fn collect(
             position: r.position?,
             id: r.replica,
             kind: "replica",
-            target: Some(format!("{} ({})", r.target, r.target_table)),
+            target: Some(format!("{}.{}", r.target, r.target_table)),
             table: r.table,
             updated_at: r.updated_at,
         })
@@ -213,31 +224,36 @@ async fn inspect(
     let thresholds = scope.thresholds;
     let info = source.describe(table).await?;
     let strategy = strategy_for(&info, config)?;
+    let tally = |sql: Result<String>| async move {
+        let mut counts = Counts::default();
+        for row in source.query(&sql?, &[]).await? {
+            let n: u64 = row
+                .get(1)
+                .cloned()
+                .flatten()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            match row.first().cloned().flatten().as_deref() {
+                Some("INSERT") => counts.insert += n,
+                Some("UPDATE") => counts.update += n,
+                Some("DELETE") => counts.delete += n,
+                _ => {}
+            }
+            counts.total += n;
+        }
+        Ok::<_, Error>(counts)
+    };
     let count = |before: Option<Position>| {
         let after = strategy.position_after(&Bound::at(now), before.as_ref());
-        let sql = strategy.count_changes(source.dialect(), before.as_ref(), &after);
-        async move {
-            let mut counts = Counts::default();
-            for row in source.query(&sql?, &[]).await? {
-                let n: u64 = row
-                    .get(1)
-                    .cloned()
-                    .flatten()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0);
-                match row.first().cloned().flatten().as_deref() {
-                    Some("INSERT") => counts.insert += n,
-                    Some("UPDATE") => counts.update += n,
-                    Some("DELETE") => counts.delete += n,
-                    _ => {}
-                }
-                counts.total += n;
-            }
-            Ok::<_, Error>(counts)
-        }
+        tally(strategy.count_changes(source.dialect(), before.as_ref(), &after))
     };
     let changes = if scope.table_totals {
-        count(None).await?
+        // A change log counts its entries by operation; a strategy without one counts what a
+        // delta from the beginning would deliver.
+        match strategy.count_recorded(source.dialect()) {
+            Some(sql) => tally(Ok(sql)).await?,
+            None => count(None).await?,
+        }
     } else {
         Counts::default()
     };
@@ -252,18 +268,17 @@ async fn inspect(
             (None, "nothing_pending")
         } else {
             let after = strategy.position_after(&Bound::at(now), from.as_ref());
-            let oldest =
-                match strategy.oldest_change(source.dialect(), from.as_ref(), &after)? {
-                    Some(q) => {
-                        let rows = source.query(&q.sql, &[]).await?;
-                        q.parse(
-                            rows.first()
-                                .and_then(|r| r.first())
-                                .and_then(|v| v.as_deref()),
-                        )?
-                    }
-                    None => None,
-                };
+            let oldest = match strategy.oldest_change(source.dialect(), from.as_ref(), &after)? {
+                Some(q) => {
+                    let rows = source.query(&q.sql, &[]).await?;
+                    q.parse(
+                        rows.first()
+                            .and_then(|r| r.first())
+                            .and_then(|v| v.as_deref()),
+                    )?
+                }
+                None => None,
+            };
             match oldest {
                 Some(t) => (Some(t), "oldest_pending"),
                 None => (None, "position"),
@@ -317,21 +332,21 @@ impl StatusReport {
             if let Some(e) = &t.error {
                 out.push(format!("{}: cannot inspect: {e}", t.table));
             }
+            let who = |c: &ConsumerStatus| match c.kind {
+                "replica" => c.display_name(&t.table),
+                kind => format!("{kind} {} on {}", c.consumer_id, t.table),
+            };
             for c in t.consumers.iter().filter(|c| c.health == "stale_position") {
                 out.push(format!(
-                    "{} {} on {}: its position was made by an earlier capture set-up; it needs a \
+                    "{}: its position was made by an earlier capture set-up; it needs a \
                      full export (replicas resynchronise at their next run)",
-                    c.kind,
-                    c.consumer_id.as_str(),
-                    t.table
+                    who(c)
                 ));
             }
             for c in t.consumers.iter().filter(|c| c.health == "lagging") {
                 out.push(format!(
-                    "{} {} on {}: lagging ({} pending, oldest {:.1} s old; thresholds {} pending, {} s)",
-                    c.kind,
-                    c.consumer_id.as_str(),
-                    t.table,
+                    "{}: lagging ({} pending, oldest {:.1} s old; thresholds {} pending, {} s)",
+                    who(c),
                     c.pending.total,
                     c.lag_seconds,
                     self.thresholds.max_pending,
@@ -385,15 +400,13 @@ pub fn render(report: &StatusReport) -> String {
         }
         let _ = writeln!(
             out,
-            "  {:<8} {:<24} {:<28} {:>10} {:>10}  health",
-            "kind", "consumer", "watermark", "pending", "lag (s)"
+            "  {:<28} {:>10} {:>10}  {:<8} consumer",
+            "watermark", "pending", "lag (s)", "health"
         );
         for k in &t.consumers {
             let _ = writeln!(
                 out,
-                "  {:<8} {:<24} {:<28} {:>10} {:>10}  {}{}",
-                k.kind,
-                k.consumer_id.as_str(),
+                "  {:<28} {:>10} {:>10}  {:<8} {}",
                 k.watermark.to_string(),
                 k.pending.total,
                 // Measured from the position: an upper bound.
@@ -403,10 +416,7 @@ pub fn render(report: &StatusReport) -> String {
                     format!("{:.1}", k.lag_seconds)
                 },
                 k.health,
-                k.target
-                    .as_deref()
-                    .map(|t| format!("  → {t}"))
-                    .unwrap_or_default()
+                k.display_name(&t.table)
             );
         }
     }
