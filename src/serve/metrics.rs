@@ -273,3 +273,41 @@ pub fn openmetrics_to_text(open: &str) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_chooses_the_format() {
+        for (accept, open) in [
+            ("", false),
+            ("*/*", false),
+            ("text/plain; version=0.0.4", false),
+            ("application/openmetrics-text", true),
+            (
+                "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+                true,
+            ),
+            (
+                "text/plain;version=0.0.4,application/openmetrics-text;q=0.5",
+                false,
+            ),
+            ("application/openmetrics-text;q=0", false),
+        ] {
+            assert_eq!(wants_openmetrics(accept), open, "{accept:?}");
+        }
+    }
+
+    #[test]
+    fn counters_are_named_with_total_in_the_text_format() {
+        let m = Metrics::new();
+        m.export_finished(Mode::Full, "completed", 3, 0.5);
+        let text = m.render_text();
+        assert!(text.contains("# HELP tidemark_exports_total Exports finished"));
+        assert!(text.contains("# TYPE tidemark_exports_total counter"));
+        assert!(text.contains("tidemark_exports_total{mode=\"full\",outcome=\"completed\"} 1"));
+        assert!(text.contains("# TYPE tidemark_export_duration_seconds histogram"));
+        assert!(!text.contains("# EOF") && !text.contains("# UNIT"));
+    }
+}
