@@ -198,7 +198,11 @@ fn check_file(dir: &Path, m: &Manifest) -> std::result::Result<(), String> {
         )));
     }
     if rows != m.rows {
-        return Err(fail(&format!("{rows} rows, the manifest says {}", m.rows)));
+        return Err(fail(&format!(
+            "{}, the manifest says {}",
+            crate::words::count(rows, "row"),
+            m.rows
+        )));
     }
     Ok(())
 }
