@@ -339,7 +339,7 @@ enum WatermarkAction {
 
 /// Runs the command line and returns the process exit code.
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let mut cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
@@ -350,6 +350,9 @@ pub fn main() -> ExitCode {
             };
         }
     };
+    // An empty variable (`TIDEMARK_STATE=` in a compose file) is no setting at all.
+    cli.source = cli.source.filter(|s| !s.is_empty());
+    cli.state = cli.state.filter(|s| !s.is_empty());
     let serving = matches!(cli.command, Command::Serve(_));
     init_logging(if serving { "info" } else { "warn" });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -405,13 +408,18 @@ fn source_url(cli: &Cli) -> anyhow::Result<DbUrl> {
     let url = cli
         .source
         .clone()
-        .or_else(|| std::env::var("DATABASE_URL").ok())
+        .or_else(|| database_url_env())
         .ok_or_else(|| {
             Error::input(
                 "no source database: pass --source URL, or set TIDEMARK_SOURCE or DATABASE_URL",
             )
         })?;
     Ok(DbUrl::parse(&url)?)
+}
+
+/// `DATABASE_URL`, unless unset or empty.
+fn database_url_env() -> Option<String> {
+    std::env::var("DATABASE_URL").ok().filter(|s| !s.is_empty())
 }
 
 async fn open_source(cli: &Cli, create: bool) -> anyhow::Result<Arc<dyn Database>> {
@@ -880,10 +888,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .unwrap_or_else(|| PathBuf::from("tidemark.toml"));
             let file = FileConfig::load(&path, named)?;
             let flags = FileConfig {
-                source: cli
-                    .source
-                    .clone()
-                    .or_else(|| std::env::var("DATABASE_URL").ok()),
+                source: cli.source.clone().or_else(|| database_url_env()),
                 state: cli.state.clone(),
                 listen: args.listen.clone(),
                 out: args.out.clone(),

@@ -604,6 +604,15 @@ async fn messages_are_plain_words() {
     for name in ["--source", "TIDEMARK_SOURCE", "DATABASE_URL"] {
         assert!(said.contains(name), "{said}");
     }
+    // Empty variables (`TIDEMARK_STATE=` in a compose file) are no setting at all.
+    let empty = tidemark_cmd(&["export", "--consumer", "c1", "--mode", "full"])
+        .env("TIDEMARK_SOURCE", "")
+        .env("DATABASE_URL", "")
+        .output()
+        .unwrap();
+    fails(&empty, 2, "no source database");
+    let status = t.cli_env(&["status"], &[("TIDEMARK_STATE", "")]);
+    assert!(status.status.success(), "{status:?}");
 }
 
 /// The tables tidemark made in a SQLite database.
