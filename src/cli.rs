@@ -408,7 +408,7 @@ fn source_url(cli: &Cli) -> anyhow::Result<DbUrl> {
     let url = cli
         .source
         .clone()
-        .or_else(|| database_url_env())
+        .or_else(database_url_env)
         .ok_or_else(|| {
             Error::input(
                 "no source database: pass --source URL, or set TIDEMARK_SOURCE or DATABASE_URL",
@@ -888,7 +888,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .unwrap_or_else(|| PathBuf::from("tidemark.toml"));
             let file = FileConfig::load(&path, named)?;
             let flags = FileConfig {
-                source: cli.source.clone().or_else(|| database_url_env()),
+                source: cli.source.clone().or_else(database_url_env),
                 state: cli.state.clone(),
                 listen: args.listen.clone(),
                 out: args.out.clone(),
