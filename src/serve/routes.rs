@@ -320,7 +320,8 @@ pub enum ModeParam {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct TableParam {
-    /// The table (default `users`): printable, no leading or trailing space, at most 63 bytes.
+    /// The table (default `users`). The pattern states printable ASCII without leading or
+    /// trailing space; any printable name up to 63 UTF-8 bytes is accepted.
     #[param(
         min_length = 1,
         max_length = 63,
