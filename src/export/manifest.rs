@@ -298,7 +298,7 @@ mod tests {
         delta.rows = 5;
         write_manifest(d, &delta);
         assert!(
-            problems(d)[0].contains("1 rows, the manifest says 5"),
+            problems(d)[0].contains("1 row, the manifest says 5"),
             "{:?}",
             problems(d)
         );
