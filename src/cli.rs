@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{HumanCount, ProgressBar, ProgressState, ProgressStyle};
 
 use crate::capture::{self, lifecycle, Mode, SetupOptions};
 use crate::db::{connect, field, ConnectOptions, Database, DbUrl, Timestamp};
@@ -22,19 +22,21 @@ use crate::replicate::{ReplicateOptions, Replicator};
 use crate::seed;
 use crate::serve::{self, FileConfig, ServeConfig};
 use crate::state::{Position, StateStore};
+use crate::words::count;
 
 #[derive(Parser, Debug)]
 #[command(
     name = "tidemark",
     version,
-    about = "Change data capture for SQLite, PostgreSQL and MySQL/MariaDB: exact incremental CSV exports with a watermark per consumer"
+    about = "Change data capture for SQLite, PostgreSQL and MySQL/MariaDB: exact incremental CSV exports with a watermark per consumer",
+    after_help = "Examples:\n  tidemark demo\n  tidemark --source postgres://app@db/shop setup --table users --strategy trigger\n  tidemark --source postgres://app@db/shop export --consumer warehouse --mode delta"
 )]
 struct Cli {
     /// Source database: sqlite://PATH, postgres://…, mysql://… [env: TIDEMARK_SOURCE, DATABASE_URL]
     #[arg(long, global = true, env = "TIDEMARK_SOURCE", hide_env = true)]
     source: Option<String>,
-    /// Database holding watermarks and export records (default: the source)
-    #[arg(long, global = true, env = "TIDEMARK_STATE")]
+    /// Database holding watermarks and export records [default: the source]
+    #[arg(long, global = true, env = "TIDEMARK_STATE", hide_env_values = true)]
     state: Option<String>,
     /// Print JSON instead of text
     #[arg(long, global = true)]
@@ -63,6 +65,7 @@ impl From<ModeArg> for Mode {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// The whole story on embedded SQLite: exports (seed, full, burst, delta, verify, replay), then trigger capture, replication and status
+    #[command(after_help = "Example:\n  tidemark demo --dir /tmp/demo --rows 10000")]
     Demo {
         /// Directory for the demo database (and output unless --out)
         #[arg(long, default_value = "tidemark-demo")]
@@ -81,7 +84,9 @@ enum Command {
         listen: String,
     },
     /// Create the users table if missing and append N deterministic mock users
+    #[command(after_help = "Example:\n  tidemark --source sqlite://app.db seed --rows 100000")]
     Seed {
+        /// Users to append
         #[arg(long)]
         rows: u64,
         /// Do nothing when the users table already has rows (for container start-up)
@@ -89,7 +94,11 @@ enum Command {
         if_empty: bool,
     },
     /// Install what a capture strategy needs on a table and register it (idempotent)
+    #[command(
+        after_help = "Examples:\n  tidemark setup --table users --strategy trigger\n  tidemark setup --table orders --strategy timestamp --cursor-column modified_at"
+    )]
     Setup {
+        /// Table to capture
         #[arg(long, default_value = "users")]
         table: String,
         /// Capture strategy: timestamp (a cursor column), version (a version column tidemark adds
@@ -113,7 +122,9 @@ enum Command {
     },
     /// Remove what setup installed and the table's registration (refused while the table has
     /// consumers or replicas, unless --force)
+    #[command(after_help = "Example:\n  tidemark teardown --table users")]
     Teardown {
+        /// Table to stop capturing
         #[arg(long, default_value = "users")]
         table: String,
         /// Tear down even though consumers or replicas hold positions in the table, removing
@@ -122,33 +133,56 @@ enum Command {
         force: bool,
     },
     /// Export a table's changes for a consumer as CSV plus manifest
+    #[command(
+        after_help = "Examples:\n  tidemark export --consumer warehouse --mode full\n  tidemark export --consumer warehouse --mode delta --table users --out ./exports"
+    )]
     Export {
+        /// Consumer id (1-128 of letters, digits, '_', '.', '-'); each has its own watermark
         #[arg(long)]
         consumer: String,
+        /// full: every live row; incremental: rows changed since the watermark; delta: every
+        /// change since the watermark with an operation column
         #[arg(long, value_enum)]
         mode: ModeArg,
+        /// Table to export
         #[arg(long, default_value = "users")]
         table: String,
         /// Output directory
-        #[arg(long, env = "TIDEMARK_OUTPUT_DIR", default_value = "output")]
+        #[arg(
+            long,
+            env = "TIDEMARK_OUTPUT_DIR",
+            hide_env_values = true,
+            default_value = "output"
+        )]
         out: PathBuf,
         /// Longest time a write may take from stamping its time to being listed as running by the server, in ms (PostgreSQL, MySQL); reads wait this long so that they see every change committed before they started
         #[arg(long, default_value_t = DEFAULT_MARGIN.as_millis() as u64)]
         margin_ms: u64,
     },
     /// Read, set or reset a consumer's watermark
+    #[command(
+        after_help = "Example:\n  tidemark watermark get --consumer warehouse --table users"
+    )]
     Watermark {
         #[command(subcommand)]
         action: WatermarkAction,
     },
     /// Check the manifest chains, checksums and row counts of an output directory
-    Verify { dir: PathBuf },
+    #[command(after_help = "Example:\n  tidemark verify ./output")]
+    Verify {
+        /// Output directory to check
+        dir: PathBuf,
+    },
     /// Apply a table's changes to a target table in any database (created if missing); the
     /// target's position is committed with the rows, so a crash neither loses nor repeats one
+    #[command(
+        after_help = "Examples:\n  tidemark --source sqlite://app.db replicate --target postgres://app@db/warehouse\n  tidemark replicate --table users --target mysql://app@db/copy --follow"
+    )]
     Replicate {
         /// Target database: sqlite://PATH, postgres://…, mysql://…
         #[arg(long)]
         target: String,
+        /// Source table to replicate
         #[arg(long, default_value = "users")]
         table: String,
         /// Target table [default: the source table's name]
@@ -166,11 +200,15 @@ enum Command {
     },
     /// Per table, consumer and replica: changes by operation, position, pending changes, lag
     /// (the age of the oldest undelivered change) and health; exits 1 when anything lags
+    #[command(
+        after_help = "Examples:\n  tidemark status\n  tidemark status --json --max-lag-secs 300"
+    )]
     Status {
         #[command(flatten)]
         thresholds: ThresholdArgs,
     },
     /// Delete change-log entries every consumer of the table has passed
+    #[command(after_help = "Example:\n  tidemark prune --table users --dry-run")]
     Prune {
         /// Only this table [default: every registered table]
         #[arg(long)]
@@ -180,8 +218,12 @@ enum Command {
         dry_run: bool,
     },
     /// Run the HTTP service (export API, background jobs, health, stats, metrics)
+    #[command(
+        after_help = "Example:\n  tidemark --source postgres://app@db/shop serve --listen 127.0.0.1:8080 --out ./exports"
+    )]
     Serve(Box<ServeArgs>),
     /// Measure exports against psql \copy and sqlite3 (starts its own PostgreSQL server)
+    #[command(after_help = "Example:\n  tidemark bench --rows 100000 --changes 16000")]
     Bench {
         /// Rows in the full-export comparisons
         #[arg(long, default_value_t = 1_000_000)]
@@ -204,10 +246,10 @@ enum Command {
 #[derive(clap::Args, Debug, Clone, Default)]
 struct ThresholdArgs {
     /// A consumer whose oldest undelivered change is older than this is lagging [default: 3600]
-    #[arg(long, env = "TIDEMARK_MAX_LAG_SECS")]
+    #[arg(long, env = "TIDEMARK_MAX_LAG_SECS", hide_env_values = true)]
     max_lag_secs: Option<f64>,
     /// A consumer with more pending changes than this is lagging [default: 1000000]
-    #[arg(long, env = "TIDEMARK_MAX_PENDING")]
+    #[arg(long, env = "TIDEMARK_MAX_PENDING", hide_env_values = true)]
     max_pending: Option<u64>,
 }
 
@@ -224,37 +266,37 @@ impl ThresholdArgs {
 #[derive(clap::Args, Debug)]
 struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:8080]
-    #[arg(long, env = "TIDEMARK_LISTEN")]
+    #[arg(long, env = "TIDEMARK_LISTEN", hide_env_values = true)]
     listen: Option<String>,
     /// Output directory [default: output]
-    #[arg(long, env = "TIDEMARK_OUTPUT_DIR")]
+    #[arg(long, env = "TIDEMARK_OUTPUT_DIR", hide_env_values = true)]
     out: Option<PathBuf>,
     /// Configuration file (TOML); flags and environment override it [default: ./tidemark.toml if present]
-    #[arg(long, env = "TIDEMARK_CONFIG")]
+    #[arg(long, env = "TIDEMARK_CONFIG", hide_env_values = true)]
     config: Option<PathBuf>,
     /// Exports running at once [default: 4]
-    #[arg(long, env = "TIDEMARK_WORKERS")]
+    #[arg(long, env = "TIDEMARK_WORKERS", hide_env_values = true)]
     workers: Option<usize>,
     /// Jobs pending or running at once before requests get 503 [default: 64]
-    #[arg(long, env = "TIDEMARK_MAX_JOBS")]
+    #[arg(long, env = "TIDEMARK_MAX_JOBS", hide_env_values = true)]
     max_jobs: Option<usize>,
     /// Seconds running exports may take to finish after SIGTERM before they are abandoned [default: 30]
-    #[arg(long, env = "TIDEMARK_GRACE_SECS")]
+    #[arg(long, env = "TIDEMARK_GRACE_SECS", hide_env_values = true)]
     grace_secs: Option<u64>,
     /// How long /health waits for the database, in milliseconds [default: 800]
-    #[arg(long, env = "TIDEMARK_HEALTH_TIMEOUT_MS")]
+    #[arg(long, env = "TIDEMARK_HEALTH_TIMEOUT_MS", hide_env_values = true)]
     health_timeout_ms: Option<u64>,
     /// Longest time to answer a request, in seconds [default: 300]
-    #[arg(long, env = "TIDEMARK_REQUEST_TIMEOUT_SECS")]
+    #[arg(long, env = "TIDEMARK_REQUEST_TIMEOUT_SECS", hide_env_values = true)]
     request_timeout_secs: Option<u64>,
     /// How far behind the server clock capture stays, in milliseconds [default: 100]
-    #[arg(long, env = "TIDEMARK_MARGIN_MS")]
+    #[arg(long, env = "TIDEMARK_MARGIN_MS", hide_env_values = true)]
     margin_ms: Option<u64>,
     /// Connections served at once [default: 1024]
-    #[arg(long, env = "TIDEMARK_MAX_CONNECTIONS")]
+    #[arg(long, env = "TIDEMARK_MAX_CONNECTIONS", hide_env_values = true)]
     max_connections: Option<usize>,
     /// How long a client may take to send a request head, in milliseconds [default: 10000]
-    #[arg(long, env = "TIDEMARK_HEADER_TIMEOUT_MS")]
+    #[arg(long, env = "TIDEMARK_HEADER_TIMEOUT_MS", hide_env_values = true)]
     header_timeout_ms: Option<u64>,
     #[command(flatten)]
     thresholds: ThresholdArgs,
@@ -263,25 +305,39 @@ struct ServeArgs {
 #[derive(Subcommand, Debug)]
 enum WatermarkAction {
     /// Print the watermark
+    #[command(
+        after_help = "Example:\n  tidemark watermark get --consumer warehouse --table users"
+    )]
     Get {
+        /// Consumer id
         #[arg(long)]
         consumer: String,
+        /// Table
         #[arg(long, default_value = "users")]
         table: String,
     },
     /// Set the watermark to a time (RFC 3339): changes from then on are exported next
+    #[command(
+        after_help = "Example:\n  tidemark watermark set --consumer warehouse --to 2026-11-21T04:37:00Z"
+    )]
     Set {
+        /// Consumer id
         #[arg(long)]
         consumer: String,
+        /// Table
         #[arg(long, default_value = "users")]
         table: String,
+        /// The time to set, RFC 3339 (e.g. 2026-11-21T04:37:00Z)
         #[arg(long)]
         to: String,
     },
     /// Forget the watermark: the consumer starts again with a full export
+    #[command(after_help = "Example:\n  tidemark watermark reset --consumer warehouse")]
     Reset {
+        /// Consumer id
         #[arg(long)]
         consumer: String,
+        /// Table
         #[arg(long, default_value = "users")]
         table: String,
     },
@@ -289,7 +345,7 @@ enum WatermarkAction {
 
 /// Runs the command line and returns the process exit code.
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let mut cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
             if e.use_stderr() && std::env::args().any(|a| a == "--json") {
@@ -306,6 +362,9 @@ pub fn main() -> ExitCode {
             };
         }
     };
+    // An empty variable (`TIDEMARK_STATE=` in a compose file) is no setting at all.
+    cli.source = cli.source.filter(|s| !s.is_empty());
+    cli.state = cli.state.filter(|s| !s.is_empty());
     let json = cli.json;
     let serving = matches!(cli.command, Command::Serve(_));
     init_logging(if serving { "info" } else { "warn" });
@@ -376,9 +435,18 @@ fn source_url(cli: &Cli) -> anyhow::Result<DbUrl> {
     let url = cli
         .source
         .clone()
-        .or_else(|| std::env::var("DATABASE_URL").ok())
-        .ok_or_else(|| Error::input("no source database: pass --source URL or set DATABASE_URL"))?;
+        .or_else(database_url_env)
+        .ok_or_else(|| {
+            Error::input(
+                "no source database: pass --source URL, or set TIDEMARK_SOURCE or DATABASE_URL",
+            )
+        })?;
     Ok(DbUrl::parse(&url)?)
+}
+
+/// `DATABASE_URL`, unless unset or empty.
+fn database_url_env() -> Option<String> {
+    std::env::var("DATABASE_URL").ok().filter(|s| !s.is_empty())
 }
 
 async fn open_source(cli: &Cli, create: bool) -> anyhow::Result<Arc<dyn Database>> {
@@ -415,36 +483,86 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A progress bar on a terminal, nothing otherwise.
-fn bar(json: bool, label: &str) -> Option<ProgressBar> {
-    if json || !std::io::stderr().is_terminal() {
-        return None;
-    }
+/// Whether progress is shown: on a terminal, not with `--json`.
+fn shows_progress(json: bool) -> bool {
+    !json && std::io::stderr().is_terminal()
+}
+
+/// A spinner counting rows, with a whole-number rate: `⠁ seeding 12,000 rows (48,211 rows/s) 0s`.
+fn spinner(label: &str) -> ProgressBar {
     let pb = ProgressBar::new_spinner();
-    if let Ok(style) =
-        ProgressStyle::with_template("{spinner} {msg} {human_pos} rows ({per_sec}) {elapsed}")
-    {
-        pb.set_style(style);
+    let rows = |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+        let n = state.pos();
+        let _ = write!(
+            w,
+            "{} {}",
+            HumanCount(n),
+            if n == 1 { "row" } else { "rows" }
+        );
+    };
+    let rate = |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+        let _ = write!(w, "{} rows/s", HumanCount(state.per_sec().round() as u64));
+    };
+    if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} {rows} ({rate}) {elapsed}") {
+        pb.set_style(style.with_key("rows", rows).with_key("rate", rate));
     }
     pb.set_message(label.to_string());
     pb.enable_steady_tick(std::time::Duration::from_millis(120));
-    Some(pb)
+    pb
 }
 
+/// A progress spinner on a terminal, nothing otherwise.
+fn bar(json: bool, label: &str) -> Option<ProgressBar> {
+    shows_progress(json).then(|| spinner(label))
+}
+
+/// The demo's output: one spinner per step while it runs, replaced by the step's line once it
+/// is done (the spinner is cleared first, so no stale spinner line stays on screen).
 struct DemoUi {
-    bar: Option<ProgressBar>,
+    progress: bool,
     json: bool,
+    current: std::sync::Mutex<Option<(&'static str, ProgressBar)>>,
+}
+
+impl DemoUi {
+    fn new(json: bool) -> Self {
+        DemoUi {
+            progress: shows_progress(json),
+            json,
+            current: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Clears the running step's spinner, if any.
+    fn clear(&self) {
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, b)) = current.take() {
+            b.finish_and_clear();
+        }
+    }
 }
 
 impl Observer for DemoUi {
     fn progress(&self, step: &'static str, rows: u64) {
-        if let Some(b) = &self.bar {
-            b.set_message(step);
-            b.set_position(rows);
+        if !self.progress {
+            return;
+        }
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        match &*current {
+            Some((name, b)) if *name == step => b.set_position(rows),
+            _ => {
+                if let Some((_, old)) = current.take() {
+                    old.finish_and_clear();
+                }
+                let b = spinner(step);
+                b.set_position(rows);
+                *current = Some((step, b));
+            }
         }
     }
 
     fn step_done(&self, step: &Step) {
+        self.clear();
         if self.json {
             return;
         }
@@ -456,10 +574,7 @@ impl Observer for DemoUi {
             text.push_str("\n      ");
             text.push_str(l);
         }
-        match &self.bar {
-            Some(b) => b.println(text),
-            None => println!("{text}"),
-        }
+        println!("{text}");
     }
 }
 
@@ -483,23 +598,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     dir.display()
                 );
             }
-            let ui = DemoUi {
-                bar: bar(cli.json, "working"),
-                json: cli.json,
-            };
+            let ui = DemoUi::new(cli.json);
             let report = demo::run(&opts, &ui).await;
-            if let Some(b) = &ui.bar {
-                b.finish_and_clear();
-            }
+            ui.clear();
             let report = report?;
             if cli.json {
                 print_json(&report)?;
             } else {
                 println!(
-                    "done in {:.2} s: replaying {} gives exactly the table ({} live rows); {} holds the same accounts as the source",
+                    "done in {:.2} s: replaying {} gives exactly the table ({}); {} holds the same accounts as the source",
                     report.seconds,
                     report.out_dir.display(),
-                    report.live_rows,
+                    count(report.live_rows as u64, "live row"),
                     report.replica
                 );
             }
@@ -518,7 +628,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .and_then(|n| n.parse::<u64>().ok())
                     .unwrap_or(0);
                 if present > 0 {
-                    println!("{} already has {present} rows; not seeding", seed::USERS);
+                    println!(
+                        "{} already has {}; not seeding",
+                        seed::USERS,
+                        count(present, "row")
+                    );
                     return Ok(());
                 }
             }
@@ -537,8 +651,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 print_json(&report)?;
             } else {
                 println!(
-                    "seeded {} users (ids {}..{}) into {} in {:.2} s",
-                    report.rows, report.first_id, report.last_id, report.table, report.seconds
+                    "seeded {} (ids {}..{}) into {} in {:.2} s",
+                    count(report.rows, "user"),
+                    report.first_id,
+                    report.last_id,
+                    report.table,
+                    report.seconds
                 );
             }
         }
@@ -552,13 +670,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let table = Ident::new(table)?;
             let db = open_source(&cli, false).await?;
-            let state = open_state(&cli, &db).await?;
             let info = db.describe(&table).await?;
             let options = SetupOptions {
                 cursor_column: cursor_column.clone(),
                 deleted_column: deleted_column.clone(),
                 created_column: created_column.clone(),
             };
+            // Refused before anything is written, tidemark's state tables included.
+            capture::check_setup(&info, strategy, &options)?;
+            let state = open_state(&cli, &db).await?;
             let outcome =
                 lifecycle::setup_table(db.as_ref(), &state, &info, strategy, &options, *force)
                     .await?;
@@ -567,9 +687,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 if let Some(old) = &outcome.replaced {
                     println!(
-                        "{table}: replaced the {} capture on cursor {} (removed {})",
+                        "{table}: replaced the {} capture through {} (removed {})",
                         old.strategy,
-                        old.cursor_column,
+                        capture_through(old),
                         if outcome.removed.is_empty() {
                             "nothing".to_string()
                         } else {
@@ -586,9 +706,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .collect();
                 did.extend(report.reused.iter().map(|i| format!("uses existing {i}")));
                 println!(
-                    "{table}: {} capture on cursor {} (soft deletes: {}, creation time: {}); {}",
+                    "{table}: {} capture through {} (soft deletes: {}, creation time: {}); {}",
                     report.config.strategy,
-                    report.config.cursor_column,
+                    capture_through(&report.config),
                     report.config.deleted_column.as_deref().unwrap_or("none"),
                     report.config.created_column.as_deref().unwrap_or("none"),
                     did.join(", ")
@@ -643,11 +763,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 match &outcome.file {
                     Some(f) => println!(
-                        "{} export of {} for {}: {} rows to {} ({} ms)",
+                        "{} export of {} for {}: {} to {} ({} ms)",
                         outcome.mode,
                         outcome.table,
                         outcome.consumer,
-                        outcome.rows,
+                        count(outcome.rows, "row"),
                         f.display(),
                         outcome.duration_ms
                     ),
@@ -669,11 +789,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 for c in &report.chains {
                     println!(
-                        "{} / {}: {} files, {} rows, watermark {}",
+                        "{} / {}: {}, {}, watermark {}",
                         c.consumer,
                         c.table,
-                        c.files,
-                        c.rows,
+                        count(c.files as u64, "file"),
+                        count(c.rows, "row"),
                         c.watermark.time()
                     );
                 }
@@ -683,16 +803,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             if !report.problems.is_empty() {
                 return Err(Error::Verify(format!(
-                    "{} problem(s) in {}",
-                    report.problems.len(),
+                    "{} in {}",
+                    count(report.problems.len() as u64, "problem"),
                     dir.display()
                 ))
                 .into());
             }
             if !cli.json {
                 println!(
-                    "ok: {} chain(s) verified in {}",
-                    report.chains.len(),
+                    "ok: {} verified in {}",
+                    count(report.chains.len() as u64, "chain"),
                     dir.display()
                 );
             }
@@ -727,17 +847,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     eprintln!("note: {r}");
                 }
                 println!(
-                    "replicated {} into {} table {}: {} rows ({} upserts, {} deletes) in {} commit(s), {:.2} s{}",
+                    "replicated {} into {} table {}: {} ({}, {}) in {}, {:.2} s{}",
                     summary.table,
                     summary.target,
                     summary.target_table,
-                    summary.rows,
-                    summary.upserts,
-                    summary.deletes,
-                    summary.commits,
+                    count(summary.rows, "row"),
+                    count(summary.upserts, "upsert"),
+                    count(summary.deletes, "delete"),
+                    count(summary.commits, "commit"),
                     summary.seconds,
                     if summary.retries > 0 {
-                        format!(", {} transient failure(s) retried", summary.retries)
+                        format!(", {} retried", count(summary.retries, "transient failure"))
                     } else {
                         String::new()
                     }
@@ -791,10 +911,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     match &r.note {
                         Some(note) => println!("{}: {note}", r.table),
                         None => println!(
-                            "{}: {} {} change-log entries every consumer has passed ({}); {} left",
+                            "{}: {} {} every consumer has passed ({}); {} left",
                             r.table,
                             if *dry_run { "would delete" } else { "deleted" },
-                            r.deleted,
+                            count(r.deleted, "change-log entry"),
                             r.consumers.join(", "),
                             r.remaining
                         ),
@@ -810,10 +930,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .unwrap_or_else(|| PathBuf::from("tidemark.toml"));
             let file = FileConfig::load(&path, named)?;
             let flags = FileConfig {
-                source: cli
-                    .source
-                    .clone()
-                    .or_else(|| std::env::var("DATABASE_URL").ok()),
+                source: cli.source.clone().or_else(database_url_env),
                 state: cli.state.clone(),
                 listen: args.listen.clone(),
                 out: args.out.clone(),
@@ -868,6 +985,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// What a capture reads changes through, in words: `change log tidemark_log_users` for
+/// triggers, `cursor column updated_at` otherwise.
+fn capture_through(config: &crate::state::TableConfig) -> String {
+    if config.strategy == "trigger" {
+        format!("change log {}", config.cursor_column)
+    } else {
+        format!("cursor column {}", config.cursor_column)
+    }
 }
 
 /// Says whose positions a forced teardown or setup removed.

@@ -6,6 +6,7 @@
 //! change, two before/after images from the changes view, replication of the burst, a
 //! checksum compare of source and replica, and the `status` report.
 
+use crate::words::count;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -155,7 +156,7 @@ pub async fn run(opts: &DemoOptions, observer: &dyn Observer) -> Result<DemoRepo
         Some(&|n| observer.progress("seed", n)),
     )
     .await?;
-    log.done("seed", format!("{} users", seeded.rows), t);
+    log.done("seed", count(seeded.rows, "user"), t);
 
     let t = Instant::now();
     let state = StateStore::open(Arc::clone(&db)).await?;
@@ -195,7 +196,7 @@ pub async fn run(opts: &DemoOptions, observer: &dyn Observer) -> Result<DemoRepo
         }
     };
     let describe = |o: &ExportOutcome| match &o.file {
-        Some(f) => format!("{} rows → {}", o.rows, f.display()),
+        Some(f) => format!("{} → {}", count(o.rows, "row"), f.display()),
         None => "no changes".to_string(),
     };
 
@@ -214,8 +215,10 @@ pub async fn run(opts: &DemoOptions, observer: &dyn Observer) -> Result<DemoRepo
     log.done(
         "burst",
         format!(
-            "{} inserts, {} updates, {} soft deletes by the application",
-            burst.inserts, burst.updates, burst.soft_deletes
+            "{}, {}, {} by the application",
+            count(burst.inserts, "insert"),
+            count(burst.updates, "update"),
+            count(burst.soft_deletes, "soft delete")
         ),
         t,
     );
@@ -232,7 +235,10 @@ pub async fn run(opts: &DemoOptions, observer: &dyn Observer) -> Result<DemoRepo
     let files: usize = verified.chains.iter().map(|c| c.files).sum();
     log.done(
         "verify",
-        format!("{files} files: chain, checksums, row counts ok"),
+        format!(
+            "{}: chain, checksums, row counts ok",
+            count(files as u64, "file")
+        ),
         t,
     );
 
@@ -249,8 +255,8 @@ pub async fn run(opts: &DemoOptions, observer: &dyn Observer) -> Result<DemoRepo
     log.done(
         "replay",
         format!(
-            "full + delta = table: {} live rows, identical",
-            live.rows.len()
+            "full + delta = table: {}, identical",
+            count(live.rows.len() as u64, "live row")
         ),
         t,
     );

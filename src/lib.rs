@@ -21,5 +21,6 @@ pub mod serve;
 pub mod sink;
 pub mod state;
 pub mod testkit;
+pub mod words;
 
 pub use error::{Error, Result};

@@ -11,7 +11,7 @@ use crate::ident::{ConsumerId, Ident};
 use crate::state::{Position, StateStore};
 
 /// When a consumer counts as lagging.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Clone, Copy, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub struct Thresholds {
     /// Lag in seconds above which a consumer is lagging.
@@ -30,7 +30,7 @@ impl Default for Thresholds {
 }
 
 /// Changes by operation.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Counts {
     pub total: u64,
     pub insert: u64,
@@ -39,24 +39,29 @@ pub struct Counts {
 }
 
 /// One consumer of one table.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub struct ConsumerStatus {
+    #[schema(value_type = String)]
     pub consumer_id: ConsumerId,
     /// `export` (a watermark) or `replica` (`tidemark replicate`).
     pub kind: &'static str,
-    /// A replica's target (without password).
+    /// A replica's target (without password) and table: `postgres://host/db.users`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
     /// The time the watermark stands for.
+    #[schema(value_type = String)]
     pub watermark: Timestamp,
+    #[schema(value_type = Object)]
     pub position: Position,
     /// When the watermark last moved.
+    #[schema(value_type = String)]
     pub updated_at: Timestamp,
     /// Changes not yet delivered to this consumer.
     pub pending: Counts,
     /// The change time of the oldest change not yet delivered (none when nothing is pending,
     /// or when the strategy cannot date it; see `lag_from`).
+    #[schema(value_type = Option<String>)]
     pub oldest_pending: Option<Timestamp>,
     /// The age of the oldest change not yet delivered, in seconds: the report's time minus
     /// `oldest_pending`; 0 when nothing is pending.
@@ -70,10 +75,22 @@ pub struct ConsumerStatus {
     pub health: &'static str,
 }
 
+impl ConsumerStatus {
+    /// The consumer as people read it: its id, or for a replica `replica of users →
+    /// postgres://host/db.users` (its id is an internal hash).
+    pub fn display_name(&self, table: &Ident) -> String {
+        match &self.target {
+            Some(target) if self.kind == "replica" => format!("replica of {table} → {target}"),
+            _ => self.consumer_id.to_string(),
+        }
+    }
+}
+
 /// One captured table.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub struct TableStatus {
+    #[schema(value_type = String)]
     pub table: Ident,
     /// The registered strategy (`timestamp` defaults when not set up).
     pub strategy: String,
@@ -86,9 +103,10 @@ pub struct TableStatus {
 }
 
 /// The whole report.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub struct StatusReport {
+    #[schema(value_type = String)]
     pub timestamp: Timestamp,
     pub source: String,
     /// `ok`, `lagging` (a consumer or replica lags) or `unhealthy` (a table cannot be read);
@@ -144,7 +162,7 @@ pub async fn collect(
             position: r.position?,
             id: r.replica,
             kind: "replica",
-            target: Some(format!("{} ({})", r.target, r.target_table)),
+            target: Some(format!("{}.{}", r.target, r.target_table)),
             table: r.table,
             updated_at: r.updated_at,
         })
@@ -206,31 +224,36 @@ async fn inspect(
     let thresholds = scope.thresholds;
     let info = source.describe(table).await?;
     let strategy = strategy_for(&info, config)?;
+    let tally = |sql: Result<String>| async move {
+        let mut counts = Counts::default();
+        for row in source.query(&sql?, &[]).await? {
+            let n: u64 = row
+                .get(1)
+                .cloned()
+                .flatten()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            match row.first().cloned().flatten().as_deref() {
+                Some("INSERT") => counts.insert += n,
+                Some("UPDATE") => counts.update += n,
+                Some("DELETE") => counts.delete += n,
+                _ => {}
+            }
+            counts.total += n;
+        }
+        Ok::<_, Error>(counts)
+    };
     let count = |before: Option<Position>| {
         let after = strategy.position_after(&Bound::at(now), before.as_ref());
-        let sql = strategy.count_changes(source.dialect(), before.as_ref(), &after);
-        async move {
-            let mut counts = Counts::default();
-            for row in source.query(&sql?, &[]).await? {
-                let n: u64 = row
-                    .get(1)
-                    .cloned()
-                    .flatten()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0);
-                match row.first().cloned().flatten().as_deref() {
-                    Some("INSERT") => counts.insert += n,
-                    Some("UPDATE") => counts.update += n,
-                    Some("DELETE") => counts.delete += n,
-                    _ => {}
-                }
-                counts.total += n;
-            }
-            Ok::<_, Error>(counts)
-        }
+        tally(strategy.count_changes(source.dialect(), before.as_ref(), &after))
     };
     let changes = if scope.table_totals {
-        count(None).await?
+        // A change log counts its entries by operation; a strategy without one counts what a
+        // delta from the beginning would deliver.
+        match strategy.count_recorded(source.dialect()) {
+            Some(sql) => tally(Ok(sql)).await?,
+            None => count(None).await?,
+        }
     } else {
         Counts::default()
     };
@@ -309,21 +332,21 @@ impl StatusReport {
             if let Some(e) = &t.error {
                 out.push(format!("{}: cannot inspect: {e}", t.table));
             }
+            let who = |c: &ConsumerStatus| match c.kind {
+                "replica" => c.display_name(&t.table),
+                kind => format!("{kind} {} on {}", c.consumer_id, t.table),
+            };
             for c in t.consumers.iter().filter(|c| c.health == "stale_position") {
                 out.push(format!(
-                    "{} {} on {}: its position was made by an earlier capture set-up; it needs a \
+                    "{}: its position was made by an earlier capture set-up; it needs a \
                      full export (replicas resynchronise at their next run)",
-                    c.kind,
-                    c.consumer_id.as_str(),
-                    t.table
+                    who(c)
                 ));
             }
             for c in t.consumers.iter().filter(|c| c.health == "lagging") {
                 out.push(format!(
-                    "{} {} on {}: lagging ({} pending, oldest {:.1} s old; thresholds {} pending, {} s)",
-                    c.kind,
-                    c.consumer_id.as_str(),
-                    t.table,
+                    "{}: lagging ({} pending, oldest {:.1} s old; thresholds {} pending, {} s)",
+                    who(c),
                     c.pending.total,
                     c.lag_seconds,
                     self.thresholds.max_pending,
@@ -377,15 +400,13 @@ pub fn render(report: &StatusReport) -> String {
         }
         let _ = writeln!(
             out,
-            "  {:<8} {:<24} {:<28} {:>10} {:>10}  health",
-            "kind", "consumer", "watermark", "pending", "lag (s)"
+            "  {:<28} {:>10} {:>10}  {:<8} consumer",
+            "watermark", "pending", "lag (s)", "health"
         );
         for k in &t.consumers {
             let _ = writeln!(
                 out,
-                "  {:<8} {:<24} {:<28} {:>10} {:>10}  {}{}",
-                k.kind,
-                k.consumer_id.as_str(),
+                "  {:<28} {:>10} {:>10}  {:<8} {}",
                 k.watermark.to_string(),
                 k.pending.total,
                 // Measured from the position: an upper bound.
@@ -395,10 +416,7 @@ pub fn render(report: &StatusReport) -> String {
                     format!("{:.1}", k.lag_seconds)
                 },
                 k.health,
-                k.target
-                    .as_deref()
-                    .map(|t| format!("  → {t}"))
-                    .unwrap_or_default()
+                k.display_name(&t.table)
             );
         }
     }

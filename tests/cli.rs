@@ -638,3 +638,318 @@ async fn demo_tells_both_stories_and_serves_the_page() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// The subcommands `tidemark --help` lists (without `help`), and `watermark`'s own.
+fn subcommands() -> Vec<Vec<String>> {
+    let top = ok(&tidemark_cmd(&["--help"]).output().unwrap());
+    let mut names: Vec<Vec<String>> = top
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| *n != "help")
+        .map(|n| vec![n.to_string()])
+        .collect();
+    assert!(names.len() >= 10, "{top}");
+    for action in ["get", "set", "reset"] {
+        names.push(vec!["watermark".into(), action.into()]);
+    }
+    names
+}
+
+/// Every option and argument of every command has a one-line description, every command's
+/// help shows an example, and environment variables are named without an empty (or secret)
+/// value.
+#[test]
+fn every_option_is_described_and_every_command_shows_an_example() {
+    let secret = "postgres://app:hunter2@db.internal/shop";
+    for command in std::iter::once(Vec::new()).chain(subcommands()) {
+        let mut args: Vec<&str> = command.iter().map(String::as_str).collect();
+        args.push("--help");
+        let help = ok(&tidemark_cmd(&args)
+            .env("TIDEMARK_STATE", secret)
+            .env("TIDEMARK_OUTPUT_DIR", "")
+            .output()
+            .unwrap());
+        let lines: Vec<&str> = help.lines().collect();
+        let mut in_list = false;
+        let mut described = 0;
+        for (i, line) in lines.iter().enumerate() {
+            if line.starts_with("Options:") || line.starts_with("Arguments:") {
+                in_list = true;
+                continue;
+            }
+            if !line.starts_with(' ') {
+                in_list = false;
+            }
+            let item = line.trim_start();
+            let starts_item = in_list
+                && line.len() - item.len() <= 6
+                && (item.starts_with('-') || item.starts_with('<') || item.starts_with('['));
+            if !starts_item {
+                continue;
+            }
+            // `--flag <VALUE>  Description` on one line, or the description on the next,
+            // indented further (clap's layout for long descriptions).
+            let same_line = item
+                .split_once("  ")
+                .is_some_and(|(_, rest)| !rest.trim().is_empty());
+            let next_line = lines.get(i + 1).is_some_and(|n| {
+                let t = n.trim_start();
+                n.len() - t.len() > line.len() - item.len() + 2 && !t.is_empty()
+            });
+            assert!(
+                same_line || next_line,
+                "tidemark {command:?}: {item:?} has no description:\n{help}"
+            );
+            described += 1;
+        }
+        assert!(
+            described >= 2,
+            "tidemark {command:?}: no options found:\n{help}"
+        );
+        assert!(
+            help.contains("Example") && help.contains("\n  tidemark "),
+            "tidemark {command:?} shows no example:\n{help}"
+        );
+        assert!(!help.contains("=]"), "an empty env value shown:\n{help}");
+        assert!(!help.contains("hunter2"), "a secret shown:\n{help}");
+    }
+    let export = ok(&tidemark_cmd(&["export", "--help"]).output().unwrap());
+    for option in ["--consumer", "--mode", "--table", "--out"] {
+        assert!(export.contains(option), "{export}");
+    }
+}
+
+/// Counts read as words (`1 row`), and the missing-source message names every way to give one.
+#[tokio::test]
+async fn messages_are_plain_words() {
+    let t = TestDb::new(DbKind::Sqlite).await;
+    let out = t.out.path().to_string_lossy().into_owned();
+    let seeded = ok(&t.cli(&["seed", "--rows", "1"]));
+    assert!(seeded.contains("seeded 1 user "), "{seeded}");
+    let setup = ok(&t.cli(&["setup", "--table", "users", "--strategy", "trigger"]));
+    assert!(
+        setup.contains("trigger capture through change log ") && !setup.contains("on cursor"),
+        "{setup}"
+    );
+    let exported = ok(&t.cli(&[
+        "export",
+        "--consumer",
+        "c1",
+        "--mode",
+        "full",
+        "--out",
+        &out,
+    ]));
+    assert!(exported.contains(": 1 row to "), "{exported}");
+    let verified = ok(&tidemark_cmd(&["verify", &out]).output().unwrap());
+    assert!(verified.contains("1 file, 1 row,"), "{verified}");
+    assert!(verified.contains("ok: 1 chain verified"), "{verified}");
+    for words in [&seeded, &exported, &verified, &setup] {
+        assert!(
+            !words.contains(" 1 rows") && !words.contains("(s)"),
+            "{words}"
+        );
+    }
+    let missing = export_c1(&[]);
+    fails(&missing, 2, "no source database");
+    let said = String::from_utf8_lossy(&missing.stderr);
+    for name in ["--source", "TIDEMARK_SOURCE", "DATABASE_URL"] {
+        assert!(said.contains(name), "{said}");
+    }
+    // Empty variables (`TIDEMARK_STATE=` in a compose file) are no setting at all.
+    let empty = tidemark_cmd(&["export", "--consumer", "c1", "--mode", "full"])
+        .env("TIDEMARK_SOURCE", "")
+        .env("DATABASE_URL", "")
+        .output()
+        .unwrap();
+    fails(&empty, 2, "no source database");
+    let status = t.cli_env(&["status"], &[("TIDEMARK_STATE", "")]);
+    assert!(status.status.success(), "{status:?}");
+}
+
+/// The tables tidemark made in a SQLite database.
+async fn tidemark_tables(t: &TestDb) -> i64 {
+    t.count("SELECT count(*) FROM sqlite_master WHERE name LIKE 'tidemark%'")
+        .await
+}
+
+/// A refused setup leaves the database as it was: not even tidemark's state tables appear.
+#[tokio::test]
+async fn refused_setup_creates_nothing() {
+    let t = TestDb::new(DbKind::Sqlite).await;
+    t.db.execute("CREATE TABLE nokey (a INTEGER, updated_at TEXT)", &[])
+        .await
+        .unwrap();
+    t.db.execute("CREATE TABLE plain (id INTEGER PRIMARY KEY, x TEXT)", &[])
+        .await
+        .unwrap();
+    fails(
+        &t.cli(&["setup", "--table", "nokey", "--strategy", "trigger"]),
+        2,
+        "no primary key",
+    );
+    fails(
+        &t.cli(&["setup", "--table", "plain", "--strategy", "timestamp"]),
+        2,
+        "\"updated_at\" does not exist",
+    );
+    fails(
+        &t.cli(&["setup", "--table", "plain", "--strategy", "magic"]),
+        2,
+        "unknown strategy",
+    );
+    fails(
+        &t.cli(&["setup", "--table", "absent", "--strategy", "trigger"]),
+        2,
+        "not found",
+    );
+    assert_eq!(
+        tidemark_tables(&t).await,
+        0,
+        "a refused setup created tables"
+    );
+    ok(&t.cli(&["setup", "--table", "plain", "--strategy", "trigger"]));
+    assert!(tidemark_tables(&t).await > 0);
+}
+
+/// A table that was never set up, or was torn down, and has no `updated_at` for the implicit
+/// timestamp capture: export says it is not set up and how to set it up (exit 2, no file).
+#[tokio::test]
+async fn export_of_a_table_not_set_up_says_so() {
+    let t = TestDb::new(DbKind::Sqlite).await;
+    let out = t.out.path().to_string_lossy().into_owned();
+    t.db.execute(
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT)",
+        &[],
+    )
+    .await
+    .unwrap();
+    t.db.execute("INSERT INTO items VALUES (1, 'a')", &[])
+        .await
+        .unwrap();
+    let export = || {
+        t.cli(&[
+            "export",
+            "--consumer",
+            "c1",
+            "--mode",
+            "full",
+            "--table",
+            "items",
+            "--out",
+            &out,
+        ])
+    };
+    fails(&export(), 2, "items is not set up for capture");
+    ok(&t.cli(&["setup", "--table", "items", "--strategy", "trigger"]));
+    ok(&t.cli(&["teardown", "--table", "items"]));
+    let after = export();
+    fails(&after, 2, "items is not set up for capture");
+    let said = String::from_utf8_lossy(&after.stderr);
+    assert!(
+        said.contains("\"updated_at\"") && said.contains("tidemark setup --table items"),
+        "{said}"
+    );
+    assert_eq!(t.count_files(), 0);
+}
+
+/// `status` counts a trigger table's changes by operation from its change log, and names a
+/// replica by its table and target.
+#[tokio::test]
+async fn status_counts_trigger_changes_by_operation_and_names_replicas() {
+    let t = TestDb::new(DbKind::Sqlite).await;
+    ok(&t.cli(&["seed", "--rows", "10"]));
+    ok(&t.cli(&["setup", "--table", "users", "--strategy", "trigger"]));
+    for sql in [
+        "UPDATE users SET name = 'x' WHERE id IN (1, 2, 3)",
+        "DELETE FROM users WHERE id = 4",
+        "INSERT INTO users (id, name, email) VALUES (11, 'n', 'n11@example.com')",
+        "INSERT INTO users (id, name, email) VALUES (12, 'n', 'n12@example.com')",
+    ] {
+        t.db.execute(sql, &[]).await.unwrap();
+    }
+    let target = t.out.path().join("copy.db");
+    let target = format!("sqlite://{}", target.display());
+    ok(&t.cli(&["replicate", "--target", &target]));
+    let status = t.cli(&["status"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains("changes visible: 6 (2 INSERT, 3 UPDATE, 1 DELETE)"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("replica of users → {target}.users")),
+        "{text}"
+    );
+    assert!(!text.contains("replica-"), "{text}");
+    let json = t.cli(&["status", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(
+        report["tables"][0]["changes"],
+        serde_json::json!({"total": 6, "insert": 2, "update": 3, "delete": 1}),
+        "{report}"
+    );
+}
+
+/// What a person sees on a terminal: after the demo, no spinner line is left on screen and
+/// rates are whole numbers (the demo runs under `script`, which gives it a terminal).
+#[test]
+fn demo_on_a_terminal_leaves_no_spinner_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let command = format!(
+        "{} demo --rows 3000 --dir {}",
+        env!("CARGO_BIN_EXE_tidemark"),
+        dir.path().join("demo").display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qfec", &command, "/dev/null"])
+        .env("COLUMNS", "120")
+        .output()
+        .expect("run script (util-linux)");
+    let raw = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{raw}");
+    // The screen as a terminal leaves it: `\r` returns to the line's start, ESC[2K clears it.
+    let screen: Vec<String> = raw
+        .split('\n')
+        .map(|physical| {
+            let mut line = String::new();
+            for part in physical.split('\r') {
+                let part = match part.rsplit_once("\x1b[2K") {
+                    Some((_, after)) => {
+                        line.clear();
+                        after
+                    }
+                    None => part,
+                };
+                if part.is_empty() {
+                    continue;
+                }
+                let kept: String = line.chars().skip(part.chars().count()).collect();
+                line = format!("{part}{kept}");
+            }
+            line.trim_end().to_string()
+        })
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert!(
+        screen.iter().all(|l| !l.contains("rows/s")),
+        "a spinner line stayed on screen:\n{}",
+        screen.join("\n")
+    );
+    assert!(
+        screen.last().is_some_and(|l| l.starts_with("done in ")),
+        "{}",
+        screen.join("\n")
+    );
+    let pieces: Vec<&str> = raw.split(" rows/s").collect();
+    for piece in &pieces[..pieces.len() - 1] {
+        let rate = piece.rsplit('(').next().unwrap_or_default();
+        assert!(
+            !rate.is_empty() && rate.chars().all(|c| c.is_ascii_digit() || c == ','),
+            "rate {rate:?} is not a whole number"
+        );
+    }
+}

@@ -396,6 +396,7 @@ async fn every_endpoint_and_its_errors() {
     // Metrics: valid exposition text with the counters of what happened above.
     let text = c
         .get(s.url("/metrics"))
+        .header("Accept", "application/openmetrics-text")
         .send()
         .await
         .unwrap()
@@ -429,9 +430,8 @@ async fn every_endpoint_and_its_errors() {
     for path in [
         "/health",
         "/export/{consumer_id}",
-        "/exports/{mode}",
-        "/exports/{jobId}",
-        "/exports/{jobId}/file",
+        "/exports/{id}",
+        "/exports/{id}/file",
         "/exports/watermark",
         "/stats",
         "/metrics",

@@ -152,6 +152,13 @@ pub trait CaptureStrategy: Send + Sync {
             delta.sql
         ))
     }
+    /// A query counting every change the strategy has recorded and still keeps, by operation:
+    /// rows of (`INSERT`|`UPDATE`|`DELETE`, count) — what `status` shows as a table's changes.
+    /// `None`: the strategy records none itself (its changes are the table's rows), and the
+    /// count is that of a delta from the beginning.
+    fn count_recorded(&self, _dialect: &dyn Dialect) -> Option<String> {
+        None
+    }
     /// A query for the change time of the oldest change from `before` (none: from the
     /// beginning) to `after` — of what [`CaptureStrategy::count_changes`] counts — which is
     /// what a consumer's lag is measured from. `None` (or a NULL answer while changes are
@@ -240,6 +247,9 @@ pub fn strategy_for(
         Some(c) => c,
         None => {
             default = timestamp::TimestampCapture::default_config(info, &SetupOptions::default())?;
+            if !info.primary_key.is_empty() && info.column(&default.cursor_column).is_none() {
+                return Err(not_set_up(info, &default.cursor_column));
+            }
             &default
         }
     };
@@ -279,6 +289,26 @@ pub fn planned_config(
             "unknown strategy {other:?}: expected one of {}",
             STRATEGIES.join(", ")
         ))),
+    }
+}
+
+/// Checks, writing nothing, that `setup` of `strategy` can work on the table as it is: the
+/// strategy exists and the table has what it needs (a primary key, the columns named). A
+/// refused set-up then leaves no trace, not even tidemark's state tables.
+pub fn check_setup(info: &TableInfo, strategy: &str, options: &SetupOptions) -> Result<()> {
+    let config = planned_config(info, strategy, options)?;
+    match strategy {
+        "timestamp" => timestamp::TimestampCapture::new(info, &config).map(drop),
+        "trigger" => trigger::TriggerCapture::new(info, &config).map(drop),
+        _ => {
+            require_key(info)?;
+            // The version column is added by setup when missing; one that exists must fit.
+            if info.column(&config.cursor_column).is_some() {
+                version::VersionCapture::new(info, &config).map(drop)
+            } else {
+                Ok(())
+            }
+        }
     }
 }
 
@@ -340,6 +370,10 @@ impl CaptureStrategy for Stamped {
         self.inner.count_changes(dialect, before, after)
     }
 
+    fn count_recorded(&self, dialect: &dyn Dialect) -> Option<String> {
+        self.inner.count_recorded(dialect)
+    }
+
     fn oldest_change(
         &self,
         dialect: &dyn Dialect,
@@ -380,6 +414,17 @@ pub async fn teardown(
         "version" => version::teardown(db, info, config).await,
         _ => Ok(Vec::new()),
     }
+}
+
+/// A table that was never set up (or was torn down) and lacks the cursor column the implicit
+/// timestamp capture reads: say so, and how to set it up.
+fn not_set_up(info: &TableInfo, cursor: &str) -> Error {
+    let table = &info.name;
+    Error::input(format!(
+        "{table} is not set up for capture: without set-up tidemark reads it by a cursor column \
+         {cursor:?}, which it does not have; set it up with `tidemark setup --table {table} \
+         --strategy trigger` (or `--strategy timestamp --cursor-column COLUMN`)"
+    ))
 }
 
 pub(crate) fn unfit(info: &TableInfo, reason: String) -> Error {

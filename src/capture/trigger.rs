@@ -631,6 +631,14 @@ impl CaptureStrategy for TriggerCapture {
         )))
     }
 
+    /// The change log's entries by operation.
+    fn count_recorded(&self, d: &dyn Dialect) -> Option<String> {
+        Some(format!(
+            "SELECT operation, count(*) FROM {} GROUP BY operation",
+            d.quote(&self.names.log)
+        ))
+    }
+
     /// The oldest `changed_at` among the log entries of the interval: the time the trigger
     /// wrote it, within the writing transaction. From the beginning (no position) the changes
     /// are the table's rows, which carry no change time.

@@ -236,7 +236,11 @@ fn check_file(dir: &Path, m: &Manifest) -> std::result::Result<(), String> {
         )));
     }
     if rows != m.rows {
-        return Err(fail(&format!("{rows} rows, the manifest says {}", m.rows)));
+        return Err(fail(&format!(
+            "{}, the manifest says {}",
+            crate::words::count(rows, "row"),
+            m.rows
+        )));
     }
     Ok(())
 }
@@ -333,7 +337,7 @@ mod tests {
         delta.rows = 5;
         write_manifest(d, &delta);
         assert!(
-            problems(d)[0].contains("1 rows, the manifest says 5"),
+            problems(d)[0].contains("1 row, the manifest says 5"),
             "{:?}",
             problems(d)
         );

@@ -451,8 +451,9 @@ impl Replicator {
             };
             if deleted > 0 && resync.is_none() {
                 resync = Some(format!(
-                    "the target table had {deleted} row(s) but no position; it was emptied and \
-                     every live row copied"
+                    "the target table had {} but no position; it was emptied and every live \
+                     row copied",
+                    crate::words::count(deleted, "row")
                 ));
             }
         }

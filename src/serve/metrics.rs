@@ -90,7 +90,11 @@ impl Metrics {
             "Exports finished, by mode and outcome (completed, empty, failed)",
             exports.clone(),
         );
-        registry.register("rows_exported", "Rows written to CSV exports", rows.clone());
+        registry.register(
+            "rows_exported",
+            "Rows written to export files, by mode",
+            rows.clone(),
+        );
         registry.register(
             "export_duration_seconds",
             "Duration of finished exports",
@@ -211,5 +215,114 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+
+    /// The Prometheus text format (0.0.4) of every metric.
+    pub fn render_text(&self) -> String {
+        openmetrics_to_text(&self.render())
+    }
+}
+
+/// Whether an `Accept` header prefers OpenMetrics over the Prometheus text format: it names
+/// `application/openmetrics-text` with a quality above that of `text/plain` (absent counts 0).
+pub fn wants_openmetrics(accept: &str) -> bool {
+    let quality = |wanted: &str| {
+        accept
+            .split(',')
+            .filter_map(|item| {
+                let mut parts = item.split(';').map(str::trim);
+                let media = parts.next()?;
+                if !media.eq_ignore_ascii_case(wanted) {
+                    return None;
+                }
+                let q = parts
+                    .filter_map(|p| p.strip_prefix("q="))
+                    .find_map(|q| q.trim().parse::<f32>().ok())
+                    .unwrap_or(1.0);
+                Some(q)
+            })
+            .fold(0.0f32, f32::max)
+    };
+    let open = quality("application/openmetrics-text");
+    open > 0.0 && open >= quality("text/plain")
+}
+
+/// Rewrites OpenMetrics text as the Prometheus text format: a counter family `x` is named
+/// `x_total` in its `HELP` and `TYPE` lines (as its samples are), `UNIT` lines and the closing
+/// `# EOF` go, and the types the text format lacks become `untyped`.
+pub fn openmetrics_to_text(open: &str) -> String {
+    let mut counters = std::collections::HashSet::new();
+    for line in open.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            if let Some((name, "counter")) = rest.split_once(' ') {
+                counters.insert(name.to_string());
+            }
+        }
+    }
+    let rename = |name: &str| {
+        if counters.contains(name) {
+            format!("{name}_total")
+        } else {
+            name.to_string()
+        }
+    };
+    let mut out = String::with_capacity(open.len());
+    for line in open.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            out.push_str(&format!("# HELP {} {help}\n", rename(name)));
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let kind = match kind {
+                "counter" | "gauge" | "histogram" | "summary" => kind,
+                _ => "untyped",
+            };
+            out.push_str(&format!("# TYPE {} {kind}\n", rename(name)));
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_chooses_the_format() {
+        for (accept, open) in [
+            ("", false),
+            ("*/*", false),
+            ("text/plain; version=0.0.4", false),
+            ("application/openmetrics-text", true),
+            (
+                "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+                true,
+            ),
+            (
+                "text/plain;version=0.0.4,application/openmetrics-text;q=0.5",
+                false,
+            ),
+            ("application/openmetrics-text;q=0", false),
+        ] {
+            assert_eq!(wants_openmetrics(accept), open, "{accept:?}");
+        }
+    }
+
+    #[test]
+    fn counters_are_named_with_total_in_the_text_format() {
+        let m = Metrics::new();
+        m.export_finished(Mode::Full, "completed", 3, 0.5);
+        let text = m.render_text();
+        assert!(text.contains("# HELP tidemark_exports_total Exports finished"));
+        assert!(text.contains("# TYPE tidemark_exports_total counter"));
+        assert!(text.contains("tidemark_exports_total{mode=\"full\",outcome=\"completed\"} 1"));
+        assert!(text.contains("# TYPE tidemark_export_duration_seconds histogram"));
+        assert!(!text.contains("# EOF") && !text.contains("# UNIT"));
     }
 }

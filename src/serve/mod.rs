@@ -108,7 +108,7 @@ impl ServeConfig {
     pub fn resolve(file: FileConfig, flags: FileConfig) -> Result<Self> {
         let pick = |a: Option<String>, b: Option<String>| a.or(b);
         let source = pick(flags.source, file.source).ok_or_else(|| {
-            Error::input("no source database: pass --source URL, set DATABASE_URL or put source in tidemark.toml")
+            Error::input("no source database: pass --source URL, set TIDEMARK_SOURCE or DATABASE_URL, or put source in tidemark.toml")
         })?;
         let listen_text =
             pick(flags.listen, file.listen).unwrap_or_else(|| "127.0.0.1:8080".into());

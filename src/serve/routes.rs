@@ -232,13 +232,105 @@ pub struct ErrorBody {
     error: String,
 }
 
-/// The optional `?table=` of export requests (default `users`); nothing else is accepted.
+/// `200` answer of `POST /export/{consumer_id}` when rows were exported.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ExportedBody {
+    /// Always `success`.
+    status: &'static str,
+    consumer_id: String,
+    /// The file's name in the output directory.
+    file: String,
+    /// The file's path on the server.
+    #[schema(value_type = String)]
+    path: PathBuf,
+    rows: u64,
+    #[serde(rename = "jobId")]
+    job_id: String,
+    /// Milliseconds the export waited for its snapshot to cover every change committed
+    /// before it started.
+    #[serde(rename = "waitedMs")]
+    waited_ms: Option<u64>,
+    /// Changes from this time on were held back by a write transaction open when the export
+    /// started; a later export delivers them.
+    #[serde(rename = "heldBackSince")]
+    #[schema(value_type = Option<String>)]
+    held_back_since: Option<Timestamp>,
+}
+
+/// `200` answer of `POST /export/{consumer_id}` when nothing changed since the watermark.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct NoDataBody {
+    /// Always `No new data to export`.
+    message: &'static str,
+    consumer_id: String,
+    #[serde(rename = "waitedMs")]
+    waited_ms: Option<u64>,
+    #[serde(rename = "heldBackSince")]
+    #[schema(value_type = Option<String>)]
+    held_back_since: Option<Timestamp>,
+}
+
+/// The two shapes of a synchronous export's answer.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum SyncExportBody {
+    Exported(ExportedBody),
+    NoData(NoDataBody),
+}
+
+/// Export jobs of this server.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct JobsSummary {
+    /// Jobs pending or running.
+    active: usize,
+}
+
+/// `GET /stats` answer: the report of `tidemark status --json`, plus the database's state and
+/// the server's jobs.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct StatsBody {
+    #[serde(flatten)]
+    report: monitor::StatusReport,
+    /// Always `ok` (an unreachable database gives 503).
+    database: &'static str,
+    jobs: JobsSummary,
+}
+
+/// The export formats the API serves, as `?format=` names them. The one place to extend: a
+/// variant here is accepted by the handlers and listed in the OpenAPI document.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FormatParam {
+    /// RFC 4180 CSV with a header row.
+    #[default]
+    Csv,
+}
+
+/// The export modes, as `POST /exports/{id}` names them.
+#[derive(Debug, Clone, Copy, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ModeParam {
+    Full,
+    Incremental,
+    Delta,
+}
+
+/// The optional `?table=` and `?format=` of export requests; nothing else is accepted.
 #[derive(serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct TableParam {
-    /// The table (default `users`).
+    /// The table (default `users`). The pattern states printable ASCII without leading or
+    /// trailing space; any printable name up to 63 UTF-8 bytes is accepted.
+    #[param(
+        min_length = 1,
+        max_length = 63,
+        pattern = r"^[!-~]([ -~]{0,61}[!-~])?$"
+    )]
     table: Option<String>,
+    /// The file format (default `csv`).
+    #[param(inline)]
+    format: Option<FormatParam>,
 }
 
 #[derive(OpenApi)]
@@ -257,7 +349,16 @@ pub struct TableParam {
         stats,
         metrics
     ),
-    components(schemas(HealthBody, StartedBody, JobBody, WatermarkBody, ErrorBody))
+    components(schemas(
+        HealthBody,
+        StartedBody,
+        JobBody,
+        WatermarkBody,
+        ErrorBody,
+        SyncExportBody,
+        StatsBody,
+        ModeParam
+    ))
 )]
 struct ApiDoc;
 
@@ -332,10 +433,12 @@ fn consumer_header(headers: &HeaderMap) -> ApiResult<ConsumerId> {
     Ok(ConsumerId::new(text)?)
 }
 
-/// The table of `?table=` (default `users`).
+/// The table of `?table=` (default `users`), after checking that `?format=` names a format
+/// this server writes.
 fn table_param(uri: &Uri) -> ApiResult<Ident> {
     let Query(p) = Query::<TableParam>::try_from_uri(uri)
         .map_err(|e| ApiError::bad_request(format!("bad query string: {}", e.body_text())))?;
+    let FormatParam::Csv = p.format.unwrap_or_default();
     Ok(Ident::new(p.table.as_deref().unwrap_or("users"))?)
 }
 
@@ -385,18 +488,21 @@ async fn health(State(s): State<AppState>) -> (StatusCode, Json<HealthBody>) {
 
 /// Runs an incremental export for the consumer and waits for it.
 #[utoipa::path(post, path = "/export/{consumer_id}",
-    params(("consumer_id" = String, Path, description = "1–128 of [A-Za-z0-9_.-], not starting with '.'"),
+    params(("consumer_id" = String, Path, description = "The consumer: 1–128 of [A-Za-z0-9_.-], not starting with '.'",
+            pattern = "^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$", min_length = 1, max_length = 128),
         TableParam),
     responses(
-        (status = 200, description = "Exported (`status`, `consumer_id`, `file`, `path`, `rows`) or `No new data to export`"),
-        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 200, description = "Exported (`status`, `consumer_id`, `file`, `path`, `rows`) or `No new data to export`", body = SyncExportBody),
+        (status = 400, description = "Invalid consumer id, table or format", body = ErrorBody),
+        (status = 404, description = "No such table", body = ErrorBody),
         (status = 409, description = "An export for this consumer and table runs, or the consumer's position was made by an earlier capture set-up or removed (take a full export)", body = ErrorBody),
-        (status = 500, body = ErrorBody), (status = 503, body = ErrorBody)))]
+        (status = 500, description = "The export failed", body = ErrorBody),
+        (status = 503, description = "The database does not answer, or too many jobs", body = ErrorBody)))]
 async fn export_sync(
     State(s): State<AppState>,
     path: std::result::Result<Path<String>, PathRejection>,
     uri: Uri,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<SyncExportBody>> {
     let consumer = ConsumerId::new(&path_text(path)?)?;
     let table = table_param(&uri)?;
     check_table(&s, &table).await?;
@@ -421,35 +527,47 @@ async fn export_sync(
         };
         return Err(ApiError::new(status, message).with("jobId", json!(done.job_id)));
     }
-    Ok(Json(match &done.output_filename {
-        Some(file) => json!({
-            "status": "success",
-            "consumer_id": consumer,
-            "file": file,
-            "path": s.out_dir.join(file),
-            "rows": done.rows.unwrap_or(0),
-            "jobId": done.job_id,
-            "waitedMs": done.waited_ms,
-            "heldBackSince": done.held_back_since,
+    Ok(Json(match done.output_filename {
+        Some(file) => SyncExportBody::Exported(ExportedBody {
+            status: "success",
+            consumer_id: consumer.to_string(),
+            path: s.out_dir.join(&file),
+            file,
+            rows: done.rows.unwrap_or(0),
+            job_id: done.job_id,
+            waited_ms: done.waited_ms,
+            held_back_since: done.held_back_since,
         }),
-        None => json!({
-            "message": "No new data to export",
-            "consumer_id": consumer,
-            "waitedMs": done.waited_ms,
-            "heldBackSince": done.held_back_since,
+        None => SyncExportBody::NoData(NoDataBody {
+            message: "No new data to export",
+            consumer_id: consumer.to_string(),
+            waited_ms: done.waited_ms,
+            held_back_since: done.held_back_since,
         }),
     }))
 }
 
 /// Starts a background export; follow it at `/exports/{jobId}`.
-#[utoipa::path(post, path = "/exports/{mode}",
-    params(("mode" = String, Path, description = "full, incremental or delta"),
-        ("X-Consumer-ID" = String, Header, description = "The consumer"), TableParam),
+///
+/// `POST /exports/{mode}` of the seed projects: `id` is the mode. (OpenAPI has one path for
+/// `/exports/{mode}` and `/exports/{jobId}`: templated paths that differ only in the
+/// parameter's name are the same path.)
+#[utoipa::path(post, path = "/exports/{id}",
+    params(("id" = ModeParam, Path, description = "The export mode: full, incremental or delta"),
+        ("X-Consumer-ID" = String, Header, description = "The consumer: 1–128 of [A-Za-z0-9_.-], not starting with '.'",
+            pattern = "^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$", min_length = 1, max_length = 128),
+        TableParam),
     responses(
-        (status = 202, body = StartedBody),
-        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 202, description = "The job started; follow it at `/exports/{jobId}`", body = StartedBody,
+            links(
+                ("job" = (operation_id = "job_status_handler",
+                    parameters(("id" = "$response.body#/jobId")))),
+                ("file" = (operation_id = "job_file",
+                    parameters(("id" = "$response.body#/jobId")))))),
+        (status = 400, description = "Missing or invalid consumer id, table or format", body = ErrorBody),
+        (status = 404, description = "No such mode or table", body = ErrorBody),
         (status = 409, description = "An export for this consumer and table runs; `jobId` names it", body = ErrorBody),
-        (status = 503, body = ErrorBody)))]
+        (status = 503, description = "The database does not answer, or too many jobs", body = ErrorBody)))]
 async fn start_export(
     State(s): State<AppState>,
     path: std::result::Result<Path<String>, PathRejection>,
@@ -490,10 +608,12 @@ async fn find_job(s: &AppState, id: &str) -> ApiResult<JobRecord> {
         .ok_or_else(|| ApiError::not_found("unknown job"))
 }
 
-/// A job's state.
-#[utoipa::path(get, path = "/exports/{jobId}",
-    params(("jobId" = String, Path, description = "As returned by POST /exports/{mode}")),
-    responses((status = 200, body = JobBody), (status = 404, body = ErrorBody)))]
+/// A job's state (`GET /exports/{jobId}`).
+#[utoipa::path(get, path = "/exports/{id}",
+    params(("id" = String, Path, description = "The job id, as returned by POST /exports/{mode}", pattern = "^[0-9a-f]{32}$", min_length = 32, max_length = 32)),
+    responses((status = 200, description = "The job", body = JobBody),
+        (status = 404, description = "No such job", body = ErrorBody),
+        (status = 503, description = "The state database does not answer", body = ErrorBody)))]
 async fn job_status_handler(
     State(s): State<AppState>,
     path: std::result::Result<Path<String>, PathRejection>,
@@ -502,13 +622,14 @@ async fn job_status_handler(
     Ok(Json(find_job(&s, &id).await?.into()))
 }
 
-/// The CSV of a completed job, streamed.
-#[utoipa::path(get, path = "/exports/{jobId}/file",
-    params(("jobId" = String, Path, description = "As returned by POST /exports/{mode}")),
+/// The CSV of a completed job, streamed (`GET /exports/{jobId}/file`).
+#[utoipa::path(get, path = "/exports/{id}/file",
+    params(("id" = String, Path, description = "The job id, as returned by POST /exports/{mode}", pattern = "^[0-9a-f]{32}$", min_length = 32, max_length = 32)),
     responses(
-        (status = 200, description = "The CSV", content_type = "text/csv"),
+        (status = 200, description = "The CSV", body = String, content_type = "text/csv"),
         (status = 404, description = "Unknown job, failed job, or a job that found nothing to export", body = ErrorBody),
-        (status = 409, description = "The job is not finished yet", body = ErrorBody)))]
+        (status = 409, description = "The job is not finished yet", body = ErrorBody),
+        (status = 503, description = "The state database does not answer", body = ErrorBody)))]
 async fn job_file(
     State(s): State<AppState>,
     path: std::result::Result<Path<String>, PathRejection>,
@@ -573,9 +694,13 @@ async fn job_file(
 
 /// The consumer's watermark on a table.
 #[utoipa::path(get, path = "/exports/watermark",
-    params(("X-Consumer-ID" = String, Header, description = "The consumer"), TableParam),
-    responses((status = 200, body = WatermarkBody), (status = 400, body = ErrorBody),
-        (status = 404, description = "No watermark yet", body = ErrorBody)))]
+    params(("X-Consumer-ID" = String, Header, description = "The consumer: 1–128 of [A-Za-z0-9_.-], not starting with '.'",
+            pattern = "^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$", min_length = 1, max_length = 128),
+        TableParam),
+    responses((status = 200, description = "The watermark", body = WatermarkBody),
+        (status = 400, description = "Missing or invalid consumer id, table or format", body = ErrorBody),
+        (status = 404, description = "No watermark yet", body = ErrorBody),
+        (status = 503, description = "The state database does not answer", body = ErrorBody)))]
 async fn watermark(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -604,31 +729,50 @@ async fn watermark(
 
 /// Changes by operation, consumers with their watermarks, pending changes and lag, health.
 #[utoipa::path(get, path = "/stats", responses(
-    (status = 200, description = "The monitor's report (same as `tidemark status --json`) plus jobs"),
-    (status = 503, body = ErrorBody)))]
-async fn stats(State(s): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
+    (status = 200, description = "The monitor's report (same as `tidemark status --json`) plus jobs", body = StatsBody),
+    (status = 503, description = "The database does not answer", body = ErrorBody)))]
+async fn stats(State(s): State<AppState>) -> ApiResult<Json<StatsBody>> {
     let report = s.report(true, Duration::from_secs(30)).await?;
-    let mut value = serde_json::to_value(&report)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    if let Some(map) = value.as_object_mut() {
-        map.insert("database".into(), json!("ok"));
-        map.insert("jobs".into(), json!({ "active": s.jobs.active().await }));
-    }
-    Ok(Json(value))
+    Ok(Json(StatsBody {
+        report,
+        database: "ok",
+        jobs: JobsSummary {
+            active: s.jobs.active().await,
+        },
+    }))
 }
 
-/// Prometheus metrics (OpenMetrics text).
+/// Prometheus metrics: the Prometheus text format (0.0.4) unless the `Accept` header asks for
+/// OpenMetrics (`application/openmetrics-text`), as Prometheus itself does.
 #[utoipa::path(get, path = "/metrics", responses(
-    (status = 200, description = "Exports by mode and outcome, rows, durations, HTTP requests, pending changes, lag", content_type = "application/openmetrics-text")))]
-async fn metrics(State(s): State<AppState>) -> Response {
+    (status = 200, description = "Exports by mode and outcome, rows, durations, HTTP requests, pending changes, lag",
+        content(
+            (String = "text/plain"),
+            (String = "application/openmetrics-text")))))]
+async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Response {
     let report = s.report(false, s.health_timeout * 5).await.ok();
     s.metrics.refresh(report.as_ref());
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        s.metrics.render(),
-    )
-        .into_response()
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if super::metrics::wants_openmetrics(accept) {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            s.metrics.render(),
+        )
+            .into_response()
+    } else {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            s.metrics.render_text(),
+        )
+            .into_response()
+    }
 }
