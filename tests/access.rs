@@ -647,3 +647,21 @@ async fn https_with_a_certificate_the_test_makes() {
     );
     assert_eq!(code, 2, "a key given as certificate: {err}");
 }
+
+/// The container set-up listens beyond loopback, so it must hand serve an admin token from
+/// `.env` (compose refuses to start without one).
+#[test]
+fn the_container_set_up_passes_an_admin_token() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let compose = std::fs::read_to_string(format!("{root}/docker-compose.yml")).unwrap();
+    assert!(
+        compose.lines().any(|l| l
+            .trim()
+            .starts_with("TIDEMARK_ADMIN_TOKEN: ${TIDEMARK_ADMIN_TOKEN:?")),
+        "docker-compose.yml does not require TIDEMARK_ADMIN_TOKEN"
+    );
+    let example = std::fs::read_to_string(format!("{root}/.env.example")).unwrap();
+    assert!(example
+        .lines()
+        .any(|l| l.starts_with("TIDEMARK_ADMIN_TOKEN=")));
+}

@@ -6,6 +6,9 @@
 //! everything; a consumer token acts only as its consumer, which the handlers check with
 //! [`Principal::may_act_as`] once they know the consumer a request concerns.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
@@ -29,6 +32,10 @@ pub struct Access {
     pub always: bool,
     /// `/`, `/stats`, `/metrics` and `/openapi.json` need no token.
     pub public_status: bool,
+    /// Whether tokens existed when the state database last answered. While it does not answer,
+    /// a loopback server that had none stays open (no token can be made meanwhile: tokens are
+    /// made in that database), and one that had some answers 503.
+    pub tokens_seen: Arc<AtomicBool>,
 }
 
 /// Who a request acts for, as the access layer found it.
@@ -144,7 +151,14 @@ impl Access {
         if self.always || self.env_admin.is_some() {
             return Ok(true);
         }
-        self.state.any_token().await.map_err(|e| unavailable(&e))
+        match self.state.any_token().await {
+            Ok(any) => {
+                self.tokens_seen.store(any, Ordering::SeqCst);
+                Ok(any)
+            }
+            Err(_) if !self.tokens_seen.load(Ordering::SeqCst) => Ok(false),
+            Err(e) => Err(unavailable(&e)),
+        }
     }
 }
 

@@ -271,11 +271,8 @@ pub async fn serve(config: ServeConfig, ready: &dyn Ready) -> Result<()> {
     };
     let state = StateStore::open(state_db).await?;
     let loopback = config.listen.ip().is_loopback();
-    if !loopback
-        && !config.insecure
-        && config.admin_token_digest.is_none()
-        && !state.any_token().await?
-    {
+    let tokens_exist = state.any_token().await?;
+    if !loopback && !config.insecure && config.admin_token_digest.is_none() && !tokens_exist {
         return Err(Error::input(format!(
             "no API token exists, so tidemark serves only loopback addresses, not {}: create \
              one with `tidemark token create --admin` (or set TIDEMARK_ADMIN_TOKEN), or pass \
@@ -288,6 +285,7 @@ pub async fn serve(config: ServeConfig, ready: &dyn Ready) -> Result<()> {
         env_admin: config.admin_token_digest,
         always: !loopback && !config.insecure,
         public_status: config.public_status,
+        tokens_seen: Arc::new(std::sync::atomic::AtomicBool::new(tokens_exist)),
     };
     let exporter = Exporter::new(source, state).with_margin(config.margin);
     let metrics = Arc::new(Metrics::new());
