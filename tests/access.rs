@@ -665,3 +665,43 @@ fn the_container_set_up_passes_an_admin_token() {
         .lines()
         .any(|l| l.starts_with("TIDEMARK_ADMIN_TOKEN=")));
 }
+
+/// While the state database is down, a server that has tokens cannot check them: it answers
+/// 503, never lets a request through unchecked; once the database is back, tokens work again
+/// without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_checks_fail_closed_while_the_state_database_is_down() {
+    let server = tidemark::testkit::PgServer::start().expect("own PostgreSQL");
+    let url = server.fresh_database().await.expect("database");
+    let src = url.as_str();
+    for args in [
+        &["seed", "--rows", "10"][..],
+        &["setup", "--strategy", "timestamp"][..],
+    ] {
+        let (code, _, err) = tidemark(src, args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+    }
+    let (token, _) = create_token(src, &["--consumer", "warehouse"]);
+    let root = tempfile::tempdir().unwrap();
+    let out = root.path().join("out");
+    let s = Server::start(src, &out, &["--health-timeout-ms", "500"], &[]);
+    let c = client();
+    let export = |cred| {
+        let (c, url) = (c.clone(), s.url("/export/warehouse"));
+        async move { send(&c, "POST", &url, None, cred).await }
+    };
+    server.stop().expect("stop PostgreSQL");
+    for (what, cred) in [("no token", Cred::None), ("a token", Cred::Bearer(&token))] {
+        json_error(503, &export(cred).await, &format!("{what} while down"));
+    }
+    server.start_again().expect("start PostgreSQL again");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while send(&c, "GET", &s.url("/health"), None, Cred::None).await.0 != 200 {
+        assert!(Instant::now() < deadline, "health never came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    json_error(401, &export(Cred::None).await, "no token once back");
+    let (status, body) = export(Cred::Bearer(&token)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(csv_files(&out).len(), 1, "exported once, after the outage");
+}
