@@ -705,3 +705,52 @@ async fn token_checks_fail_closed_while_the_state_database_is_down() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(csv_files(&out).len(), 1, "exported once, after the outage");
 }
+
+/// `token create`, `list` and `revoke` on each kind of state database, including one an
+/// earlier version made (no `tidemark_tokens` table yet).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_commands_on_every_state_database() {
+    for kind in [DbKind::Sqlite, DbKind::Mysql, DbKind::Postgres] {
+        let t = TestDb::new(kind).await;
+        t.users(3).await;
+        // As an earlier version left it: every state table but the tokens.
+        t.db.execute("DROP TABLE tidemark_tokens", &[])
+            .await
+            .expect("drop");
+        let src = t.url.as_str();
+        let (admin, admin_id) = create_token(src, &["--admin"]);
+        let (partner, partner_id) = create_token(src, &["--consumer", "partner"]);
+        assert_ne!(admin, partner);
+        let (code, out, err) = tidemark(src, &["--json", "token", "list"]);
+        assert_eq!(code, 0, "{kind}: {err}");
+        let list: Value = serde_json::from_str(&out).expect("JSON");
+        let kinds: Vec<(&str, &str, Option<&str>)> = list
+            .as_array()
+            .expect("array")
+            .iter()
+            .map(|t| {
+                (
+                    t["id"].as_str().unwrap(),
+                    t["kind"].as_str().unwrap(),
+                    t["consumer"].as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (admin_id.as_str(), "admin", None),
+                (partner_id.as_str(), "consumer", Some("partner"))
+            ],
+            "{kind}"
+        );
+        assert!(!out.contains("tdm_"), "{kind}: list shows a token: {out}");
+        let (code, _, err) = tidemark(src, &["token", "revoke", &partner_id]);
+        assert_eq!(code, 0, "{kind}: {err}");
+        let (_, out, _) = tidemark(src, &["token", "list"]);
+        assert!(
+            out.contains(&admin_id) && !out.contains(&partner_id),
+            "{kind}: {out}"
+        );
+    }
+}
