@@ -2,7 +2,8 @@
 //! optional `tidemark.toml`), the listener with its connection limits and timeouts, and the
 //! shutdown sequence (stop accepting, let running exports finish within the grace period, then
 //! abandon them without moving a watermark). Handlers live in [`routes`], background exports in
-//! [`jobs`], Prometheus metrics in [`metrics`].
+//! [`jobs`], Prometheus metrics in [`metrics`], who may do what (tokens) in [`access`], HTTPS in
+//! [`tls`].
 
 pub mod access;
 pub mod jobs;
