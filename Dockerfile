@@ -1,6 +1,9 @@
 # tidemark: build with the Rust toolchain, run from a small Debian image as a non-root user.
 #   docker build -t tidemark .
-#   docker run --rm -e DATABASE_URL=postgres://… -p 8080:8080 -v tidemark-exports:/data/output tidemark
+#   docker run --rm -e DATABASE_URL=postgres://… -e TIDEMARK_ADMIN_TOKEN=$(openssl rand -hex 32) \
+#     -p 8080:8080 -v tidemark-exports:/data/output tidemark
+# It listens on 0.0.0.0, so it refuses to start without a token (TIDEMARK_ADMIN_TOKEN or one
+# made with `tidemark token create`).
 
 FROM rust:1-bookworm AS build
 WORKDIR /src

@@ -222,6 +222,11 @@ enum Command {
         after_help = "Example:\n  tidemark --source postgres://app@db/shop serve --listen 127.0.0.1:8080 --out ./exports"
     )]
     Serve(Box<ServeArgs>),
+    /// Create, list and revoke the API tokens of `serve` (kept as hashes in the state database)
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
     /// Measure exports against psql \copy and sqlite3 (starts its own PostgreSQL server)
     #[command(after_help = "Example:\n  tidemark bench --rows 100000 --changes 16000")]
     Bench {
@@ -300,6 +305,36 @@ struct ServeArgs {
     header_timeout_ms: Option<u64>,
     #[command(flatten)]
     thresholds: ThresholdArgs,
+    /// Serve on addresses beyond loopback although no token exists (anyone reaching the port may export and move watermarks)
+    #[arg(long)]
+    insecure: bool,
+    /// Let /, /stats, /metrics and /openapi.json answer without a token
+    #[arg(long)]
+    public_status: bool,
+    /// Serve HTTPS with this certificate chain (PEM); needs --tls-key
+    #[arg(long, env = "TIDEMARK_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert
+    #[arg(long, env = "TIDEMARK_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenAction {
+    /// Create a token and print it (once: only its hash is stored)
+    #[command(group(clap::ArgGroup::new("scope").required(true).args(["consumer", "admin"])))]
+    Create {
+        /// The consumer the token acts as (and only as)
+        #[arg(long)]
+        consumer: Option<String>,
+        /// A token that may do everything
+        #[arg(long)]
+        admin: bool,
+    },
+    /// List tokens: id, kind, consumer, creation time (never the tokens themselves)
+    List,
+    /// Revoke a token by id; a running server refuses it from the next request on
+    Revoke { id: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -944,18 +979,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 header_timeout_ms: args.header_timeout_ms,
                 max_lag_secs: args.thresholds.max_lag_secs,
                 max_pending: args.thresholds.max_pending,
+                insecure: args.insecure.then_some(true),
+                public_status: args.public_status.then_some(true),
+                tls_cert: args.tls_cert.clone(),
+                tls_key: args.tls_key.clone(),
             };
-            let config = ServeConfig::resolve(file, flags)?;
+            let config = ServeConfig::resolve(file, flags)?
+                .with_admin_token(std::env::var("TIDEMARK_ADMIN_TOKEN").ok().as_deref())?;
             let json = cli.json;
+            let scheme = if config.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
             serve::serve(config, &move |addr: std::net::SocketAddr| {
                 if json {
                     println!("{}", serde_json::json!({ "listening": addr.to_string() }));
                 } else {
-                    println!("tidemark serve: listening on http://{addr}");
+                    println!("tidemark serve: listening on {scheme}://{addr}");
                 }
             })
             .await?;
         }
+        Command::Token { action } => token(&cli, action).await?,
         Command::Bench {
             rows,
             pg_url,
@@ -1087,6 +1133,78 @@ async fn watermark(cli: &Cli, action: &WatermarkAction) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+async fn token(cli: &Cli, action: &TokenAction) -> anyhow::Result<()> {
+    use crate::state::tokens::TokenScope;
+    let scope = match action {
+        TokenAction::Create {
+            consumer: Some(c), ..
+        } => Some(TokenScope::Consumer(ConsumerId::new(c)?)),
+        TokenAction::Create { .. } => Some(TokenScope::Admin),
+        _ => None,
+    };
+    let db = open_source(cli, false).await?;
+    let state = open_state(cli, &db).await?;
+    match action {
+        TokenAction::Create { .. } => {
+            let scope = scope.unwrap_or(TokenScope::Admin);
+            let (record, token) = state.create_token(scope).await?;
+            if cli.json {
+                let mut v = serde_json::to_value(&record)?;
+                if let Some(map) = v.as_object_mut() {
+                    map.insert("token".into(), token.into());
+                }
+                print_json(&v)?;
+            } else {
+                // The token alone on stdout (for scripts); the rest for people on stderr.
+                println!("{token}");
+                eprintln!(
+                    "created token {} ({}); it is shown only this once: only its hash is stored",
+                    record.id,
+                    scope_text(&record.scope)
+                );
+            }
+        }
+        TokenAction::List => {
+            let tokens = state.tokens().await?;
+            if cli.json {
+                print_json(&tokens)?;
+            } else if tokens.is_empty() {
+                println!("no tokens: `serve` accepts requests on loopback addresses only");
+            } else {
+                for t in &tokens {
+                    println!(
+                        "{}  {}  created {}",
+                        t.id,
+                        scope_text(&t.scope),
+                        t.created_at
+                    );
+                }
+            }
+        }
+        TokenAction::Revoke { id } => {
+            if !state.revoke_token(id).await? {
+                return Err(Error::input(format!(
+                    "no token {id:?}; `tidemark token list` shows the ids"
+                ))
+                .into());
+            }
+            if cli.json {
+                print_json(&serde_json::json!({ "revoked": id }))?;
+            } else {
+                println!("revoked token {id}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn scope_text(scope: &crate::state::tokens::TokenScope) -> String {
+    match scope {
+        crate::state::tokens::TokenScope::Admin => "admin".into(),
+        crate::state::tokens::TokenScope::Consumer(c) => format!("consumer {c}"),
+    }
 }
 
 /// What a user is told when a transaction open at the start of a read holds changes back.

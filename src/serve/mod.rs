@@ -2,12 +2,15 @@
 //! optional `tidemark.toml`), the listener with its connection limits and timeouts, and the
 //! shutdown sequence (stop accepting, let running exports finish within the grace period, then
 //! abandon them without moving a watermark). Handlers live in [`routes`], background exports in
-//! [`jobs`], Prometheus metrics in [`metrics`].
+//! [`jobs`], Prometheus metrics in [`metrics`], who may do what (tokens) in [`access`], HTTPS in
+//! [`tls`].
 
+pub mod access;
 pub mod jobs;
 pub mod metrics;
 pub mod page;
 pub mod routes;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -54,6 +57,12 @@ pub struct FileConfig {
     pub header_timeout_ms: Option<u64>,
     pub max_lag_secs: Option<f64>,
     pub max_pending: Option<u64>,
+    /// Serve on addresses beyond loopback although no token is configured.
+    pub insecure: Option<bool>,
+    /// `/`, `/stats`, `/metrics` and `/openapi.json` without a token.
+    pub public_status: Option<bool>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -96,10 +105,22 @@ pub struct ServeConfig {
     /// Connections served at once; more wait in the listen queue.
     pub max_connections: usize,
     pub thresholds: Thresholds,
+    /// See [`FileConfig::insecure`].
+    pub insecure: bool,
+    /// See [`FileConfig::public_status`].
+    pub public_status: bool,
+    /// Certificate chain and private key (PEM) to serve HTTPS with.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// SHA-256 of `TIDEMARK_ADMIN_TOKEN` (the token itself is kept nowhere).
+    pub admin_token_digest: Option<[u8; 32]>,
 }
 
-/// Largest request head (request line and headers).
-const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Shortest `TIDEMARK_ADMIN_TOKEN` accepted (16 characters of a random token: 96+ bits).
+const MIN_ADMIN_TOKEN: usize = 16;
+
+/// Largest request head (request line and headers): room for a 100 kB `Authorization`
+/// header, which then gets its JSON 401 from the access layer.
+const MAX_HEAD_BYTES: usize = 128 * 1024;
 /// Largest request body; no endpoint needs one.
 const MAX_BODY_BYTES: usize = 64 * 1024;
 
@@ -122,6 +143,18 @@ impl ServeConfig {
             return Err(Error::input("workers must be at least 1"));
         }
         let max_jobs = flags.max_jobs.or(file.max_jobs).unwrap_or(64).max(1);
+        let tls = match (
+            flags.tls_cert.or(file.tls_cert),
+            flags.tls_key.or(file.tls_key),
+        ) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => {
+                return Err(Error::input(
+                    "HTTPS needs both --tls-cert FILE and --tls-key FILE",
+                ))
+            }
+        };
         Ok(ServeConfig {
             source: DbUrl::parse(&source)?,
             state: pick(flags.state, file.state)
@@ -174,7 +207,26 @@ impl ServeConfig {
                     .or(file.max_pending)
                     .unwrap_or(Thresholds::default().max_pending),
             },
+            insecure: flags.insecure.or(file.insecure).unwrap_or(false),
+            public_status: flags.public_status.or(file.public_status).unwrap_or(false),
+            tls,
+            admin_token_digest: None,
         })
+    }
+
+    /// Sets the admin token of `TIDEMARK_ADMIN_TOKEN` (empty: none).
+    pub fn with_admin_token(mut self, token: Option<&str>) -> Result<Self> {
+        self.admin_token_digest = match token.map(str::trim).filter(|t| !t.is_empty()) {
+            None => None,
+            Some(t) if t.len() < MIN_ADMIN_TOKEN => {
+                return Err(Error::input(format!(
+                    "TIDEMARK_ADMIN_TOKEN is too short to be secret: use at least \
+                     {MIN_ADMIN_TOKEN} random characters (e.g. `openssl rand -hex 32`)"
+                )))
+            }
+            Some(t) => Some(crate::state::tokens::token_digest(t)),
+        };
+        Ok(self)
     }
 }
 
@@ -191,6 +243,11 @@ impl<F: Fn(SocketAddr) + Send> Ready for F {
 
 /// Runs the service until SIGTERM or Ctrl-C.
 pub async fn serve(config: ServeConfig, ready: &dyn Ready) -> Result<()> {
+    let tls = config
+        .tls
+        .as_ref()
+        .map(|(c, k)| tls::acceptor(c, k))
+        .transpose()?;
     prepare_out_dir(&config.out)?;
     let pool_size = u32::try_from(config.workers + 4).unwrap_or(u32::MAX);
     let source = connect(
@@ -215,6 +272,23 @@ pub async fn serve(config: ServeConfig, ready: &dyn Ready) -> Result<()> {
         None => Arc::clone(&source),
     };
     let state = StateStore::open(state_db).await?;
+    let loopback = config.listen.ip().is_loopback();
+    let tokens_exist = state.any_token().await?;
+    if !loopback && !config.insecure && config.admin_token_digest.is_none() && !tokens_exist {
+        return Err(Error::input(format!(
+            "no API token exists, so tidemark serves only loopback addresses, not {}: create \
+             one with `tidemark token create --admin` (or set TIDEMARK_ADMIN_TOKEN), or pass \
+             --insecure to serve without tokens",
+            config.listen
+        )));
+    }
+    let access = access::Access {
+        state: state.clone(),
+        env_admin: config.admin_token_digest,
+        always: !loopback && !config.insecure,
+        public_status: config.public_status,
+        tokens_seen: Arc::new(std::sync::atomic::AtomicBool::new(tokens_exist)),
+    };
     let exporter = Exporter::new(source, state).with_margin(config.margin);
     let metrics = Arc::new(Metrics::new());
     let jobs = Jobs::new(
@@ -237,6 +311,7 @@ pub async fn serve(config: ServeConfig, ready: &dyn Ready) -> Result<()> {
         metrics,
         health_timeout: config.health_timeout,
         thresholds: config.thresholds,
+        access,
     });
     let request_id = HeaderName::from_static("x-request-id");
     let app = app.layer(
@@ -276,7 +351,8 @@ pub async fn serve(config: ServeConfig, ready: &dyn Ready) -> Result<()> {
     let addr = listener
         .local_addr()
         .map_err(|e| Error::io("listen on", config.listen.to_string(), e))?;
-    tracing::info!(%addr, out = %config.out.display(), workers = config.workers, "listening");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%addr, scheme, out = %config.out.display(), workers = config.workers, "listening");
     ready.listening(addr);
 
     let graceful = GracefulShutdown::new();
@@ -311,12 +387,33 @@ pub async fn serve(config: ServeConfig, ready: &dyn Ready) -> Result<()> {
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            let _ = conn.await;
-            drop(permit);
-        });
+        match &tls {
+            None => {
+                let conn = builder.serve_connection(TokioIo::new(stream), service);
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                    drop(permit);
+                });
+            }
+            Some(acceptor) => {
+                // The handshake runs in the connection's task, under the head timeout: a
+                // client speaking plain HTTP or nothing at all only loses its own connection.
+                let (acceptor, builder) = (acceptor.clone(), builder.clone());
+                let (watcher, limit) = (graceful.watcher(), config.header_timeout);
+                tokio::spawn(async move {
+                    match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            let conn = builder.serve_connection(TokioIo::new(stream), service);
+                            let _ = watcher.watch(conn).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
+                    drop(permit);
+                });
+            }
+        }
     }
     drop(listener);
     tracing::info!(

@@ -13,10 +13,11 @@ use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde_json::json;
 use utoipa::OpenApi;
 
+use super::access::{Access, Principal};
 use super::jobs::{Jobs, SubmitError};
 use super::metrics::Metrics;
 use crate::capture::Mode;
@@ -37,6 +38,8 @@ pub struct AppState {
     /// How long `/health` waits for the database.
     pub health_timeout: Duration,
     pub thresholds: Thresholds,
+    /// Who may do what (tokens).
+    pub access: Access,
 }
 
 impl AppState {
@@ -78,7 +81,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(super) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         ApiError {
             status,
             body: json!({ "error": message.into() }),
@@ -358,9 +361,65 @@ pub struct TableParam {
         SyncExportBody,
         StatsBody,
         ModeParam
-    ))
+    )),
+    modifiers(&BearerAuth)
 )]
 struct ApiDoc;
+
+/// States the bearer-token scheme of [`super::access`] and requires it everywhere except
+/// `/health` (which says so itself).
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+        };
+        let scheme = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .bearer_format("tdm_ token from `tidemark token create`")
+            .description(Some(
+                "Needed once any token exists (or the server listens beyond loopback). A \
+                 consumer token acts only as its consumer (403 otherwise); an admin token may \
+                 do everything. Missing, unknown or revoked tokens get 401.",
+            ))
+            .build();
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme("bearer", SecurityScheme::Http(scheme));
+        openapi.security = Some(vec![SecurityRequirement::new(
+            "bearer",
+            Vec::<String>::new(),
+        )]);
+        let error = |description: &str| {
+            utoipa::openapi::ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    utoipa::openapi::ContentBuilder::new()
+                        .schema(Some(utoipa::openapi::Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if path == "/health" {
+                continue;
+            }
+            for op in [&mut item.get, &mut item.post].into_iter().flatten() {
+                let r = &mut op.responses.responses;
+                r.entry("401".into()).or_insert_with(|| {
+                    error("No valid token (missing, unknown, revoked or malformed)").into()
+                });
+                r.entry("403".into()).or_insert_with(|| {
+                    error("A consumer token used for another consumer, or for a status endpoint")
+                        .into()
+                });
+            }
+        }
+    }
+}
 
 /// The OpenAPI document of this API.
 pub fn openapi() -> utoipa::openapi::OpenApi {
@@ -379,6 +438,10 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi_json))
         .merge(super::page::routes(&state))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            super::access::authorize,
+        ))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             count_request,
@@ -457,7 +520,7 @@ async fn check_table(s: &AppState, table: &Ident) -> ApiResult<()> {
 }
 
 /// Health of the service and its source database.
-#[utoipa::path(get, path = "/health", responses(
+#[utoipa::path(get, path = "/health", security(()), responses(
     (status = 200, description = "The database answers", body = HealthBody),
     (status = 503, description = "The database does not answer", body = HealthBody)))]
 async fn health(State(s): State<AppState>) -> (StatusCode, Json<HealthBody>) {
@@ -500,10 +563,12 @@ async fn health(State(s): State<AppState>) -> (StatusCode, Json<HealthBody>) {
         (status = 503, description = "The database does not answer, or too many jobs", body = ErrorBody)))]
 async fn export_sync(
     State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
     path: std::result::Result<Path<String>, PathRejection>,
     uri: Uri,
 ) -> ApiResult<Json<SyncExportBody>> {
     let consumer = ConsumerId::new(&path_text(path)?)?;
+    who.may_act_as(&consumer)?;
     let table = table_param(&uri)?;
     check_table(&s, &table).await?;
     let job = s
@@ -570,6 +635,7 @@ async fn export_sync(
         (status = 503, description = "The database does not answer, or too many jobs", body = ErrorBody)))]
 async fn start_export(
     State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
     path: std::result::Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     uri: Uri,
@@ -577,6 +643,7 @@ async fn start_export(
     let mode_text = path_text(path)?;
     let mode = Mode::parse(&mode_text).map_err(|e| ApiError::not_found(e.to_string()))?;
     let consumer = consumer_header(&headers)?;
+    who.may_act_as(&consumer)?;
     let table = table_param(&uri)?;
     check_table(&s, &table).await?;
     let job = s.jobs.submit(consumer, table, mode).await?;
@@ -601,11 +668,15 @@ fn job_id(text: &str) -> ApiResult<&str> {
     }
 }
 
-async fn find_job(s: &AppState, id: &str) -> ApiResult<JobRecord> {
-    s.jobs
+/// The job, if `who` may see it (403 for another consumer's).
+async fn find_job(s: &AppState, who: &Principal, id: &str) -> ApiResult<JobRecord> {
+    let job = s
+        .jobs
         .get(job_id(id)?)
         .await?
-        .ok_or_else(|| ApiError::not_found("unknown job"))
+        .ok_or_else(|| ApiError::not_found("unknown job"))?;
+    who.may_act_as(&job.consumer)?;
+    Ok(job)
 }
 
 /// A job's state (`GET /exports/{jobId}`).
@@ -616,10 +687,11 @@ async fn find_job(s: &AppState, id: &str) -> ApiResult<JobRecord> {
         (status = 503, description = "The state database does not answer", body = ErrorBody)))]
 async fn job_status_handler(
     State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
     path: std::result::Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<JobBody>> {
     let id = path_text(path)?;
-    Ok(Json(find_job(&s, &id).await?.into()))
+    Ok(Json(find_job(&s, &who, &id).await?.into()))
 }
 
 /// The CSV of a completed job, streamed (`GET /exports/{jobId}/file`).
@@ -632,10 +704,11 @@ async fn job_status_handler(
         (status = 503, description = "The state database does not answer", body = ErrorBody)))]
 async fn job_file(
     State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
     path: std::result::Result<Path<String>, PathRejection>,
 ) -> ApiResult<Response> {
     let id = path_text(path)?;
-    let job = find_job(&s, &id).await?;
+    let job = find_job(&s, &who, &id).await?;
     match job.status.as_str() {
         job_status::COMPLETED => {}
         job_status::FAILED => {
@@ -703,10 +776,12 @@ async fn job_file(
         (status = 503, description = "The state database does not answer", body = ErrorBody)))]
 async fn watermark(
     State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
     headers: HeaderMap,
     uri: Uri,
 ) -> ApiResult<Json<WatermarkBody>> {
     let consumer = consumer_header(&headers)?;
+    who.may_act_as(&consumer)?;
     let table = table_param(&uri)?;
     let w = s
         .exporter

@@ -6,6 +6,7 @@
 
 pub mod jobs;
 pub mod replicas;
+pub mod tokens;
 
 use std::sync::Arc;
 
@@ -211,6 +212,15 @@ pub mod status {
     pub const ABORTED: &str = "aborted";
 }
 
+/// `CREATE TABLE` of the API tokens (see [`tokens`]): only digests, never tokens.
+fn tokens_table(d: &dyn crate::db::Dialect) -> String {
+    let k = d.key_type();
+    format!(
+        "CREATE TABLE IF NOT EXISTS tidemark_tokens (token_id {k} PRIMARY KEY, kind {k} NOT NULL, \
+         consumer_id {k}, token_hash {k} NOT NULL, created_at {k} NOT NULL)"
+    )
+}
+
 /// The state store.
 #[derive(Clone)]
 pub struct StateStore {
@@ -265,6 +275,7 @@ impl StateStore {
                  position {t}, rows_applied {k}, updated_at {k} NOT NULL, \
                  PRIMARY KEY (replica_id, table_name))"
             ),
+            tokens_table(d),
         ] {
             db.execute(&sql, &[]).await?;
         }
@@ -273,6 +284,13 @@ impl StateStore {
 
     /// Adds what later versions keep to a state database an earlier version made.
     async fn migrate(db: &dyn Database) -> Result<()> {
+        if db
+            .query("SELECT token_id FROM tidemark_tokens WHERE 1 = 0", &[])
+            .await
+            .is_err()
+        {
+            db.execute(&tokens_table(db.dialect()), &[]).await?;
+        }
         if db
             .query("SELECT waited_ms FROM tidemark_jobs WHERE 1 = 0", &[])
             .await
