@@ -501,13 +501,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let table = Ident::new(table)?;
             let db = open_source(&cli, false).await?;
-            let state = open_state(&cli, &db).await?;
             let info = db.describe(&table).await?;
             let options = SetupOptions {
                 cursor_column: cursor_column.clone(),
                 deleted_column: deleted_column.clone(),
                 created_column: created_column.clone(),
             };
+            // A missing grant must leave nothing behind, state tables included.
+            capture::check_setup(db.as_ref(), &info, strategy, &options).await?;
+            let state = open_state(&cli, &db).await?;
             let report = capture::setup(db.as_ref(), &info, strategy, &options).await?;
             state.save_table_config(&table, &report.config).await?;
             if cli.json {

@@ -132,6 +132,30 @@ fn redact(url: &str) -> String {
     }
 }
 
+/// A privilege tidemark may need on a server database (see the README, "Least privilege").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Privilege {
+    /// Reading the table.
+    Select,
+    /// Writing the table (a replica target).
+    Insert,
+    Update,
+    Delete,
+    /// Creating tables next to the table (state tables, change logs, replica tables).
+    Create,
+    /// Creating views next to the table (the `trigger` strategy's change view).
+    CreateView,
+    /// Creating an index on the table (PostgreSQL: owning it).
+    Index,
+    /// Creating triggers on the table (PostgreSQL: owning it).
+    Trigger,
+    /// Adding a column to the table (PostgreSQL: owning it).
+    Alter,
+    /// Seeing other sessions' open transactions (PostgreSQL `pg_read_all_stats`, MariaDB
+    /// `PROCESS`), which a clock-based capture bound needs to be exact.
+    SeeTransactions,
+}
+
 /// How to open a database.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ConnectOptions {
@@ -143,11 +167,18 @@ pub struct ConnectOptions {
 
 /// Connects to `url` and returns its adapter.
 pub async fn connect(url: &DbUrl, options: ConnectOptions) -> Result<Arc<dyn Database>> {
-    Ok(match url.kind() {
-        DbKind::Sqlite => Arc::new(sqlite::SqliteDb::connect(url, options).await?),
-        DbKind::Postgres => Arc::new(postgres::PostgresDb::connect(url, options).await?),
-        DbKind::Mysql => Arc::new(mysql::MysqlDb::connect(url, options).await?),
-    })
+    let db: Result<Arc<dyn Database>> = match url.kind() {
+        DbKind::Sqlite => sqlite::SqliteDb::connect(url, options)
+            .await
+            .map(|d| Arc::new(d) as _),
+        DbKind::Postgres => postgres::PostgresDb::connect(url, options)
+            .await
+            .map(|d| Arc::new(d) as _),
+        DbKind::Mysql => mysql::MysqlDb::connect(url, options)
+            .await
+            .map(|d| Arc::new(d) as _),
+    };
+    db.map_err(|e| e.denied_database(url))
 }
 
 /// The kinds of column value tidemark formats differently.
@@ -415,6 +446,17 @@ pub trait Dialect: Send + Sync {
     }
     /// `DROP INDEX IF EXISTS name` (on `table` where the dialect needs it).
     fn drop_index(&self, name: &Ident, table: &Ident) -> String;
+    /// A query telling whether the session holds `privilege` for `table`: one row of two
+    /// columns, `1` or `0`, and the name of what the privilege is on (the table, or the schema
+    /// or database for [`Privilege::Create`]); a table that does not exist counts as granted
+    /// (its absence is said elsewhere). `None` where the database has no privileges (SQLite).
+    fn privilege_query(
+        &self,
+        _privilege: Privilege,
+        _table: &Ident,
+    ) -> Option<(&'static str, Vec<Param>)> {
+        None
+    }
     /// An expression giving the JSON object of all `columns` of the trigger row `row` (`NEW` or
     /// `OLD`), types kept: numbers as JSON numbers (floats exact), text as strings, timestamps
     /// with microseconds, binary as `\x` hex text.

@@ -9,7 +9,7 @@ pub mod replicas;
 
 use std::sync::Arc;
 
-use crate::db::{field, Database, LockGuard, Param, Stmt, Timestamp};
+use crate::db::{field, Database, LockGuard, Param, Privilege, Stmt, Timestamp};
 use crate::error::{Error, Result};
 use crate::ident::{ConsumerId, Ident};
 
@@ -124,6 +124,20 @@ pub mod status {
     pub const ABORTED: &str = "aborted";
 }
 
+/// Says what a refused state database needs: CREATE for its tables, or the tables made
+/// beforehand with rights to use them, or state kept elsewhere.
+fn state_grant(e: Error) -> Error {
+    match e {
+        Error::Permission { needs } => Error::Permission {
+            needs: format!(
+                "{needs} to create its tidemark_* state tables (or SELECT, INSERT, UPDATE, \
+                 DELETE on them created beforehand, or --state naming another database)"
+            ),
+        },
+        e => e,
+    }
+}
+
 /// The state store.
 #[derive(Clone)]
 pub struct StateStore {
@@ -146,6 +160,11 @@ impl StateStore {
             Self::migrate(db.as_ref()).await?;
             return Ok(StateStore { db });
         }
+        // Nothing is created unless every table can be.
+        let probe = Ident::new("tidemark_tables")?;
+        crate::privilege::require(db.as_ref(), &probe, &[Privilege::Create])
+            .await
+            .map_err(state_grant)?;
         let d = db.dialect();
         let (k, t) = (d.key_type(), d.text_type());
         for sql in [
@@ -179,7 +198,9 @@ impl StateStore {
                  PRIMARY KEY (replica_id, table_name))"
             ),
         ] {
-            db.execute(&sql, &[]).await?;
+            db.execute(&sql, &[])
+                .await
+                .map_err(|e| state_grant(e.needing(|| "CREATE".into())))?;
         }
         Ok(StateStore { db })
     }
