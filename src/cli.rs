@@ -311,13 +311,18 @@ pub fn main() -> ExitCode {
                     line.push_str(&text);
                 }
             }
-            eprintln!("error: {line}");
+            eprintln!("error: {}", tidemark_redact(&line));
             let input = e
                 .chain()
                 .any(|c| c.downcast_ref::<Error>().is_some_and(Error::is_input_error));
             ExitCode::from(if input { 2 } else { 1 })
         }
     }
+}
+
+/// The last guard before a message is shown: database URLs in it lose their passwords.
+fn tidemark_redact(line: &str) -> String {
+    crate::db::redact_text(line)
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `level`); JSON lines when

@@ -119,17 +119,60 @@ impl fmt::Debug for DbUrl {
 
 fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
+        // Not a URL tidemark understands, so its parts are unknown: hide whatever comes
+        // before an `@` (user and password) and any password parameter.
+        return match url.rsplit_once('@') {
+            Some((before, host)) => {
+                let scheme = before.split_once(':').map_or("", |(s, _)| s);
+                redact_params(&format!("{scheme}:***@{host}"))
+            }
+            None => redact_params(url),
+        };
     };
     let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(authority_end);
+    let tail = redact_params(tail);
     match authority.rsplit_once('@') {
         Some((userinfo, host)) => match userinfo.split_once(':') {
             Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
-            None => url.to_string(),
+            None => format!("{scheme}://{authority}{tail}"),
         },
-        None => url.to_string(),
+        None => format!("{scheme}://{authority}{tail}"),
     }
+}
+
+/// `text` with the value of every `password=` or `sslpassword=` parameter replaced by `***`.
+fn redact_params(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.to_ascii_lowercase().find("password=") {
+        let (head, tail) = rest.split_at(i + "password=".len());
+        out.push_str(head);
+        out.push_str("***");
+        rest = &tail[tail.find(['&', ' ', '"', '\'']).unwrap_or(tail.len())..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `text` (a message, a log line) with the credentials of every database URL in it hidden
+/// (`postgres://user:***@host/db`): the last guard before anything is shown.
+pub fn redact_text(text: &str) -> String {
+    if !text.contains("://") && !text.to_ascii_lowercase().contains("password=") {
+        return text.to_string();
+    }
+    text.split_inclusive(char::is_whitespace)
+        .map(|word| {
+            let trimmed = word.trim_end();
+            let end = &word[trimmed.len()..];
+            let inner = trimmed.trim_matches(|c| matches!(c, '"' | '\'' | '(' | ')' | ',' | '`'));
+            if inner.contains("://") || inner.to_ascii_lowercase().contains("password=") {
+                format!("{}{end}", trimmed.replacen(inner, &redact(inner), 1))
+            } else {
+                word.to_string()
+            }
+        })
+        .collect()
 }
 
 /// A privilege tidemark may need on a server database (see the README, "Least privilege").
@@ -714,6 +757,18 @@ mod tests {
         assert_eq!(
             DbUrl::parse("postgres://u:secret@h/d").unwrap().redacted(),
             "postgres://u:***@h/d"
+        );
+        assert_eq!(
+            DbUrl::parse("postgres://u@h/d?password=secret&sslmode=disable")
+                .unwrap()
+                .redacted(),
+            "postgres://u@h/d?password=***&sslmode=disable"
+        );
+        let e = DbUrl::parse("postgres:u:secret@h/d").unwrap_err().to_string();
+        assert!(!e.contains("secret"), "{e}");
+        assert_eq!(
+            redact_text("cannot reach 'mysql://a:secret@h:1/x': refused, see postgres://b:p@q/r"),
+            "cannot reach 'mysql://a:***@h:1/x': refused, see postgres://b:***@q/r"
         );
     }
 

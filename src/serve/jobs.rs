@@ -318,7 +318,7 @@ impl Jobs {
                     }
                     Some(Err(e)) => {
                         live.unavailable.store(e.is_unavailable(), Ordering::SeqCst);
-                        Err(e.to_string())
+                        Err(crate::db::redact_text(&e.to_string()))
                     }
                     None => Err(abandoned.to_string()),
                 }

@@ -81,7 +81,7 @@ impl ApiError {
     fn new(status: StatusCode, message: impl Into<String>) -> Self {
         ApiError {
             status,
-            body: json!({ "error": message.into() }),
+            body: json!({ "error": crate::db::redact_text(&message.into()) }),
         }
     }
 
