@@ -764,7 +764,9 @@ mod tests {
                 .redacted(),
             "postgres://u@h/d?password=***&sslmode=disable"
         );
-        let e = DbUrl::parse("postgres:u:secret@h/d").unwrap_err().to_string();
+        let e = DbUrl::parse("postgres:u:secret@h/d")
+            .unwrap_err()
+            .to_string();
         assert!(!e.contains("secret"), "{e}");
         assert_eq!(
             redact_text("cannot reach 'mysql://a:secret@h:1/x': refused, see postgres://b:p@q/r"),
