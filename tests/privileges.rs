@@ -325,6 +325,31 @@ async fn pg_setup_and_state_in_source() {
     // As the owner, the trigger strategy needs nothing more.
     sql(&t, &format!("ALTER TABLE users OWNER TO {g}")).await;
     ok(&r.run(&["setup", "--table", "users", "--strategy", "trigger"]));
+    // The application writes as a role with no grant on the change log; its change is
+    // captured all the same (the trigger function runs as its owner).
+    let app = role(&t, "app").await;
+    sql(
+        &t,
+        &format!("GRANT SELECT, INSERT, UPDATE ON users TO {}", app.name),
+    )
+    .await;
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&app.url)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE users SET name = 'by the app' WHERE id = 3")
+        .execute(&mut conn)
+        .await
+        .expect("the application's write");
+    let delta = ok(&r.run(&[
+        "export",
+        "--consumer",
+        "c1",
+        "--mode",
+        "delta",
+        "--out",
+        &out,
+    ]));
+    assert!(delta.contains("1 rows"), "{delta}");
 }
 
 #[tokio::test]

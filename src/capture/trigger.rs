@@ -266,10 +266,11 @@ impl TriggerCapture {
                          operation TEXT NOT NULL, before_image JSONB, {keys})"
                     ),
                     d.create_index(&n.txid_index, &n.log, &[&Ident::new("txid")?]),
-                    // The search path is pinned so the log is found whatever the writer's is.
+                    // The search path is pinned so the log is found whatever the writer's is;
+                    // it runs as its owner, so writers of the table need no grant on the log.
                     format!(
                         "CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql \
-                         SET search_path FROM CURRENT AS '{}'",
+                         SECURITY DEFINER SET search_path FROM CURRENT AS '{}'",
                         d.quote(&n.function),
                         body.replace('\'', "''")
                     ),
