@@ -483,3 +483,36 @@ async fn pg_replicate_target_needs_write_or_create() {
         1
     );
 }
+
+/// State tables made beforehand (by a first run as their owner): using them needs no CREATE.
+#[tokio::test]
+async fn pg_state_tables_created_beforehand() {
+    let t = TestDb::new(DbKind::Postgres).await;
+    seed::seed_users(t.db.as_ref(), 5, None).await.unwrap();
+    ok(&t.cli(&["status"]));
+    let r = role(&t, "user").await;
+    let g = r.grantee(t.kind);
+    sql(&t, &format!("GRANT SELECT ON users TO {g}")).await;
+    sql(&t, &format!("GRANT pg_read_all_stats TO {g}")).await;
+    sql(
+        &t,
+        &format!(
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON tidemark_tables, tidemark_watermarks, \
+             tidemark_exports, tidemark_jobs, tidemark_replicas TO {g}"
+        ),
+    )
+    .await;
+    ok(&r.run(&["setup", "--table", "users", "--strategy", "timestamp"]));
+    let out = t.out.path().to_str().unwrap().to_string();
+    let export = ok(&r.run(&[
+        "export",
+        "--consumer",
+        "c1",
+        "--mode",
+        "full",
+        "--out",
+        &out,
+    ]));
+    assert!(export.contains("5 rows"), "{export}");
+    ok(&r.run(&["status"]));
+}
