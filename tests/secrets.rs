@@ -212,6 +212,27 @@ async fn no_password_or_token_in_any_output() {
         [Some(0), Some(0)]
     );
     assert_eq!(run(&["verify", &out]), [Some(0), Some(0)]);
+    // State in another database, reached with the password too.
+    run(&s(&[
+        "--state",
+        &tgt,
+        "watermark",
+        "get",
+        "--consumer",
+        "c1",
+    ]));
+    assert_eq!(
+        run(&s(&[
+            "--state",
+            &tgt,
+            "setup",
+            "--table",
+            "users",
+            "--strategy",
+            "timestamp"
+        ])),
+        [Some(0), Some(0)]
+    );
 
     // And as it fails: wrong password, unknown database, a malformed URL, bad input.
     // (Replication retries a target it cannot reach: tried with one of the two URLs only.)
