@@ -516,3 +516,62 @@ async fn pg_state_tables_created_beforehand() {
     assert!(export.contains("5 rows"), "{export}");
     ok(&r.run(&["status"]));
 }
+
+/// Over HTTP a missing grant is the server's problem (500), named the same way, and nothing is
+/// exported.
+#[tokio::test]
+async fn pg_serve_names_the_missing_grant() {
+    use std::io::BufRead;
+    let t = TestDb::new(DbKind::Postgres).await;
+    seed::seed_users(t.db.as_ref(), 5, None).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let state = format!("sqlite://{}/state.db", dir.path().display());
+    ok(&t.cli(&[
+        "setup",
+        "--strategy",
+        "timestamp",
+        "--table",
+        "users",
+        "--state",
+        &state,
+    ]));
+    let r = role(&t, "server").await;
+    sql(&t, &format!("GRANT SELECT ON users TO {}", r.name)).await;
+    let mut child = tidemark_cmd(&[
+        "--source",
+        &r.url,
+        "--state",
+        &state,
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--grace-secs",
+        "1",
+    ])
+    .arg("--out")
+    .arg(t.out.path())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = format!("http://{}", line.trim().rsplit("http://").next().unwrap());
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/export/c1"))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.text().await.unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(status, 500, "{body}");
+    assert!(
+        body.contains("permission denied: tidemark needs the pg_read_all_stats role"),
+        "{body}"
+    );
+    assert_eq!(csv_files(t.out.path()).len(), 0);
+}

@@ -112,6 +112,8 @@ impl From<Error> for ApiError {
         let status = match &e {
             Error::UnknownTable(_) => StatusCode::NOT_FOUND,
             Error::Busy { .. } | Error::Conflict { .. } => StatusCode::CONFLICT,
+            // The server's database role lacks a grant: not the client's to fix.
+            Error::Permission { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             _ if e.is_input_error() => StatusCode::BAD_REQUEST,
             _ if e.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
