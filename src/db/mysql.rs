@@ -203,7 +203,9 @@ impl Dialect for MysqlDialect {
 /// Whether the account the session authenticated as holds a privilege (parameters: its name
 /// three times around the table's name, then "is it about the table" and the table twice),
 /// granted globally, on the database or on the table; a table that does not exist counts as
-/// granted. `CURRENT_USER()` is `user@host`, grantees are `'user'@'host'`.
+/// granted. `CURRENT_USER()` is `user@host`, grantees are `'user'@'host'`. The privileges of
+/// an enabled role are not listed there: with a role the check passes, and a refusal by the
+/// database itself is still named (see `Error::needing`).
 const MY_HAS_PRIVILEGE: &str = "SELECT CAST((\
       EXISTS (SELECT 1 FROM information_schema.USER_PRIVILEGES u \
         WHERE u.GRANTEE = g.g AND u.PRIVILEGE_TYPE = ?) \
@@ -213,7 +215,8 @@ const MY_HAS_PRIVILEGE: &str = "SELECT CAST((\
         WHERE t.GRANTEE = g.g AND t.TABLE_SCHEMA = DATABASE() AND t.TABLE_NAME = ? \
           AND t.PRIVILEGE_TYPE = ?) \
       OR (? AND NOT EXISTS (SELECT 1 FROM information_schema.TABLES x \
-        WHERE x.TABLE_SCHEMA = DATABASE() AND x.TABLE_NAME = ?))) AS SIGNED), \
+        WHERE x.TABLE_SCHEMA = DATABASE() AND x.TABLE_NAME = ?)) \
+      OR CURRENT_ROLE() IS NOT NULL) AS SIGNED), \
     CASE WHEN ? THEN ? ELSE COALESCE(DATABASE(), '') END \
     FROM (SELECT CONCAT('''', SUBSTRING_INDEX(CURRENT_USER(), '@', 1), '''@''', \
       SUBSTRING_INDEX(CURRENT_USER(), '@', -1), '''') AS g) g";
