@@ -433,9 +433,9 @@ pub fn main() -> ExitCode {
                 }
             }
             if json {
-                print_error_json(&line);
+                print_error_json(&tidemark_redact(&line));
             } else {
-                eprintln!("error: {line}");
+                eprintln!("error: {}", tidemark_redact(&line));
             }
             let input = e
                 .chain()
@@ -448,6 +448,11 @@ pub fn main() -> ExitCode {
 /// An error for scripts (`--json`): one line `{"error": "…"}` on stderr.
 fn print_error_json(line: &str) {
     eprintln!("{}", serde_json::json!({ "error": line }));
+}
+
+/// The last guard before a message is shown: database URLs in it lose their passwords.
+fn tidemark_redact(line: &str) -> String {
+    crate::db::redact_text(line)
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `level`); JSON lines when
@@ -713,6 +718,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             // Refused before anything is written, tidemark's state tables included.
             capture::check_setup(&info, strategy, &options)?;
+            capture::check_setup_privileges(db.as_ref(), &info, strategy, &options).await?;
             let state = open_state(&cli, &db).await?;
             let outcome =
                 lifecycle::setup_table(db.as_ref(), &state, &info, strategy, &options, *force)

@@ -96,6 +96,11 @@ pub enum Error {
     /// `tidemark status` found a consumer or replica lagging, or a table it cannot read.
     #[error("status {verdict}: {detail}")]
     Unhealthy { verdict: String, detail: String },
+    /// The database user lacks a privilege tidemark needs for what was asked; `needs` names
+    /// it (`SELECT on table users`). Checked or caught before anything is changed: the user
+    /// (or their DBA) can fix it, so it is bad input (exit 2), never retried.
+    #[error("permission denied: tidemark needs {needs}")]
+    Permission { needs: String },
     /// Anything else that is the tool's or the environment's fault.
     #[error("{0}")]
     Runtime(String),
@@ -113,7 +118,68 @@ impl Error {
                 | Error::InUse { .. }
                 | Error::StalePosition { .. }
                 | Error::PositionGone { .. }
+                | Error::Permission { .. }
         )
+    }
+
+    /// True when the database refused a statement for lack of a privilege (PostgreSQL
+    /// SQLSTATE 42501; MariaDB/MySQL 1142 table, 1143 column, 1044 database, 1227 global
+    /// privilege, 1370 routine, 1419 SUPER for triggers with binary logging).
+    pub fn is_permission_denied(&self) -> bool {
+        match self {
+            Error::Permission { .. } => true,
+            Error::Database(sqlx::Error::Database(d)) => {
+                if let Some(pg) = d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+                    pg.code() == "42501"
+                } else if let Some(my) = d.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+                    matches!(my.number(), 1044 | 1142 | 1143 | 1227 | 1370 | 1419)
+                } else {
+                    false
+                }
+            }
+            _ => false,
+        }
+    }
+
+    /// A connection refused because the user may not use the database at all (PostgreSQL
+    /// CONNECT, SQLSTATE 42501; MariaDB 1044, a user without any privilege on it) as
+    /// [`Error::Permission`]; a wrong password and everything else stay as they are.
+    pub fn denied_database(self, url: &crate::db::DbUrl) -> Self {
+        let Error::Connect {
+            failure: ConnectFailure::Privilege,
+            ..
+        } = &self
+        else {
+            return self;
+        };
+        let name = url
+            .as_str()
+            .split('?')
+            .next()
+            .and_then(|u| u.rsplit('/').next())
+            .unwrap_or_default()
+            .to_string();
+        let needs = match url.kind() {
+            crate::db::DbKind::Mysql => format!(
+                "a privilege on database {name} to connect to it (MariaDB lets a user in only \
+                 with some grant there, such as SELECT on the table)"
+            ),
+            _ => format!("CONNECT on database {name}"),
+        };
+        Error::Permission { needs }
+    }
+
+    /// This error, or [`Error::Permission`] naming `needs()` when the database refused it for
+    /// lack of a privilege: one clear line instead of the driver's.
+    pub fn needing(self, needs: impl FnOnce() -> String) -> Self {
+        match self {
+            Error::Permission { .. } => self,
+            e if e.is_permission_denied() => {
+                tracing::debug!(error = %e, "refused for lack of a privilege");
+                Error::Permission { needs: needs() }
+            }
+            e => e,
+        }
     }
 
     /// True when the database could not be reached (down, refused, timed out): a retry later

@@ -15,6 +15,7 @@ pub mod error;
 pub mod export;
 pub mod ident;
 pub mod monitor;
+pub mod privilege;
 pub mod replicate;
 pub mod seed;
 pub mod serve;

@@ -15,7 +15,8 @@ use std::fmt;
 use sha2::{Digest, Sha256};
 
 use crate::db::{
-    Bound, ClockNeed, Column, ColumnKind, Database, Dialect, Snapshot, Stmt, TableInfo, Timestamp,
+    Bound, ClockNeed, Column, ColumnKind, Database, DbKind, Dialect, Snapshot, Stmt, TableInfo,
+    Timestamp,
 };
 use crate::error::{Error, Result};
 use crate::ident::Ident;
@@ -391,15 +392,55 @@ pub async fn setup(
     strategy: &str,
     options: &SetupOptions,
 ) -> Result<SetupReport> {
-    match strategy {
+    if !STRATEGIES.contains(&strategy) {
+        return Err(Error::input(format!(
+            "unknown strategy {strategy:?}: expected one of {}",
+            STRATEGIES.join(", ")
+        )));
+    }
+    check_setup_privileges(db, info, strategy, options).await?;
+    let wanted = crate::privilege::for_setup(db.kind(), strategy);
+    let done = match strategy {
         "timestamp" => timestamp::setup(db, info, options).await,
         "trigger" => trigger::setup(db, info, options).await,
-        "version" => version::setup(db, info, options).await,
-        other => Err(Error::input(format!(
-            "unknown strategy {other:?}: expected one of {}",
-            STRATEGIES.join(", ")
-        ))),
+        _ => version::setup(db, info, options).await,
+    };
+    // What the checks cannot see (MariaDB refuses triggers of users without SUPER while
+    // binary logging is on, unless log_bin_trust_function_creators is set).
+    done.map_err(|e| {
+        e.needing(|| {
+            let mut names: Vec<String> = wanted
+                .iter()
+                .map(|p| crate::privilege::grant_name(db.kind(), *p, info.name.as_str()))
+                .collect();
+            names.dedup();
+            if db.kind() == DbKind::Mysql && strategy != "timestamp" {
+                names.push(
+                    "SUPER, or log_bin_trust_function_creators = 1, to create triggers while \
+                     binary logging is on"
+                        .into(),
+                );
+            }
+            format!("{} to set up {strategy} capture", names.join(" and "))
+        })
+    })
+}
+
+/// Checks, before anything is installed (or any state is written), that the session holds
+/// every privilege `setup` of `strategy` needs on the table (see [`crate::privilege`]): a
+/// missing grant is [`Error::Permission`] and leaves nothing half done.
+pub async fn check_setup_privileges(
+    db: &dyn Database,
+    info: &TableInfo,
+    strategy: &str,
+    options: &SetupOptions,
+) -> Result<()> {
+    let wanted = crate::privilege::for_setup(db.kind(), strategy);
+    crate::privilege::require(db, &info.name, &wanted).await?;
+    if strategy == "timestamp" {
+        timestamp::check_index(db, info, options).await?;
     }
+    Ok(())
 }
 
 /// Removes what `setup` installed for `config`.

@@ -9,8 +9,8 @@ use super::{
     soft_delete_column, table_select, unfit, CaptureStrategy, Inserted, Mode, OldestChange, Select,
     SetupOptions, SetupReport, TimeForm,
 };
-use crate::db::{field, Bound, ClockNeed, Column, Database, Dialect, TableInfo};
-use crate::error::Result;
+use crate::db::{field, Bound, ClockNeed, Column, Database, Dialect, Privilege, TableInfo};
+use crate::error::{Error, Result};
 use crate::ident::Ident;
 use crate::state::{Position, TableConfig};
 
@@ -227,6 +227,7 @@ pub async fn setup(
         reused: Vec::new(),
     };
     if existing.is_empty() {
+        check_index(db, info, options).await?;
         let index = capture.index_name()?;
         let mut columns = vec![&capture.cursor.name];
         columns.extend(info.primary_key.iter());
@@ -237,6 +238,36 @@ pub async fn setup(
         report.reused = existing.iter().map(|i| format!("index {i}")).collect();
     }
     Ok(report)
+}
+
+/// Checks that the cursor index can be created when none exists yet (PostgreSQL: owning the
+/// table; MariaDB: INDEX on it).
+pub(crate) async fn check_index(
+    db: &dyn Database,
+    info: &TableInfo,
+    options: &SetupOptions,
+) -> Result<()> {
+    let config = TimestampCapture::default_config(info, options)?;
+    let capture = TimestampCapture::new(info, &config)?;
+    if !db
+        .indexes_leading_with(&info.name, &capture.cursor.name)
+        .await?
+        .is_empty()
+    {
+        return Ok(());
+    }
+    crate::privilege::require(db, &info.name, &[Privilege::Index])
+        .await
+        .map_err(|e| match e {
+            Error::Permission { needs } => Error::Permission {
+                needs: format!(
+                    "{needs} to create an index on the cursor column {}, or such an index \
+                     created beforehand",
+                    capture.cursor.name
+                ),
+            },
+            e => e,
+        })
 }
 
 /// Drops the cursor index `setup` created (if it created one).

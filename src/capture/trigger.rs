@@ -268,11 +268,12 @@ impl TriggerCapture {
                         "CREATE INDEX IF NOT EXISTS {} ON {log} USING brin (txid)",
                         d.quote(&n.txid_index)
                     ),
-                    // The search path is pinned so the log is found whatever the writer's is;
-                    // the trigger runs once per statement, so that costs once per statement.
+                    // The search path is pinned so the log is found whatever the writer's is
+                    // (the trigger runs once per statement, so that costs once per statement);
+                    // it runs as its owner, so writers of the table need no grant on the log.
                     format!(
                         "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql \
-                         SET search_path FROM CURRENT AS '{}'",
+                         SECURITY DEFINER SET search_path FROM CURRENT AS '{}'",
                         body.replace('\'', "''")
                     ),
                     // The row-level trigger of earlier versions.

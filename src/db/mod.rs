@@ -122,7 +122,15 @@ impl fmt::Debug for DbUrl {
 
 fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
+        // Not a URL tidemark understands, so its parts are unknown: hide whatever comes
+        // before an `@` (user and password) and any password parameter.
+        return match url.rsplit_once('@') {
+            Some((before, host)) => {
+                let scheme = before.split_once(':').map_or("", |(s, _)| s);
+                redact_params(&format!("{scheme}:***@{host}"))
+            }
+            None => redact_params(url),
+        };
     };
     // A password given as a query parameter (`?password=…`).
     if let Some((before, query)) = rest.split_once('?') {
@@ -137,13 +145,72 @@ fn redact(url: &str) -> String {
     }
     let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(authority_end);
+    let tail = redact_params(tail);
     match authority.rsplit_once('@') {
         Some((userinfo, host)) => match userinfo.split_once(':') {
             Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
-            None => url.to_string(),
+            None => format!("{scheme}://{authority}{tail}"),
         },
-        None => url.to_string(),
+        None => format!("{scheme}://{authority}{tail}"),
     }
+}
+
+/// `text` with the value of every `password=` or `sslpassword=` parameter replaced by `***`.
+fn redact_params(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.to_ascii_lowercase().find("password=") {
+        let (head, tail) = rest.split_at(i + "password=".len());
+        out.push_str(head);
+        out.push_str("***");
+        rest = &tail[tail.find(['&', ' ', '"', '\'']).unwrap_or(tail.len())..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `text` (a message, a log line) with the credentials of every database URL in it hidden
+/// (`postgres://user:***@host/db`): the last guard before anything is shown.
+pub fn redact_text(text: &str) -> String {
+    if !text.contains("://") && !text.to_ascii_lowercase().contains("password=") {
+        return text.to_string();
+    }
+    text.split_inclusive(char::is_whitespace)
+        .map(|word| {
+            let trimmed = word.trim_end();
+            let end = &word[trimmed.len()..];
+            let inner = trimmed.trim_matches(|c| matches!(c, '"' | '\'' | '(' | ')' | ',' | '`'));
+            if inner.contains("://") || inner.to_ascii_lowercase().contains("password=") {
+                format!("{}{end}", trimmed.replacen(inner, &redact(inner), 1))
+            } else {
+                word.to_string()
+            }
+        })
+        .collect()
+}
+
+/// A privilege tidemark may need on a server database (see the README, "Least privilege").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Privilege {
+    /// Reading the table.
+    Select,
+    /// Writing the table (a replica target).
+    Insert,
+    Update,
+    Delete,
+    /// Creating tables next to the table (state tables, change logs, replica tables).
+    Create,
+    /// Creating views next to the table (the `trigger` strategy's change view).
+    CreateView,
+    /// Creating an index on the table (PostgreSQL: owning it).
+    Index,
+    /// Creating triggers on the table (PostgreSQL: owning it).
+    Trigger,
+    /// Adding a column to the table (PostgreSQL: owning it).
+    Alter,
+    /// Seeing other sessions' open transactions (PostgreSQL `pg_read_all_stats`, MariaDB
+    /// `PROCESS`), which a clock-based capture bound needs to be exact.
+    SeeTransactions,
 }
 
 /// How to open a database.
@@ -157,11 +224,18 @@ pub struct ConnectOptions {
 
 /// Connects to `url` and returns its adapter.
 pub async fn connect(url: &DbUrl, options: ConnectOptions) -> Result<Arc<dyn Database>> {
-    Ok(match url.kind() {
-        DbKind::Sqlite => Arc::new(sqlite::SqliteDb::connect(url, options).await?),
-        DbKind::Postgres => Arc::new(postgres::PostgresDb::connect(url, options).await?),
-        DbKind::Mysql => Arc::new(mysql::MysqlDb::connect(url, options).await?),
-    })
+    let db: Result<Arc<dyn Database>> = match url.kind() {
+        DbKind::Sqlite => sqlite::SqliteDb::connect(url, options)
+            .await
+            .map(|d| Arc::new(d) as _),
+        DbKind::Postgres => postgres::PostgresDb::connect(url, options)
+            .await
+            .map(|d| Arc::new(d) as _),
+        DbKind::Mysql => mysql::MysqlDb::connect(url, options)
+            .await
+            .map(|d| Arc::new(d) as _),
+    };
+    db.map_err(|e| e.denied_database(url))
 }
 
 /// The kinds of column value tidemark formats differently.
@@ -429,6 +503,17 @@ pub trait Dialect: Send + Sync {
     }
     /// `DROP INDEX IF EXISTS name` (on `table` where the dialect needs it).
     fn drop_index(&self, name: &Ident, table: &Ident) -> String;
+    /// A query telling whether the session holds `privilege` for `table`: one row of two
+    /// columns, `1` or `0`, and the name of what the privilege is on (the table, or the schema
+    /// or database for [`Privilege::Create`]); a table that does not exist counts as granted
+    /// (its absence is said elsewhere). `None` where the database has no privileges (SQLite).
+    fn privilege_query(
+        &self,
+        _privilege: Privilege,
+        _table: &Ident,
+    ) -> Option<(&'static str, Vec<Param>)> {
+        None
+    }
     /// An expression giving the JSON object of all `columns` of the trigger row `row` (`NEW` or
     /// `OLD`), types kept: numbers as JSON numbers (floats exact), text as strings, timestamps
     /// with microseconds, binary as `\x` hex text.
@@ -686,6 +771,20 @@ mod tests {
         assert_eq!(
             DbUrl::parse("postgres://u:secret@h/d").unwrap().redacted(),
             "postgres://u:***@h/d"
+        );
+        assert_eq!(
+            DbUrl::parse("postgres://u@h/d?password=secret&sslmode=disable")
+                .unwrap()
+                .redacted(),
+            "postgres://u@h/d?password=***&sslmode=disable"
+        );
+        let e = DbUrl::parse("postgres:u:secret@h/d")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("secret"), "{e}");
+        assert_eq!(
+            redact_text("cannot reach 'mysql://a:secret@h:1/x': refused, see postgres://b:p@q/r"),
+            "cannot reach 'mysql://a:***@h:1/x': refused, see postgres://b:***@q/r"
         );
     }
 

@@ -20,8 +20,8 @@ use sqlx::{ConnectOptions as _, Connection, MySql};
 use super::{
     common::{settle, Driver, Probe},
     field, first_row, reach, Bound, Column, ColumnKind, ConnectOptions, Database, DbKind, DbUrl,
-    Dialect, LockGuard, Param, RowSink, Snapshot, SnapshotOptions, Stmt, TextRow, Timestamp,
-    Transaction,
+    Dialect, LockGuard, Param, Privilege, RowSink, Snapshot, SnapshotOptions, Stmt, TextRow,
+    Timestamp, Transaction,
 };
 use crate::error::{ConnectFailure, Error, Result};
 use crate::ident::Ident;
@@ -173,7 +173,65 @@ impl Dialect for MysqlDialect {
     fn text_type(&self) -> &'static str {
         "LONGTEXT"
     }
+
+    fn privilege_query(
+        &self,
+        privilege: Privilege,
+        table: &Ident,
+    ) -> Option<(&'static str, Vec<Param>)> {
+        let name = match privilege {
+            Privilege::Select => "SELECT",
+            Privilege::Insert => "INSERT",
+            Privilege::Update => "UPDATE",
+            Privilege::Delete => "DELETE",
+            Privilege::Create => "CREATE",
+            Privilege::CreateView => "CREATE VIEW",
+            Privilege::Index => "INDEX",
+            Privilege::Trigger => "TRIGGER",
+            Privilege::Alter => "ALTER",
+            Privilege::SeeTransactions => "PROCESS",
+        };
+        let on_table = i64::from(!matches!(
+            privilege,
+            Privilege::Create | Privilege::CreateView | Privilege::SeeTransactions
+        ));
+        let t = table.as_str();
+        Some((
+            MY_HAS_PRIVILEGE,
+            vec![
+                name.into(),
+                name.into(),
+                t.into(),
+                name.into(),
+                Param::Int(on_table),
+                t.into(),
+                Param::Int(on_table),
+                t.into(),
+            ],
+        ))
+    }
 }
+
+/// Whether the account the session authenticated as holds a privilege (parameters: its name
+/// three times around the table's name, then "is it about the table" and the table twice),
+/// granted globally, on the database or on the table; a table that does not exist counts as
+/// granted. `CURRENT_USER()` is `user@host`, grantees are `'user'@'host'`. The privileges of
+/// an enabled role are not listed there: with a role the check passes, and a refusal by the
+/// database itself is still named (see `Error::needing`).
+const MY_HAS_PRIVILEGE: &str = "SELECT CAST((\
+      EXISTS (SELECT 1 FROM information_schema.USER_PRIVILEGES u \
+        WHERE u.GRANTEE = g.g AND u.PRIVILEGE_TYPE = ?) \
+      OR EXISTS (SELECT 1 FROM information_schema.SCHEMA_PRIVILEGES s \
+        WHERE s.GRANTEE = g.g AND s.TABLE_SCHEMA = DATABASE() AND s.PRIVILEGE_TYPE = ?) \
+      OR EXISTS (SELECT 1 FROM information_schema.TABLE_PRIVILEGES t \
+        WHERE t.GRANTEE = g.g AND t.TABLE_SCHEMA = DATABASE() AND t.TABLE_NAME = ? \
+          AND t.PRIVILEGE_TYPE = ?) \
+      OR (? AND NOT EXISTS (SELECT 1 FROM information_schema.TABLES x \
+        WHERE x.TABLE_SCHEMA = DATABASE() AND x.TABLE_NAME = ?)) \
+      OR CURRENT_ROLE() IS NOT NULL) AS SIGNED), \
+    CASE WHEN ? THEN ? ELSE COALESCE(DATABASE(), '') END \
+    FROM (SELECT CONCAT('''', SUBSTRING_INDEX(CURRENT_USER(), '@', 1), '''@''', \
+      SUBSTRING_INDEX(CURRENT_USER(), '@', -1), '''') AS g) g";
 
 /// The comment that starts every statement of a snapshot (see `Database::snapshot`).
 const SNAPSHOT_TAG: &str = "/* tidemark snapshot */";
@@ -407,7 +465,11 @@ impl Database for MysqlDb {
                 hold(now.minus(Duration::from_millis(ms + 1)));
             }
             // Read after the clock: a transaction missing from it started after `now`.
-            let status = MySql::query(&mut conn, "SHOW ENGINE INNODB STATUS", &[]).await?;
+            // Without PROCESS the process list shows only this account's sessions and the
+            // InnoDB status is refused: the bound cannot be exact, so no snapshot is taken.
+            let status = MySql::query(&mut conn, "SHOW ENGINE INNODB STATUS", &[])
+                .await
+                .map_err(|e| e.needing(|| crate::privilege::see_transactions(DbKind::Mysql)))?;
             let text = status.first().and_then(|r| r.get(2).cloned().flatten());
             if let Some(secs) = text.as_deref().and_then(oldest_writer_seconds) {
                 // "ACTIVE n sec" counts whole seconds of the clock: it started less than

@@ -16,8 +16,8 @@ use sqlx::{ConnectOptions as _, Connection, Postgres};
 use super::{
     common::{settle, Driver, Probe},
     field, first_row, reach, Bound, ClockNeed, Column, ColumnKind, ConnectOptions, Database,
-    DbKind, DbUrl, Dialect, LockGuard, Param, RowSink, Settled, Snapshot, SnapshotOptions, Stmt,
-    TextRow, Timestamp, Transaction, Wakeups,
+    DbKind, DbUrl, Dialect, LockGuard, Param, Privilege, RowSink, Settled, Snapshot,
+    SnapshotOptions, Stmt, TextRow, Timestamp, Transaction, Wakeups,
 };
 use crate::error::{Error, Result};
 use crate::ident::Ident;
@@ -124,12 +124,64 @@ impl Dialect for PostgresDialect {
     fn text_type(&self) -> &'static str {
         "TEXT"
     }
+
+    fn privilege_query(
+        &self,
+        privilege: Privilege,
+        table: &Ident,
+    ) -> Option<(&'static str, Vec<Param>)> {
+        let sql = match privilege {
+            Privilege::Select => PG_HAS_TABLE_PRIVILEGE[0],
+            Privilege::Insert => PG_HAS_TABLE_PRIVILEGE[1],
+            Privilege::Update => PG_HAS_TABLE_PRIVILEGE[2],
+            Privilege::Delete => PG_HAS_TABLE_PRIVILEGE[3],
+            // Only a table's owner (or a member of its owning role) may index it, add a
+            // column to it or create a trigger on it.
+            Privilege::Index | Privilege::Trigger | Privilege::Alter => {
+                "SELECT CASE WHEN COALESCE((SELECT pg_has_role(relowner, 'USAGE') FROM pg_class \
+                 WHERE oid = to_regclass(?)), true) THEN 1::bigint ELSE 0::bigint END, ?::text"
+            }
+            Privilege::Create | Privilege::CreateView => {
+                return Some((
+                    "SELECT CASE WHEN COALESCE(has_schema_privilege(current_schema(), 'CREATE'), \
+                     false) THEN 1::bigint ELSE 0::bigint END, \
+                     COALESCE(current_schema()::text, '(none)')",
+                    Vec::new(),
+                ))
+            }
+            // pg_stat_activity shows other roles' sessions without their xact_start unless
+            // the session has pg_read_all_stats (a superuser has every role's privileges).
+            Privilege::SeeTransactions => {
+                return Some((
+                    "SELECT CASE WHEN pg_has_role('pg_read_all_stats', 'USAGE') \
+                     THEN 1::bigint ELSE 0::bigint END, current_user::text",
+                    Vec::new(),
+                ))
+            }
+        };
+        Some((
+            sql,
+            vec![table.quote_double().into(), table.as_str().into()],
+        ))
+    }
 }
 
 /// True for a blank-padded `character(n)` column.
 fn is_fixed(column: &Column) -> bool {
     super::types::SqlType::parse(DbKind::Postgres, &column.sql_type).fixed
 }
+
+/// Whether the session may SELECT, INSERT, UPDATE, DELETE a table (true if it does not exist).
+const PG_HAS_TABLE_PRIVILEGE: [&str; 4] = [
+    "SELECT CASE WHEN COALESCE(has_table_privilege(to_regclass(?), 'SELECT'), true) \
+     THEN 1::bigint ELSE 0::bigint END, ?::text",
+    "SELECT CASE WHEN COALESCE(has_table_privilege(to_regclass(?), 'INSERT'), true) \
+     THEN 1::bigint ELSE 0::bigint END, ?::text",
+    "SELECT CASE WHEN COALESCE(has_table_privilege(to_regclass(?), 'UPDATE'), true) \
+     THEN 1::bigint ELSE 0::bigint END, ?::text",
+    "SELECT CASE WHEN COALESCE(has_table_privilege(to_regclass(?), 'DELETE'), true) \
+     THEN 1::bigint ELSE 0::bigint END, ?::text",
+];
 
 /// Rewrites `?` placeholders as `$1`, `$2`, … (outside quoted strings and identifiers).
 fn numbered(sql: &str) -> String {
@@ -342,6 +394,17 @@ impl Database for PostgresDb {
             })
         };
         let (time, settled) = if options.clock == ClockNeed::Always {
+            // Without pg_read_all_stats other roles' transactions show no xact_start: the
+            // bound would pass them unseen and their changes be skipped. Refuse instead.
+            let (check, params) = PostgresDialect
+                .privilege_query(Privilege::SeeTransactions, &Ident::new("pg_stat_activity")?)
+                .unwrap_or_default();
+            let rows = self.query(check, &params).await?;
+            if field(first_row(&rows, "pg_read_all_stats check")?, 0) != Some("1") {
+                return Err(Error::Permission {
+                    needs: crate::privilege::see_transactions(DbKind::Postgres),
+                });
+            }
             settle(options, probe).await?
         } else {
             // Positions are the snapshot's transaction ids: exact without waiting. The time

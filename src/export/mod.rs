@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::capture::{self, strategy_for, Mode, Select};
 use crate::db::portable::ColumnType;
-use crate::db::{Bound, Database, RowSink, SnapshotOptions, TableInfo, Timestamp};
+use crate::db::{Bound, Database, Privilege, RowSink, SnapshotOptions, TableInfo, Timestamp};
 use crate::error::{Error, Result};
 use crate::ident::{ConsumerId, Ident};
 use crate::sink::csv::CsvWriter;
@@ -185,6 +185,7 @@ impl Exporter {
         let started_at = Timestamp::now();
         let export_id = req.id.clone().unwrap_or_else(new_export_id);
 
+        crate::privilege::require(self.source.as_ref(), &req.table, &[Privilege::Select]).await?;
         let mut snapshot = self
             .source
             .snapshot(&SnapshotOptions::new(self.margin, strategy.clock_need()))
@@ -246,7 +247,13 @@ impl Exporter {
                         "export into {} {ABANDONED}; its temporary file was removed",
                         csv_path.display()
                     )),
-                    None => e,
+                    None => e.needing(|| {
+                        format!(
+                            "SELECT on table {} and on what its capture reads with it \
+                             (the change log of trigger capture)",
+                            req.table
+                        )
+                    }),
                 });
             }
         };

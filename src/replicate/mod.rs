@@ -20,8 +20,8 @@ use tokio::sync::mpsc;
 
 use crate::capture::{self, strategy_for, CaptureStrategy, Mode};
 use crate::db::{
-    connect, field, ConnectOptions, Database, DbUrl, Param, RowSink, Settled, SnapshotOptions,
-    TableInfo, Timestamp, Transaction, Wakeups,
+    connect, field, ConnectOptions, Database, DbUrl, Param, Privilege, RowSink, Settled,
+    SnapshotOptions, TableInfo, Timestamp, Transaction, Wakeups,
 };
 use crate::error::{Error, Result};
 use crate::ident::{ConsumerId, Ident};
@@ -334,6 +334,39 @@ impl Replicator {
         let target = self.target().await?;
         let info: TableInfo = self.source.describe(&self.opts.table).await?;
         let strategy = strategy_for(&info, config.as_ref())?;
+        // Checked before the target is touched: writing its table and positions table, or
+        // creating the one that does not exist yet.
+        let positions = Ident::new(POSITIONS_TABLE)?;
+        let mut names: Vec<String> = Vec::new();
+        let mut positions_exist = false;
+        for table in [&self.opts.target_table, &positions] {
+            let exists = target.describe(table).await.is_ok();
+            positions_exist = exists;
+            let wanted: &[Privilege] = if exists {
+                &[
+                    Privilege::Select,
+                    Privilege::Insert,
+                    Privilege::Update,
+                    Privilege::Delete,
+                ]
+            } else {
+                &[Privilege::Create]
+            };
+            for name in crate::privilege::missing(target.as_ref(), table, wanted).await? {
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
+        if !names.is_empty() {
+            return Err(Error::Permission {
+                needs: format!(
+                    "{} on the replication target {}",
+                    names.join(" and "),
+                    self.target_url.redacted()
+                ),
+            });
+        }
         let apply = TargetTable::prepare(
             target.as_ref(),
             self.source.kind(),
@@ -343,16 +376,20 @@ impl Replicator {
         .await?;
         let d = target.dialect();
         let (k, t) = (d.key_type(), d.text_type());
-        target
-            .execute(
-                &format!(
-                    "CREATE TABLE IF NOT EXISTS {POSITIONS_TABLE} (source_id {k} NOT NULL, \
-                     source_table {k} NOT NULL, target_table {k} NOT NULL, position {t} NOT NULL, \
-                     updated_at {k} NOT NULL, PRIMARY KEY (source_id, source_table, target_table))"
-                ),
-                &[],
-            )
-            .await?;
+        // Even IF NOT EXISTS needs CREATE on PostgreSQL: run it only when needed.
+        if !positions_exist {
+            target
+                .execute(
+                    &format!(
+                        "CREATE TABLE IF NOT EXISTS {POSITIONS_TABLE} (source_id {k} NOT NULL, \
+                         source_table {k} NOT NULL, target_table {k} NOT NULL, \
+                         position {t} NOT NULL, updated_at {k} NOT NULL, \
+                         PRIMARY KEY (source_id, source_table, target_table))"
+                    ),
+                    &[],
+                )
+                .await?;
+        }
         let delete_all = format!("DELETE FROM {}", d.quote(&self.opts.target_table));
         self.plan = Some(Plan {
             target,

@@ -327,7 +327,7 @@ impl Jobs {
                             matches!(e, Error::StalePosition { .. } | Error::PositionGone { .. }),
                             Ordering::SeqCst,
                         );
-                        Err(e.to_string())
+                        Err(crate::db::redact_text(&e.to_string()))
                     }
                     None => Err(abandoned.to_string()),
                 }

@@ -84,7 +84,7 @@ impl ApiError {
     pub(super) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         ApiError {
             status,
-            body: json!({ "error": message.into() }),
+            body: json!({ "error": crate::db::redact_text(&message.into()) }),
         }
     }
 
@@ -118,6 +118,8 @@ impl From<Error> for ApiError {
             | Error::Conflict { .. }
             | Error::StalePosition { .. }
             | Error::PositionGone { .. } => StatusCode::CONFLICT,
+            // The server's database role lacks a grant: not the client's to fix.
+            Error::Permission { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             _ if e.is_input_error() => StatusCode::BAD_REQUEST,
             _ if e.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,

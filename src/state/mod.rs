@@ -10,7 +10,7 @@ pub mod tokens;
 
 use std::sync::Arc;
 
-use crate::db::{field, Database, LockGuard, Param, Stmt, Timestamp};
+use crate::db::{field, Database, LockGuard, Param, Privilege, Stmt, Timestamp};
 use crate::error::{Error, Result};
 use crate::ident::{ConsumerId, Ident};
 
@@ -221,6 +221,20 @@ fn tokens_table(d: &dyn crate::db::Dialect) -> String {
     )
 }
 
+/// Says what a refused state database needs: CREATE for its tables, or the tables made
+/// beforehand with rights to use them, or state kept elsewhere.
+fn state_grant(e: Error) -> Error {
+    match e {
+        Error::Permission { needs } => Error::Permission {
+            needs: format!(
+                "{needs} to create its tidemark_* state tables (or SELECT, INSERT, UPDATE, \
+                 DELETE on them created beforehand, or --state naming another database)"
+            ),
+        },
+        e => e,
+    }
+}
+
 /// The state store.
 #[derive(Clone)]
 pub struct StateStore {
@@ -243,6 +257,11 @@ impl StateStore {
             Self::migrate(db.as_ref()).await?;
             return Ok(StateStore { db });
         }
+        // Nothing is created unless every table can be.
+        let probe = Ident::new("tidemark_tables")?;
+        crate::privilege::require(db.as_ref(), &probe, &[Privilege::Create])
+            .await
+            .map_err(state_grant)?;
         let d = db.dialect();
         let (k, t) = (d.key_type(), d.text_type());
         for sql in [
@@ -277,7 +296,9 @@ impl StateStore {
             ),
             tokens_table(d),
         ] {
-            db.execute(&sql, &[]).await?;
+            db.execute(&sql, &[])
+                .await
+                .map_err(|e| state_grant(e.needing(|| "CREATE".into())))?;
         }
         Ok(StateStore { db })
     }
