@@ -16,9 +16,9 @@ use crate::db::{connect, field, ConnectOptions, Database, DbUrl, Timestamp};
 use crate::demo::{self, DemoOptions, Observer, Step};
 use crate::error::Error;
 use crate::export::{manifest, ExportRequest, Exporter, DEFAULT_MARGIN};
-use crate::ident::{ConsumerId, Ident};
+use crate::ident::{ConsumerId, TableName, TableSelector};
 use crate::monitor::{self, Thresholds};
-use crate::replicate::{ReplicateOptions, Replicator};
+use crate::replicate::ReplicateOptions;
 use crate::seed;
 use crate::serve::{self, FileConfig, ServeConfig};
 use crate::state::{Position, StateStore};
@@ -84,6 +84,7 @@ enum Command {
     },
     /// Install what a capture strategy needs on a table and register it (idempotent)
     Setup {
+        /// Table: name, schema.name, "odd.name", or a pattern (*, sales.*, order_*) of tables
         #[arg(long, default_value = "users")]
         table: String,
         /// Capture strategy: timestamp (a cursor column), version (a version column tidemark adds
@@ -134,9 +135,10 @@ enum Command {
         /// Target database: sqlite://PATH, postgres://…, mysql://…
         #[arg(long)]
         target: String,
+        /// Source table: name, schema.name, or a pattern (*, sales.*); repeat for several
         #[arg(long, default_value = "users")]
-        table: String,
-        /// Target table [default: the source table's name]
+        table: Vec<String>,
+        /// Target table, with one source table only [default: the source table's name]
         #[arg(long)]
         target_table: Option<String>,
         /// Keep running with low latency until SIGTERM or Ctrl-C
@@ -154,6 +156,9 @@ enum Command {
     Status {
         #[command(flatten)]
         thresholds: ThresholdArgs,
+        /// Only these tables: name, schema.name or a pattern (*, sales.*); repeatable
+        #[arg(long)]
+        table: Vec<String>,
     },
     /// Delete change-log entries every consumer of the table has passed
     Prune {
@@ -499,20 +504,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             deleted_column,
             created_column,
         } => {
-            let table = Ident::new(table)?;
             let db = open_source(&cli, false).await?;
+            let tables = select_tables(db.as_ref(), std::slice::from_ref(table)).await?;
+            // Every table is checked before anything is created.
+            let mut infos = Vec::with_capacity(tables.len());
+            for table in &tables {
+                infos.push(db.describe(table).await?);
+            }
             let state = open_state(&cli, &db).await?;
-            let info = db.describe(&table).await?;
             let options = SetupOptions {
                 cursor_column: cursor_column.clone(),
                 deleted_column: deleted_column.clone(),
                 created_column: created_column.clone(),
             };
-            let report = capture::setup(db.as_ref(), &info, strategy, &options).await?;
-            state.save_table_config(&table, &report.config).await?;
-            if cli.json {
-                print_json(&report)?;
-            } else {
+            let mut reports = Vec::with_capacity(infos.len());
+            for info in &infos {
+                let report = capture::setup(db.as_ref(), info, strategy, &options).await?;
+                state.save_table_config(&info.name, &report.config).await?;
+                reports.push(report);
+            }
+            if cli.json && reports.len() == 1 {
+                print_json(&reports.first())?;
+            } else if cli.json {
+                print_json(&reports)?;
+            }
+            for (report, table) in reports.iter().zip(&tables) {
+                if cli.json {
+                    continue;
+                }
                 let mut did: Vec<String> = report
                     .installed
                     .iter()
@@ -530,8 +549,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Teardown { table } => {
-            let table = Ident::new(table)?;
             let db = open_source(&cli, false).await?;
+            let table = db.resolve_table(&TableName::parse(table)?).await?;
             let state = open_state(&cli, &db).await?;
             let info = db.describe(&table).await?;
             let removed = match state.table_config(&table).await? {
@@ -559,8 +578,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             margin_ms,
         } => {
             let consumer = ConsumerId::new(consumer)?;
-            let table = Ident::new(table)?;
             let db = open_source(&cli, false).await?;
+            let table = db.resolve_table(&TableName::parse(table)?).await?;
             let state = open_state(&cli, &db).await?;
             let exporter =
                 Exporter::new(db, state).with_margin(std::time::Duration::from_millis(*margin_ms));
@@ -646,24 +665,45 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             batch_size,
             margin_ms,
         } => {
-            let table = Ident::new(table)?;
-            let target_table = match target_table {
-                Some(t) => Ident::new(t)?,
-                None => table.clone(),
-            };
+            let target_table = target_table.as_deref().map(TableName::parse).transpose()?;
             let target = DbUrl::parse(target)?;
             let db = open_source(&cli, false).await?;
+            let tables = select_tables(db.as_ref(), table).await?;
+            if target_table.is_some() && tables.len() != 1 {
+                return Err(Error::input(format!(
+                    "--target-table names the target of one table, but {} tables were selected",
+                    tables.len()
+                ))
+                .into());
+            }
             let state = open_state(&cli, &db).await?;
-            let mut opts = ReplicateOptions::new(table);
-            opts.target_table = target_table;
+            let first = tables
+                .first()
+                .cloned()
+                .ok_or_else(|| Error::input("no table selected"))?;
+            let mut opts = ReplicateOptions::new(first);
             opts.follow = *follow;
             opts.batch_size = *batch_size;
             opts.margin = std::time::Duration::from_millis(*margin_ms);
-            let mut replicator = Replicator::new(db, state, target, opts)?;
-            let summary = replicator.run(serve::shutdown_signal()).await?;
-            if cli.json {
-                print_json(&summary)?;
-            } else {
+            let summaries = crate::replicate::many::replicate_all(
+                db,
+                state,
+                target,
+                &tables,
+                target_table,
+                opts,
+                serve::shutdown_signal(),
+            )
+            .await?;
+            if cli.json && summaries.len() == 1 {
+                print_json(&summaries.first())?;
+            } else if cli.json {
+                print_json(&summaries)?;
+            }
+            for summary in &summaries {
+                if cli.json {
+                    continue;
+                }
                 println!(
                     "replicated {} into {} table {}: {} rows ({} upserts, {} deletes) in {} commit(s), {:.2} s{}",
                     summary.table,
@@ -685,16 +725,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Status { thresholds } => {
+        Command::Status { thresholds, table } => {
             let db = open_source(&cli, false).await?;
+            let only = if table.is_empty() {
+                None
+            } else {
+                Some(select_tables(db.as_ref(), table).await?)
+            };
             let state = open_state(&cli, &db).await?;
-            let report = monitor::collect(
+            let report = monitor::collect_tables(
                 db.as_ref(),
                 &state,
                 monitor::Scope {
                     thresholds: thresholds.resolve(),
                     table_totals: true,
                 },
+                only.as_deref(),
             )
             .await?;
             if cli.json {
@@ -712,8 +758,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Prune { table, dry_run } => {
-            let table = table.as_deref().map(Ident::new).transpose()?;
             let db = open_source(&cli, false).await?;
+            let table = match table.as_deref().map(TableName::parse).transpose()? {
+                Some(t) => Some(db.resolve_table(&t).await?),
+                None => None,
+            };
             let state = open_state(&cli, &db).await?;
             if let Some(t) = &table {
                 db.describe(t).await?;
@@ -808,6 +857,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The tables that `--table` values (names or patterns) select on `db`, each once, in the
+/// order given; a schema that does not exist or a pattern that matches nothing is bad input.
+async fn select_tables(
+    db: &dyn Database,
+    specs: &[String],
+) -> crate::error::Result<Vec<TableName>> {
+    let mut out: Vec<TableName> = Vec::new();
+    for spec in specs {
+        for t in db.select_tables(&TableSelector::parse(spec)?).await? {
+            if !out.contains(&t) {
+                out.push(t);
+            }
+        }
+    }
+    Ok(out)
+}
+
 async fn watermark(cli: &Cli, action: &WatermarkAction) -> anyhow::Result<()> {
     let (consumer, table) = match action {
         WatermarkAction::Get { consumer, table }
@@ -817,8 +883,8 @@ async fn watermark(cli: &Cli, action: &WatermarkAction) -> anyhow::Result<()> {
         | WatermarkAction::Reset { consumer, table } => (consumer, table),
     };
     let consumer = ConsumerId::new(consumer)?;
-    let table = Ident::new(table)?;
     let db = open_source(cli, false).await?;
+    let table = db.resolve_table(&TableName::parse(table)?).await?;
     let state = open_state(cli, &db).await?;
     match action {
         WatermarkAction::Get { .. } => {

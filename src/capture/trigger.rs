@@ -29,36 +29,44 @@ use crate::db::{
     Bound, ClockNeed, Column, ColumnKind, Database, DbKind, Dialect, TableInfo, Timestamp,
 };
 use crate::error::Result;
-use crate::ident::Ident;
+use crate::ident::{Ident, TableName};
 use crate::state::{Position, TableConfig};
 
 /// The objects `setup` creates for one table.
+/// All of them live in the table's schema.
 struct Names {
-    log: Ident,
-    /// The view of the log with both images; on PostgreSQL also the notification channel.
-    changes: Ident,
+    log: TableName,
+    /// The view of the log with both images.
+    changes: TableName,
+    /// PostgreSQL: the notification channel (the view's name, schema included when the
+    /// table has one).
+    channel: Ident,
     /// PostgreSQL: the trigger function and its one trigger.
-    function: Ident,
+    function: TableName,
     trigger: Ident,
     /// MariaDB and SQLite: one trigger per operation.
-    on_insert: Ident,
-    on_update: Ident,
-    on_delete: Ident,
+    on_insert: TableName,
+    on_update: TableName,
+    on_delete: TableName,
     time_index: Ident,
     txid_index: Ident,
 }
 
 impl Names {
-    fn of(table: &Ident) -> Result<Names> {
-        let n = |suffix: &str| derived_name(&format!("tidemark_log_{table}{suffix}"), suffix);
+    fn of(table: &TableName) -> Result<Names> {
+        let t = table.name();
+        let n = |suffix: &str| derived_name(&format!("tidemark_log_{t}{suffix}"), suffix);
+        let s = |suffix: &str| Ok::<_, crate::error::Error>(table.sibling(n(suffix)?));
+        let changes = table.sibling(derived_name(&format!("tidemark_changes_{t}"), "changes")?);
         Ok(Names {
-            log: derived_name(&format!("tidemark_log_{table}"), "log")?,
-            changes: derived_name(&format!("tidemark_changes_{table}"), "changes")?,
-            function: n("_fn")?,
+            log: table.sibling(derived_name(&format!("tidemark_log_{t}"), "log")?),
+            channel: derived_name(changes.as_str(), "changes")?,
+            changes,
+            function: s("_fn")?,
             trigger: n("_trg")?,
-            on_insert: n("_ins")?,
-            on_update: n("_upd")?,
-            on_delete: n("_del")?,
+            on_insert: s("_ins")?,
+            on_update: s("_upd")?,
+            on_delete: s("_del")?,
             time_index: n("_time_idx")?,
             txid_index: n("_txid_idx")?,
         })
@@ -82,7 +90,7 @@ impl TriggerCapture {
     pub fn default_config(info: &TableInfo, options: &SetupOptions) -> Result<TableConfig> {
         Ok(TableConfig {
             strategy: "trigger".into(),
-            cursor_column: Names::of(&info.name)?.log.to_string(),
+            cursor_column: Names::of(&info.name)?.log.name().to_string(),
             deleted_column: default_deleted_column(info, options),
             created_column: None,
         })
@@ -153,7 +161,7 @@ impl TriggerCapture {
         }
         format!(
             "INSERT INTO {} ({}) VALUES ({})",
-            d.quote(&self.names.log),
+            d.quote_table(&self.names.log),
             cols.join(", "),
             vals.join(", ")
         )
@@ -173,9 +181,9 @@ impl TriggerCapture {
     fn view(&self, d: &dyn Dialect) -> Vec<String> {
         let n = &self.names;
         let (log, view, table) = (
-            d.quote(&n.log),
-            d.quote(&n.changes),
-            d.quote(&self.info.name),
+            d.quote_table(&n.log),
+            d.quote_table(&n.changes),
+            d.quote_table(&self.info.name),
         );
         let count = self.info.primary_key.len();
         let event_keys = |prefix: &str| -> String {
@@ -229,7 +237,7 @@ impl TriggerCapture {
     /// The log table and the triggers.
     fn install_log(&self, d: &dyn Dialect) -> Result<Vec<String>> {
         let n = &self.names;
-        let (log, table) = (d.quote(&n.log), d.quote(&self.info.name));
+        let (log, table) = (d.quote_table(&n.log), d.quote_table(&self.info.name));
         let key_type = |k: &Ident| match d.kind() {
             // SQLite keeps each value's own type; a declared type would only convert it.
             DbKind::Sqlite => String::new(),
@@ -256,7 +264,7 @@ impl TriggerCapture {
                     self.log_insert(d, INSERT),
                     self.log_insert(d, UPDATE),
                     self.log_insert(d, DELETE),
-                    n.changes.as_str().replace('\'', "''")
+                    n.channel.as_str().replace('\'', "''")
                 );
                 vec![
                     format!(
@@ -270,7 +278,7 @@ impl TriggerCapture {
                     format!(
                         "CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql \
                          SET search_path FROM CURRENT AS '{}'",
-                        d.quote(&n.function),
+                        d.quote_table(&n.function),
                         body.replace('\'', "''")
                     ),
                     format!("DROP TRIGGER IF EXISTS {} ON {table}", d.quote(&n.trigger)),
@@ -278,7 +286,7 @@ impl TriggerCapture {
                         "CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {table} \
                          FOR EACH ROW EXECUTE FUNCTION {}()",
                         d.quote(&n.trigger),
-                        d.quote(&n.function)
+                        d.quote_table(&n.function)
                     ),
                 ]
             }
@@ -296,7 +304,7 @@ impl TriggerCapture {
                 for (name, op) in self.per_operation() {
                     v.push(format!(
                         "CREATE OR REPLACE TRIGGER {} AFTER {op} ON {table} FOR EACH ROW {}",
-                        d.quote(name),
+                        d.quote_table(name),
                         self.log_insert(d, op)
                     ));
                 }
@@ -318,10 +326,10 @@ impl TriggerCapture {
                 ];
                 // In one transaction with the drops: no write goes uncaptured meanwhile.
                 for (name, op) in self.per_operation() {
-                    v.push(format!("DROP TRIGGER IF EXISTS {}", d.quote(name)));
+                    v.push(format!("DROP TRIGGER IF EXISTS {}", d.quote_table(name)));
                     v.push(format!(
                         "CREATE TRIGGER {} AFTER {op} ON {table} FOR EACH ROW BEGIN {}; END",
-                        d.quote(name),
+                        d.quote_table(name),
                         self.log_insert(d, op)
                     ));
                 }
@@ -330,7 +338,7 @@ impl TriggerCapture {
         })
     }
 
-    fn per_operation(&self) -> [(&Ident, &'static str); 3] {
+    fn per_operation(&self) -> [(&TableName, &'static str); 3] {
         let n = &self.names;
         [
             (&n.on_insert, INSERT),
@@ -342,8 +350,8 @@ impl TriggerCapture {
     /// The statements that remove what [`TriggerCapture::install`] created.
     fn uninstall(&self, d: &dyn Dialect) -> Vec<String> {
         let n = &self.names;
-        let table = d.quote(&self.info.name);
-        let mut v = vec![format!("DROP VIEW IF EXISTS {}", d.quote(&n.changes))];
+        let table = d.quote_table(&self.info.name);
+        let mut v = vec![format!("DROP VIEW IF EXISTS {}", d.quote_table(&n.changes))];
         if d.kind() == DbKind::Postgres {
             v.push(format!(
                 "DROP TRIGGER IF EXISTS {} ON {table}",
@@ -351,14 +359,14 @@ impl TriggerCapture {
             ));
             v.push(format!(
                 "DROP FUNCTION IF EXISTS {}()",
-                d.quote(&n.function)
+                d.quote_table(&n.function)
             ));
         } else {
             for (name, _) in self.per_operation() {
-                v.push(format!("DROP TRIGGER IF EXISTS {}", d.quote(name)));
+                v.push(format!("DROP TRIGGER IF EXISTS {}", d.quote_table(name)));
             }
         }
-        v.push(format!("DROP TABLE IF EXISTS {}", d.quote(&n.log)));
+        v.push(format!("DROP TABLE IF EXISTS {}", d.quote_table(&n.log)));
         v
     }
 
@@ -409,7 +417,7 @@ impl TriggerCapture {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let log = d.quote(&self.names.log);
+        let log = d.quote_table(&self.names.log);
         // Every key a change in the interval touched: the old key of updates and deletes, the
         // new key of inserts and updates; with the first change touching it, and the first
         // that found it existing (an old key).
@@ -441,7 +449,7 @@ impl TriggerCapture {
         fields.push("k.tidemark_first AS tidemark_first".into());
         let join_on: Vec<String> = key_list_pairs(d, keys);
         let join_on = join_on.join(" AND ");
-        let table = d.quote(&self.info.name);
+        let table = d.quote_table(&self.info.name);
         let soft_deleted = self
             .deleted
             .as_ref()
@@ -524,7 +532,7 @@ impl CaptureStrategy for TriggerCapture {
         d: &dyn Dialect,
         positions: &[Position],
     ) -> Result<Option<(String, String)>> {
-        let log = d.quote(&self.names.log);
+        let log = d.quote_table(&self.names.log);
         let mut passed = Vec::new();
         for p in positions {
             passed.push(match (p.txids(), p.change_id()) {
@@ -558,7 +566,7 @@ impl CaptureStrategy for TriggerCapture {
         let Some(before) = before else {
             return Ok(None);
         };
-        let log = d.quote(&self.names.log);
+        let log = d.quote_table(&self.names.log);
         let interval = self.interval(d, before, after)?;
         let oldest =
             format!("SELECT min(l.changed_at) AS changed_at FROM {log} l WHERE {interval}");
@@ -588,7 +596,7 @@ impl CaptureStrategy for TriggerCapture {
     }
 
     fn notify_channel(&self, d: &dyn Dialect) -> Option<String> {
-        (d.kind() == DbKind::Postgres).then(|| self.names.changes.to_string())
+        (d.kind() == DbKind::Postgres).then(|| self.names.channel.to_string())
     }
 
     fn extent_query(&self, d: &dyn Dialect) -> Option<String> {
@@ -597,7 +605,7 @@ impl CaptureStrategy for TriggerCapture {
         (d.kind() == DbKind::Sqlite).then(|| {
             format!(
                 "SELECT COALESCE(max(change_id), 0) FROM {}",
-                d.quote(&self.names.log)
+                d.quote_table(&self.names.log)
             )
         })
     }

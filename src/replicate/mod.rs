@@ -10,6 +10,7 @@
 //! replica's position ([`crate::state::replicas`]).
 
 pub mod apply;
+pub mod many;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use crate::db::{
     TableInfo, Timestamp, Transaction, Wakeups,
 };
 use crate::error::{Error, Result};
-use crate::ident::{ConsumerId, Ident};
+use crate::ident::{ConsumerId, TableName};
 use crate::state::replicas::ReplicaRecord;
 use crate::state::{Position, StateStore};
 use apply::{Change, TargetTable};
@@ -38,8 +39,8 @@ pub const POSITIONS_TABLE: &str = "tidemark_replica_positions";
 /// What to replicate and how.
 #[derive(Debug, Clone)]
 pub struct ReplicateOptions {
-    pub table: Ident,
-    pub target_table: Ident,
+    pub table: TableName,
+    pub target_table: TableName,
     /// Rows per batch (one savepoint and a few multi-row statements each).
     pub batch_size: usize,
     /// The capture margin of source snapshots (as for exports).
@@ -55,7 +56,7 @@ pub struct ReplicateOptions {
 
 impl ReplicateOptions {
     /// Defaults for `table` into a target table of the same name.
-    pub fn new(table: Ident) -> Self {
+    pub fn new(table: TableName) -> Self {
         ReplicateOptions {
             target_table: table.clone(),
             table,
@@ -88,9 +89,9 @@ pub struct RunOutcome {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Summary {
     pub replica: ConsumerId,
-    pub table: Ident,
+    pub table: TableName,
     pub target: String,
-    pub target_table: Ident,
+    pub target_table: TableName,
     pub runs: u64,
     pub commits: u64,
     pub rows: u64,

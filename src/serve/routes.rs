@@ -23,7 +23,7 @@ use crate::capture::Mode;
 use crate::db::Timestamp;
 use crate::error::Error;
 use crate::export::Exporter;
-use crate::ident::{ConsumerId, Ident};
+use crate::ident::{ConsumerId, TableName};
 use crate::monitor::{self, Thresholds};
 use crate::state::jobs::{job_status, JobRecord};
 
@@ -329,10 +329,10 @@ fn consumer_header(headers: &HeaderMap) -> ApiResult<ConsumerId> {
 }
 
 /// The table of `?table=` (default `users`).
-fn table_param(uri: &Uri) -> ApiResult<Ident> {
+fn table_param(uri: &Uri) -> ApiResult<TableName> {
     let Query(p) = Query::<TableParam>::try_from_uri(uri)
         .map_err(|e| ApiError::bad_request(format!("bad query string: {}", e.body_text())))?;
-    Ok(Ident::new(p.table.as_deref().unwrap_or("users"))?)
+    Ok(TableName::parse(p.table.as_deref().unwrap_or("users"))?)
 }
 
 fn path_text(path: std::result::Result<Path<String>, PathRejection>) -> ApiResult<String> {
@@ -340,12 +340,24 @@ fn path_text(path: std::result::Result<Path<String>, PathRejection>) -> ApiResul
         .map_err(|e| ApiError::bad_request(format!("bad path: {}", e.body_text())))
 }
 
-/// Checks that the table exists before a job is started (when the database answers quickly;
-/// if it does not, the job starts and fails on its own, recorded like any failure).
-async fn check_table(s: &AppState, table: &Ident) -> ApiResult<()> {
-    match tokio::time::timeout(s.health_timeout, s.exporter.source().describe(table)).await {
+/// The table as tidemark keys it (`public.users` is `users`; a schema that does not exist is
+/// refused), when the database answers quickly; as given when it does not.
+async fn resolve_table(s: &AppState, table: TableName) -> ApiResult<TableName> {
+    match tokio::time::timeout(s.health_timeout, s.exporter.source().resolve_table(&table)).await {
+        Ok(Ok(t)) => Ok(t),
         Ok(Err(e)) if !e.is_unavailable() => Err(e.into()),
-        _ => Ok(()),
+        _ => Ok(table),
+    }
+}
+
+/// Checks that the table exists before a job is started (when the database answers quickly;
+/// if it does not, the job starts and fails on its own, recorded like any failure), and
+/// returns it as tidemark keys it.
+async fn check_table(s: &AppState, table: TableName) -> ApiResult<TableName> {
+    let table = resolve_table(s, table).await?;
+    match tokio::time::timeout(s.health_timeout, s.exporter.source().describe(&table)).await {
+        Ok(Err(e)) if !e.is_unavailable() => Err(e.into()),
+        _ => Ok(table),
     }
 }
 
@@ -394,8 +406,7 @@ async fn export_sync(
     uri: Uri,
 ) -> ApiResult<Json<serde_json::Value>> {
     let consumer = ConsumerId::new(&path_text(path)?)?;
-    let table = table_param(&uri)?;
-    check_table(&s, &table).await?;
+    let table = check_table(&s, table_param(&uri)?).await?;
     let job = s
         .jobs
         .submit(consumer.clone(), table, Mode::Incremental)
@@ -453,8 +464,7 @@ async fn start_export(
     let mode_text = path_text(path)?;
     let mode = Mode::parse(&mode_text).map_err(|e| ApiError::not_found(e.to_string()))?;
     let consumer = consumer_header(&headers)?;
-    let table = table_param(&uri)?;
-    check_table(&s, &table).await?;
+    let table = check_table(&s, table_param(&uri)?).await?;
     let job = s.jobs.submit(consumer, table, mode).await?;
     Ok((
         StatusCode::ACCEPTED,
@@ -576,7 +586,7 @@ async fn watermark(
     uri: Uri,
 ) -> ApiResult<Json<WatermarkBody>> {
     let consumer = consumer_header(&headers)?;
-    let table = table_param(&uri)?;
+    let table = resolve_table(&s, table_param(&uri)?).await?;
     let w = s
         .exporter
         .state()

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crate::db::{field, Database, LockGuard, Param, Stmt, Timestamp};
 use crate::error::{Error, Result};
-use crate::ident::{ConsumerId, Ident};
+use crate::ident::{ConsumerId, TableName};
 
 /// Where a consumer stands in a table's change stream.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -81,7 +81,7 @@ impl Position {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Watermark {
     pub consumer: ConsumerId,
-    pub table: Ident,
+    pub table: TableName,
     pub position: Position,
     /// When it was last moved.
     pub updated_at: Timestamp,
@@ -101,7 +101,7 @@ pub struct TableConfig {
 pub struct ExportRecord {
     pub export_id: String,
     pub consumer: ConsumerId,
-    pub table: Ident,
+    pub table: TableName,
     pub mode: String,
     pub status: String,
     pub before: Option<Position>,
@@ -204,7 +204,11 @@ impl StateStore {
     }
 
     /// Takes the export lock of (consumer, table), or fails with [`Error::Busy`].
-    pub async fn lock(&self, consumer: &ConsumerId, table: &Ident) -> Result<Box<dyn LockGuard>> {
+    pub async fn lock(
+        &self,
+        consumer: &ConsumerId,
+        table: &TableName,
+    ) -> Result<Box<dyn LockGuard>> {
         let name = format!("tidemark-export\u{1f}{consumer}\u{1f}{table}");
         self.db.try_lock(&name).await?.ok_or_else(|| Error::Busy {
             consumer: consumer.to_string(),
@@ -213,7 +217,7 @@ impl StateStore {
     }
 
     /// The registration of `table`, if `setup` made one.
-    pub async fn table_config(&self, table: &Ident) -> Result<Option<TableConfig>> {
+    pub async fn table_config(&self, table: &TableName) -> Result<Option<TableConfig>> {
         let rows = self
             .db
             .query(
@@ -230,7 +234,7 @@ impl StateStore {
     }
 
     /// Every registration, by table name.
-    pub async fn table_configs(&self) -> Result<Vec<(Ident, TableConfig)>> {
+    pub async fn table_configs(&self) -> Result<Vec<(TableName, TableConfig)>> {
         let rows = self
             .db
             .query(
@@ -240,7 +244,7 @@ impl StateStore {
             .await?;
         rows.iter()
             .map(|r| {
-                let table = Ident::new(field(r, 0).unwrap_or_default())?;
+                let table = TableName::parse(field(r, 0).unwrap_or_default())?;
                 let config =
                     serde_json::from_str(field(r, 1).unwrap_or_default()).map_err(|e| {
                         Error::Runtime(format!("corrupt registration of table {table}: {e}"))
@@ -251,7 +255,7 @@ impl StateStore {
     }
 
     /// Registers (or re-registers) `table`.
-    pub async fn save_table_config(&self, table: &Ident, config: &TableConfig) -> Result<()> {
+    pub async fn save_table_config(&self, table: &TableName, config: &TableConfig) -> Result<()> {
         let json = serde_json::to_string(config).unwrap_or_default();
         self.db
             .transaction(&[
@@ -275,7 +279,7 @@ impl StateStore {
     }
 
     /// Removes the registration of `table` (teardown).
-    pub async fn remove_table_config(&self, table: &Ident) -> Result<bool> {
+    pub async fn remove_table_config(&self, table: &TableName) -> Result<bool> {
         Ok(self
             .db
             .execute(
@@ -290,7 +294,7 @@ impl StateStore {
     pub async fn watermark(
         &self,
         consumer: &ConsumerId,
-        table: &Ident,
+        table: &TableName,
     ) -> Result<Option<Watermark>> {
         let rows = self
             .db
@@ -326,7 +330,7 @@ impl StateStore {
             .map(|r| {
                 Ok(Watermark {
                     consumer: ConsumerId::new(field(r, 0).unwrap_or_default())?,
-                    table: Ident::new(field(r, 1).unwrap_or_default())?,
+                    table: TableName::parse(field(r, 1).unwrap_or_default())?,
                     position: Position::from_json(field(r, 2).unwrap_or_default())?,
                     updated_at: Timestamp::parse(field(r, 3).unwrap_or_default())?,
                 })
@@ -338,7 +342,7 @@ impl StateStore {
     pub async fn set_watermark(
         &self,
         consumer: &ConsumerId,
-        table: &Ident,
+        table: &TableName,
         position: &Position,
     ) -> Result<()> {
         self.db
@@ -363,7 +367,7 @@ impl StateStore {
     }
 
     /// Deletes the watermark; the next export starts from the beginning.
-    pub async fn reset_watermark(&self, consumer: &ConsumerId, table: &Ident) -> Result<bool> {
+    pub async fn reset_watermark(&self, consumer: &ConsumerId, table: &TableName) -> Result<bool> {
         Ok(self
             .db
             .execute(
@@ -478,7 +482,7 @@ impl StateStore {
     pub async fn prepared_exports(
         &self,
         consumer: &ConsumerId,
-        table: &Ident,
+        table: &TableName,
     ) -> Result<Vec<ExportRecord>> {
         self.exports_where(
             "consumer_id = ? AND table_name = ? AND status = ? ORDER BY started_at",
@@ -538,7 +542,7 @@ fn record_from_row(r: Vec<Option<String>>) -> Result<ExportRecord> {
     Ok(ExportRecord {
         export_id: text(0).unwrap_or_default(),
         consumer: ConsumerId::new(field(&r, 1).unwrap_or_default())?,
-        table: Ident::new(field(&r, 2).unwrap_or_default())?,
+        table: TableName::parse(field(&r, 2).unwrap_or_default())?,
         mode: text(3).unwrap_or_default(),
         status: text(4).unwrap_or_default(),
         before: position(5)?,
