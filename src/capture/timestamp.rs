@@ -266,7 +266,7 @@ mod tests {
             nullable: true,
         };
         TableInfo {
-            name: Ident::new("users").unwrap(),
+            name: crate::ident::TableName::unqualified(Ident::new("users").unwrap()),
             columns: vec![
                 col("id", "bigint"),
                 col("name", "text"),
