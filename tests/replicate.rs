@@ -37,7 +37,11 @@ fn options(batch_size: usize) -> ReplicateOptions {
 
 /// Column `b` of the odd table in `db`, in key order, as upper-case hex of its bytes; on
 /// SQLite, with `blobs_only`, NULL for a value that is not a blob.
-async fn hex_of_b(db: &dyn Database, table: &tidemark::ident::TableName, blobs_only: bool) -> Vec<Option<String>> {
+async fn hex_of_b(
+    db: &dyn Database,
+    table: &tidemark::ident::TableName,
+    blobs_only: bool,
+) -> Vec<Option<String>> {
     let bytes = match db.kind() {
         DbKind::Sqlite if blobs_only => "CASE WHEN typeof(b) = 'blob' THEN hex(b) END",
         DbKind::Sqlite => "hex(b)",

@@ -42,7 +42,11 @@ fn shapes(second: Option<&str>) -> Vec<Shape> {
     let mut v = vec![
         Shape {
             stamped: true,
-            ..s("orders", vec![("id", Ty::Int), ("note", Ty::Text)], vec!["id"])
+            ..s(
+                "orders",
+                vec![("id", Ty::Int), ("note", Ty::Text)],
+                vec!["id"],
+            )
         },
         s("order", vec![("id", Ty::Int), ("v", Ty::Int)], vec!["id"]),
         s(
@@ -52,7 +56,11 @@ fn shapes(second: Option<&str>) -> Vec<Shape> {
         ),
         s(
             "lines",
-            vec![("order_id", Ty::Int), ("line_no", Ty::Int), ("qty", Ty::Int)],
+            vec![
+                ("order_id", Ty::Int),
+                ("line_no", Ty::Int),
+                ("qty", Ty::Int),
+            ],
             vec!["order_id", "line_no"],
         ),
         s("tags", vec![("tag", Ty::Key), ("n", Ty::Int)], vec!["tag"]),
@@ -70,7 +78,11 @@ fn shapes(second: Option<&str>) -> Vec<Shape> {
             vec![("id", Ty::Int), ("amount", Ty::Int), ("who", Ty::Text)],
             vec!["id"],
         ),
-        ("\"odd.name\"", vec![("id", Ty::Int), ("v", Ty::Text)], vec!["id"]),
+        (
+            "\"odd.name\"",
+            vec![("id", Ty::Int), ("v", Ty::Text)],
+            vec!["id"],
+        ),
         (
             "lines",
             vec![("a", Ty::Key), ("b", Ty::Int), ("c", Ty::Int)],
@@ -90,7 +102,8 @@ fn sql_type(kind: DbKind, ty: Ty) -> &'static str {
     match (kind, ty) {
         (DbKind::Sqlite, Ty::Int) => "INTEGER",
         (_, Ty::Int) => "BIGINT",
-        (DbKind::Mysql, Ty::Key) => "VARCHAR(64)",
+        // MariaDB cannot index unbounded text: keys have a length where a length exists.
+        (DbKind::Postgres | DbKind::Mysql, Ty::Key) => "VARCHAR(64)",
         (_, Ty::Key | Ty::Text) => "TEXT",
     }
 }
@@ -119,12 +132,13 @@ async fn create(db: &dyn Database, shape: &Shape) {
         d.quote_table(&table_of(shape)),
         cols.join(", ")
     );
-    db.execute(&sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    db.execute(&sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
 fn quote(db: &dyn Database, c: &str) -> String {
-    db.dialect()
-        .quote(&tidemark::ident::Ident::new(c).unwrap())
+    db.dialect().quote(&tidemark::ident::Ident::new(c).unwrap())
 }
 
 /// The literal of column `ty` for row number `n` (keys are unique per `n`).
@@ -156,7 +170,9 @@ async fn insert(db: &dyn Database, shape: &Shape, n: u64, salt: u64) {
         cols.join(", "),
         vals.join(", ")
     );
-    db.execute(&sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    db.execute(&sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
 fn key_condition(db: &dyn Database, shape: &Shape, n: u64) -> String {
@@ -187,7 +203,9 @@ async fn update(db: &dyn Database, shape: &Shape, n: u64, salt: u64) {
         sets.join(", "),
         key_condition(db, shape, n)
     );
-    db.execute(&sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    db.execute(&sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
 async fn delete(db: &dyn Database, shape: &Shape, n: u64) {
@@ -196,7 +214,9 @@ async fn delete(db: &dyn Database, shape: &Shape, n: u64) {
         db.dialect().quote_table(&table_of(shape)),
         key_condition(db, shape, n)
     );
-    db.execute(&sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    db.execute(&sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
 /// Every row of `table` (the columns of `shape`, rendered as exports render them), sorted.
@@ -212,7 +232,10 @@ async fn rows(db: &dyn Database, table: &TableName, shape: &Shape) -> Vec<Vec<Op
         .map(|(c, _)| d.render(info.column(c).unwrap_or_else(|| panic!("{table}.{c}"))))
         .collect();
     let sql = format!("SELECT {} FROM {}", exprs.join(", "), d.quote_table(table));
-    let mut r = db.query(&sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let mut r = db
+        .query(&sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
     r.sort();
     r
 }
@@ -269,7 +292,10 @@ async fn many_tables(from: DbKind, to: DbKind, second: Option<&str>) {
     }
     // Patterns for setup: every table of the default schema by trigger, then `orders` by its
     // cursor instead; the second schema's by trigger.
-    let out = ok(run_cli(&src, &["setup", "--table", "*", "--strategy", "trigger"]));
+    let out = ok(run_cli(
+        &src,
+        &["setup", "--table", "*", "--strategy", "trigger"],
+    ));
     assert_eq!(out.lines().count(), 9, "{out}");
     ok(run_cli(&src, &["teardown", "--table", "orders"]));
     ok(run_cli(
@@ -279,7 +305,10 @@ async fn many_tables(from: DbKind, to: DbKind, second: Option<&str>) {
     let mut selectors = vec!["--table", "*"];
     let pattern = second.map(|s| format!("{s}.*"));
     if let Some(p) = &pattern {
-        ok(run_cli(&src, &["setup", "--table", p, "--strategy", "trigger"]));
+        ok(run_cli(
+            &src,
+            &["setup", "--table", p, "--strategy", "trigger"],
+        ));
         selectors.extend(["--table", p.as_str()]);
     }
     // The follower runs while a writer inserts, updates and deletes in every table.
@@ -304,7 +333,8 @@ async fn many_tables(from: DbKind, to: DbKind, second: Option<&str>) {
                     let i = i as u64;
                     insert(db.as_ref(), shape, next + i, round).await;
                     update(db.as_ref(), shape, (round * 7 + i) % 20, round + 2).await;
-                    if round % 3 == i % 3 {
+                    // `timestamp` capture sees soft deletes only: its table is never hard-deleted.
+                    if round % 3 == i % 3 && !shape.stamped {
                         delete(db.as_ref(), shape, (round * 5 + i * 3) % 20).await;
                     }
                 }
@@ -330,7 +360,13 @@ async fn many_tables(from: DbKind, to: DbKind, second: Option<&str>) {
         "{followed_text}"
     );
     // A catch-up run sees every change committed before it started.
-    let mut args = vec!["replicate", "--target", dst.url.as_str(), "--margin-ms", "30"];
+    let mut args = vec![
+        "replicate",
+        "--target",
+        dst.url.as_str(),
+        "--margin-ms",
+        "30",
+    ];
     args.extend(&selectors);
     let caught_up = ok(run_cli(&src, &args));
     assert_eq!(caught_up.matches("replicated ").count(), 12, "{caught_up}");
@@ -398,7 +434,13 @@ async fn bad_names(kind: DbKind) {
             "schema \"nosuch\" does not exist",
         );
         refused(
-            t.cli(&["replicate", "--table", "nosuch.*", "--target", dst.url.as_str()]),
+            t.cli(&[
+                "replicate",
+                "--table",
+                "nosuch.*",
+                "--target",
+                dst.url.as_str(),
+            ]),
             "does not exist",
         );
     } else {
@@ -415,16 +457,17 @@ async fn bad_names(kind: DbKind) {
         t.cli(&["replicate", "--table", "zz*", "--target", dst.url.as_str()]),
         "no table matches",
     );
-    refused(
-        t.cli(&["status", "--table", "zz*"]),
-        "no table matches",
-    );
+    refused(t.cli(&["status", "--table", "zz*"]), "no table matches");
     refused(
         t.cli(&["setup", "--table", "a.b.c", "--strategy", "trigger"]),
         "invalid table name",
     );
     assert_eq!(own_tables(&t).await, 0, "a refused command created tables");
-    assert_eq!(own_tables(&dst).await, 0, "a refused command created tables");
+    assert_eq!(
+        own_tables(&dst).await,
+        0,
+        "a refused command created tables"
+    );
     // `main.things` is `things` on SQLite, `public.things` on PostgreSQL: one key.
     let default = match kind {
         DbKind::Sqlite => Some("main.things"),
@@ -471,7 +514,15 @@ async fn same_name_two_schemas(kind: DbKind, schema: &str) {
     let out = t.out.path().to_str().unwrap();
     for table in ["order", qualified.as_str()] {
         ok(t.cli(&[
-            "export", "--consumer", "c", "--mode", "full", "--table", table, "--out", out,
+            "export",
+            "--consumer",
+            "c",
+            "--mode",
+            "full",
+            "--table",
+            table,
+            "--out",
+            out,
         ]));
     }
     let files = common::csv_files(t.out.path());
@@ -494,24 +545,42 @@ async fn same_name_two_schemas(kind: DbKind, schema: &str) {
     assert_eq!(lines("full_c_order_"), 3, "{names:?}");
     // Incremental exports: a change in one schema's table is not the other's.
     t.db.execute(
-        &format!("UPDATE {schema}.{} SET v = 99 WHERE id = 0", quote(t.db.as_ref(), "order")),
+        &format!(
+            "UPDATE {schema}.{} SET v = 99 WHERE id = 0",
+            quote(t.db.as_ref(), "order")
+        ),
         &[],
     )
     .await
     .unwrap();
     let inc = ok(t.cli(&[
-        "export", "--consumer", "c", "--mode", "incremental", "--table", "order", "--out", out,
+        "export",
+        "--consumer",
+        "c",
+        "--mode",
+        "incremental",
+        "--table",
+        "order",
+        "--out",
+        out,
     ]));
     assert!(inc.contains("no changes"), "{inc}");
     let inc = ok(t.cli(&[
-        "export", "--consumer", "c", "--mode", "incremental", "--table", &qualified, "--out",
+        "export",
+        "--consumer",
+        "c",
+        "--mode",
+        "incremental",
+        "--table",
+        &qualified,
+        "--out",
         out,
     ]));
     assert!(inc.contains(": 1 row"), "{inc}");
     // Status of one schema's tables only.
     let status = t.cli(&["--json", "status", "--table", &format!("{schema}.*")]);
-    let report: serde_json::Value = serde_json::from_slice(&status.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", text(&status)));
+    let report: serde_json::Value =
+        serde_json::from_slice(&status.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&status)));
     let tables: Vec<&str> = report["tables"]
         .as_array()
         .unwrap()

@@ -243,7 +243,9 @@ async fn triggers_on(t: &TestDb, table: &str) -> i64 {
 
 /// Whether a table called `name` exists.
 async fn table_exists(t: &TestDb, name: &str) -> bool {
-    t.db.describe(&tidemark::ident::TableName::parse(name).unwrap()).await.is_ok()
+    t.db.describe(&tidemark::ident::TableName::parse(name).unwrap())
+        .await
+        .is_ok()
 }
 
 /// The images of the log's entries as its view shows them, in change order:
@@ -779,7 +781,10 @@ fn consumer_of<'a>(v: &'a serde_json::Value, id: &str) -> &'a serde_json::Value 
 /// transaction id, which cannot be aged: the change is made now.
 async fn age_one_change(t: &TestDb, strategy: &str, at: Timestamp, others: Timestamp) {
     let d = t.db.dialect();
-    let info = t.db.describe(&tidemark::ident::TableName::parse("users").unwrap()).await.unwrap();
+    let info =
+        t.db.describe(&tidemark::ident::TableName::parse("users").unwrap())
+            .await
+            .unwrap();
     let updated_at = info.column("updated_at").unwrap();
     let run = |sql: String| async move {
         t.db.execute(&sql, &[])
@@ -822,7 +827,11 @@ async fn age_one_change(t: &TestDb, strategy: &str, at: Timestamp, others: Times
                     ))
                     .await;
                     // `setup` again puts the trigger back.
-                    t.setup(&tidemark::ident::TableName::parse("users").unwrap(), "version").await;
+                    t.setup(
+                        &tidemark::ident::TableName::parse("users").unwrap(),
+                        "version",
+                    )
+                    .await;
                 }
             }
         }

@@ -39,32 +39,24 @@ pub async fn replicate_all(
             tables.len()
         )));
     }
-    let target = connect(
-        &target_url,
-        ConnectOptions {
-            create_if_missing: true,
-            max_connections: Some((tables.len() as u32).clamp(2, 8)),
-        },
-    )
-    .await?;
-    let mut replicators = Vec::with_capacity(tables.len());
-    for table in tables {
-        let wanted = match &target_table {
-            Some(t) => t.clone(),
-            None => default_target(target_url.kind(), table)?,
-        };
-        let mut o = opts.clone();
-        o.table = table.clone();
-        o.target_table = target.resolve_table(&wanted).await?;
-        let mut r = Replicator::new(Arc::clone(&source), state.clone(), target_url.clone(), o)?;
-        r.target = Some(Arc::clone(&target));
-        replicators.push(r);
-    }
-    // Plans are made one after the other: creating the target tables and the positions table
-    // side by side could race in the target's catalog.
-    for r in &mut replicators {
-        r.prepare().await?;
-    }
+    // Stopping (SIGTERM, Ctrl-C) is listened for from the start: stopped while the tables are
+    // being prepared, each replicator ends at once with what it did (nothing).
+    tokio::pin!(stop);
+    let preparing = prepare_all(&source, &state, &target_url, tables, target_table, &opts);
+    let mut replicators = tokio::select! {
+        r = preparing => r?,
+        _ = &mut stop => {
+            let mut summaries = Vec::with_capacity(tables.len());
+            for table in tables {
+                let mut o = opts.clone();
+                o.table = table.clone();
+                o.target_table = default_target(target_url.kind(), table)?;
+                let mut r = Replicator::new(Arc::clone(&source), state.clone(), target_url.clone(), o)?;
+                summaries.push(r.run(std::future::ready(())).await?);
+            }
+            return Ok(summaries);
+        }
+    };
     let (stop_all, stopped) = tokio::sync::watch::channel(false);
     let runs = replicators.iter_mut().map(|r| {
         let mut stopped = stopped.clone();
@@ -83,7 +75,6 @@ pub async fn replicate_all(
     });
     let all = futures_util::future::join_all(runs);
     tokio::pin!(all);
-    tokio::pin!(stop);
     let results = tokio::select! {
         r = &mut all => r,
         _ = &mut stop => {
@@ -92,4 +83,42 @@ pub async fn replicate_all(
         }
     };
     results.into_iter().collect()
+}
+
+/// One replicator per table, sharing one target pool, each with its plan made.
+async fn prepare_all(
+    source: &Arc<dyn Database>,
+    state: &StateStore,
+    target_url: &DbUrl,
+    tables: &[TableName],
+    target_table: Option<TableName>,
+    opts: &ReplicateOptions,
+) -> Result<Vec<Replicator>> {
+    let target = connect(
+        target_url,
+        ConnectOptions {
+            create_if_missing: true,
+            max_connections: Some((tables.len() as u32).clamp(2, 8)),
+        },
+    )
+    .await?;
+    let mut replicators = Vec::with_capacity(tables.len());
+    for table in tables {
+        let wanted = match &target_table {
+            Some(t) => t.clone(),
+            None => default_target(target_url.kind(), table)?,
+        };
+        let mut o = opts.clone();
+        o.table = table.clone();
+        o.target_table = target.resolve_table(&wanted).await?;
+        let mut r = Replicator::new(Arc::clone(source), state.clone(), target_url.clone(), o)?;
+        r.target = Some(Arc::clone(&target));
+        replicators.push(r);
+    }
+    // Plans are made one after the other: creating the target tables and the positions table
+    // side by side could race in the target's catalog.
+    for r in &mut replicators {
+        r.prepare().await?;
+    }
+    Ok(replicators)
 }
