@@ -621,3 +621,59 @@ async fn same_name_two_schemas_postgres() {
 async fn same_name_two_schemas_mariadb() {
     same_name_two_schemas(DbKind::Mysql, "east_my").await;
 }
+
+/// The service's `?table=` takes `schema.name` too, and refuses a schema that does not exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_names_tables_by_schema() {
+    use std::io::{BufRead, BufReader};
+    let t = TestDb::new(DbKind::Postgres).await;
+    t.db.execute("CREATE SCHEMA west", &[]).await.unwrap();
+    let mut shape = shapes(None).into_iter().nth(1).unwrap();
+    shape.name = "west.\"order\"".into();
+    create_and_fill(&t, &shape, 4).await;
+    ok(t.cli(&["setup", "--table", "west.order", "--strategy", "trigger"]));
+    let out = t.out.path().to_str().unwrap().to_string();
+    let mut child = tidemark_cmd(&[
+        "--source",
+        t.url.as_str(),
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+    ])
+    .args(["--out", &out])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = format!("http://{}", line.trim().rsplit("http://").next().unwrap());
+    let c = reqwest::Client::new();
+    let post = |table: &str| c.post(format!("{base}/export/web?table={table}")).send();
+    let r = post("west.order").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["rows"], 4, "{body}");
+    assert!(
+        body["file"].as_str().unwrap().contains("_west.order_"),
+        "{body}"
+    );
+    let r = post("nowhere.order").await.unwrap();
+    let status = r.status();
+    let text = r.text().await.unwrap();
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("does not exist"), "{text}");
+    let r = c
+        .get(format!("{base}/exports/watermark?table=west.order"))
+        .header("X-Consumer-ID", "web")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["table"], "west.order", "{body}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
