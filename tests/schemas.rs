@@ -23,6 +23,8 @@ enum Ty {
     Text,
 }
 
+type Columns = Vec<(&'static str, Ty)>;
+
 struct Shape {
     /// Name in the source, `{s}` standing for the second schema.
     name: String,
@@ -72,7 +74,7 @@ fn shapes(second: Option<&str>) -> Vec<Shape> {
             vec!["id"],
         ));
     }
-    let more: [(&str, Vec<(&'static str, Ty)>, Vec<&'static str>); 3] = [
+    let more: [(&str, Columns, Vec<&'static str>); 3] = [
         (
             "orders",
             vec![("id", Ty::Int), ("amount", Ty::Int), ("who", Ty::Text)],
