@@ -605,6 +605,38 @@ async fn same_name_two_schemas(kind: DbKind, schema: &str) {
         })
         .await;
     assert_eq!(logs, 2);
+    // The other strategies on a table outside the default schema: set up, export a change,
+    // torn down (their triggers, functions and indexes are found in that schema).
+    for (strategy, stamped) in [("timestamp", true), ("version", false)] {
+        let shape = Shape {
+            name: format!("{schema}.{strategy}_t"),
+            columns: vec![("id", Ty::Int), ("v", Ty::Text)],
+            key: vec!["id"],
+            stamped,
+        };
+        create_and_fill(&t, &shape, 3).await;
+        let name = shape.name.clone();
+        ok(t.cli(&["setup", "--table", &name, "--strategy", strategy]));
+        let export = |mode: &'static str| {
+            t.cli(&[
+                "export",
+                "--consumer",
+                "s",
+                "--mode",
+                mode,
+                "--table",
+                &name,
+                "--out",
+                out,
+            ])
+        };
+        assert!(ok(export("full")).contains(": 3 rows"));
+        update(t.db.as_ref(), &shape, 1, 7).await;
+        let inc = ok(export("incremental"));
+        assert!(inc.contains(": 1 row"), "{strategy}: {inc}");
+        let gone = ok(t.cli(&["teardown", "--table", &name]));
+        assert!(gone.contains("removed"), "{gone}");
+    }
 }
 
 async fn create_and_fill(t: &TestDb, shape: &Shape, rows: u64) {
