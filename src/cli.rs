@@ -665,6 +665,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             batch_size,
             margin_ms,
         } => {
+            // SIGTERM and Ctrl-C are caught from here on (a first poll installs the handlers):
+            // stopped while starting, the replicators end at once instead of the process dying.
+            let stop = serve::shutdown_signal();
+            tokio::pin!(stop);
+            let stopped_at_once = tokio::select! {
+                biased;
+                _ = &mut stop => true,
+                _ = std::future::ready(()) => false,
+            };
+            if stopped_at_once {
+                return Ok(());
+            }
             let target_table = target_table.as_deref().map(TableName::parse).transpose()?;
             let target = DbUrl::parse(target)?;
             let db = open_source(&cli, false).await?;
@@ -692,7 +704,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 &tables,
                 target_table,
                 opts,
-                serve::shutdown_signal(),
+                stop,
             )
             .await?;
             if cli.json && summaries.len() == 1 {
