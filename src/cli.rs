@@ -16,9 +16,9 @@ use crate::db::{connect, field, ConnectOptions, Database, DbUrl, Timestamp};
 use crate::demo::{self, DemoOptions, Observer, Step};
 use crate::error::Error;
 use crate::export::{manifest, ExportRequest, Exporter, DEFAULT_MARGIN};
-use crate::ident::{ConsumerId, Ident};
+use crate::ident::{ConsumerId, TableName, TableSelector};
 use crate::monitor::{self, Thresholds};
-use crate::replicate::{ReplicateOptions, Replicator};
+use crate::replicate::ReplicateOptions;
 use crate::seed;
 use crate::serve::{self, FileConfig, ServeConfig};
 use crate::state::{Position, StateStore};
@@ -98,7 +98,7 @@ enum Command {
         after_help = "Examples:\n  tidemark setup --table users --strategy trigger\n  tidemark setup --table orders --strategy timestamp --cursor-column modified_at"
     )]
     Setup {
-        /// Table to capture
+        /// Table: name, schema.name, "odd.name", or a pattern (*, sales.*, order_*) of tables
         #[arg(long, default_value = "users")]
         table: String,
         /// Capture strategy: timestamp (a cursor column), version (a version column tidemark adds
@@ -182,10 +182,10 @@ enum Command {
         /// Target database: sqlite://PATH, postgres://…, mysql://…
         #[arg(long)]
         target: String,
-        /// Source table to replicate
+        /// Source table: name, schema.name, or a pattern (*, sales.*); repeat for several
         #[arg(long, default_value = "users")]
-        table: String,
-        /// Target table [default: the source table's name]
+        table: Vec<String>,
+        /// Target table, with one source table only [default: the source table's name]
         #[arg(long)]
         target_table: Option<String>,
         /// Keep running with low latency until SIGTERM or Ctrl-C
@@ -206,6 +206,9 @@ enum Command {
     Status {
         #[command(flatten)]
         thresholds: ThresholdArgs,
+        /// Only these tables: name, schema.name or a pattern (*, sales.*); repeatable
+        #[arg(long)]
+        table: Vec<String>,
     },
     /// Delete change-log entries every consumer of the table has passed
     #[command(after_help = "Example:\n  tidemark prune --table users --dry-run")]
@@ -312,10 +315,20 @@ struct ServeArgs {
     #[arg(long)]
     public_status: bool,
     /// Serve HTTPS with this certificate chain (PEM); needs --tls-key
-    #[arg(long, env = "TIDEMARK_TLS_CERT", requires = "tls_key")]
+    #[arg(
+        long,
+        env = "TIDEMARK_TLS_CERT",
+        hide_env_values = true,
+        requires = "tls_key"
+    )]
     tls_cert: Option<PathBuf>,
     /// Private key (PEM) of --tls-cert
-    #[arg(long, env = "TIDEMARK_TLS_KEY", requires = "tls_cert")]
+    #[arg(
+        long,
+        env = "TIDEMARK_TLS_KEY",
+        hide_env_values = true,
+        requires = "tls_cert"
+    )]
     tls_key: Option<PathBuf>,
 }
 
@@ -708,24 +721,40 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             created_column,
             force,
         } => {
-            let table = Ident::new(table)?;
             let db = open_source(&cli, false).await?;
-            let info = db.describe(&table).await?;
+            let tables = select_tables(db.as_ref(), std::slice::from_ref(table)).await?;
+            let mut infos = Vec::with_capacity(tables.len());
+            for table in &tables {
+                infos.push(db.describe(table).await?);
+            }
             let options = SetupOptions {
                 cursor_column: cursor_column.clone(),
                 deleted_column: deleted_column.clone(),
                 created_column: created_column.clone(),
             };
-            // Refused before anything is written, tidemark's state tables included.
-            capture::check_setup(&info, strategy, &options)?;
-            capture::check_setup_privileges(db.as_ref(), &info, strategy, &options).await?;
+            // Every table is checked before anything is written, tidemark's state tables
+            // included.
+            for info in &infos {
+                capture::check_setup(info, strategy, &options)?;
+                capture::check_setup_privileges(db.as_ref(), info, strategy, &options).await?;
+            }
             let state = open_state(&cli, &db).await?;
-            let outcome =
-                lifecycle::setup_table(db.as_ref(), &state, &info, strategy, &options, *force)
-                    .await?;
-            if cli.json {
-                print_json(&outcome)?;
-            } else {
+            let mut outcomes = Vec::with_capacity(infos.len());
+            for info in &infos {
+                outcomes.push(
+                    lifecycle::setup_table(db.as_ref(), &state, info, strategy, &options, *force)
+                        .await?,
+                );
+            }
+            if cli.json && outcomes.len() == 1 {
+                print_json(&outcomes.first())?;
+            } else if cli.json {
+                print_json(&outcomes)?;
+            }
+            for (outcome, table) in outcomes.iter().zip(&tables) {
+                if cli.json {
+                    continue;
+                }
                 if let Some(old) = &outcome.replaced {
                     println!(
                         "{table}: replaced the {} capture through {} (removed {})",
@@ -738,7 +767,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         }
                     );
                 }
-                print_positions_removed(&table, &outcome.positions_removed);
+                print_positions_removed(table, &outcome.positions_removed);
                 let report = &outcome.report;
                 let mut did: Vec<String> = report
                     .installed
@@ -757,8 +786,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Teardown { table, force } => {
-            let table = Ident::new(table)?;
             let db = open_source(&cli, false).await?;
+            let table = db.resolve_table(&TableName::parse(table)?).await?;
             let state = open_state(&cli, &db).await?;
             let info = db.describe(&table).await?;
             let outcome = lifecycle::teardown_table(db.as_ref(), &state, &info, *force).await?;
@@ -779,8 +808,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             margin_ms,
         } => {
             let consumer = ConsumerId::new(consumer)?;
-            let table = Ident::new(table)?;
             let db = open_source(&cli, false).await?;
+            let table = db.resolve_table(&TableName::parse(table)?).await?;
             let state = open_state(&cli, &db).await?;
             let exporter =
                 Exporter::new(db, state).with_margin(std::time::Duration::from_millis(*margin_ms));
@@ -866,24 +895,57 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             batch_size,
             margin_ms,
         } => {
-            let table = Ident::new(table)?;
-            let target_table = match target_table {
-                Some(t) => Ident::new(t)?,
-                None => table.clone(),
+            // SIGTERM and Ctrl-C are caught from here on (a first poll installs the handlers):
+            // stopped while starting, the replicators end at once instead of the process dying.
+            let stop = serve::shutdown_signal();
+            tokio::pin!(stop);
+            let stopped_at_once = tokio::select! {
+                biased;
+                _ = &mut stop => true,
+                _ = std::future::ready(()) => false,
             };
+            if stopped_at_once {
+                return Ok(());
+            }
+            let target_table = target_table.as_deref().map(TableName::parse).transpose()?;
             let target = DbUrl::parse(target)?;
             let db = open_source(&cli, false).await?;
+            let tables = select_tables(db.as_ref(), table).await?;
+            if target_table.is_some() && tables.len() != 1 {
+                return Err(Error::input(format!(
+                    "--target-table names the target of one table, but {} tables were selected",
+                    tables.len()
+                ))
+                .into());
+            }
             let state = open_state(&cli, &db).await?;
-            let mut opts = ReplicateOptions::new(table);
-            opts.target_table = target_table;
+            let first = tables
+                .first()
+                .cloned()
+                .ok_or_else(|| Error::input("no table selected"))?;
+            let mut opts = ReplicateOptions::new(first);
             opts.follow = *follow;
             opts.batch_size = *batch_size;
             opts.margin = std::time::Duration::from_millis(*margin_ms);
-            let mut replicator = Replicator::new(db, state, target, opts)?;
-            let summary = replicator.run(serve::shutdown_signal()).await?;
-            if cli.json {
-                print_json(&summary)?;
-            } else {
+            let summaries = crate::replicate::many::replicate_all(
+                db,
+                state,
+                target,
+                &tables,
+                target_table,
+                opts,
+                stop,
+            )
+            .await?;
+            if cli.json && summaries.len() == 1 {
+                print_json(&summaries.first())?;
+            } else if cli.json {
+                print_json(&summaries)?;
+            }
+            for summary in &summaries {
+                if cli.json {
+                    continue;
+                }
                 for r in &summary.resyncs {
                     eprintln!("note: {r}");
                 }
@@ -908,16 +970,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Status { thresholds } => {
+        Command::Status { thresholds, table } => {
             let db = open_source(&cli, false).await?;
+            let only = if table.is_empty() {
+                None
+            } else {
+                Some(select_tables(db.as_ref(), table).await?)
+            };
             let state = open_state(&cli, &db).await?;
-            let report = monitor::collect(
+            let report = monitor::collect_tables(
                 db.as_ref(),
                 &state,
                 monitor::Scope {
                     thresholds: thresholds.resolve(),
                     table_totals: true,
                 },
+                only.as_deref(),
             )
             .await?;
             if cli.json {
@@ -935,8 +1003,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Prune { table, dry_run } => {
-            let table = table.as_deref().map(Ident::new).transpose()?;
             let db = open_source(&cli, false).await?;
+            let table = match table.as_deref().map(TableName::parse).transpose()? {
+                Some(t) => Some(db.resolve_table(&t).await?),
+                None => None,
+            };
             let state = open_state(&cli, &db).await?;
             if let Some(t) = &table {
                 db.describe(t).await?;
@@ -1050,7 +1121,7 @@ fn capture_through(config: &crate::state::TableConfig) -> String {
 }
 
 /// Says whose positions a forced teardown or setup removed.
-fn print_positions_removed(table: &Ident, users: &[crate::state::TableUser]) {
+fn print_positions_removed(table: &TableName, users: &[crate::state::TableUser]) {
     if users.is_empty() {
         return;
     }
@@ -1059,6 +1130,23 @@ fn print_positions_removed(table: &Ident, users: &[crate::state::TableUser]) {
         "{table}: removed the positions of {}; their next runs start from a full read",
         names.join(", ")
     );
+}
+
+/// The tables that `--table` values (names or patterns) select on `db`, each once, in the
+/// order given; a schema that does not exist or a pattern that matches nothing is bad input.
+async fn select_tables(
+    db: &dyn Database,
+    specs: &[String],
+) -> crate::error::Result<Vec<TableName>> {
+    let mut out: Vec<TableName> = Vec::new();
+    for spec in specs {
+        for t in db.select_tables(&TableSelector::parse(spec)?).await? {
+            if !out.contains(&t) {
+                out.push(t);
+            }
+        }
+    }
+    Ok(out)
 }
 
 async fn watermark(cli: &Cli, action: &WatermarkAction) -> anyhow::Result<()> {
@@ -1070,8 +1158,8 @@ async fn watermark(cli: &Cli, action: &WatermarkAction) -> anyhow::Result<()> {
         | WatermarkAction::Reset { consumer, table } => (consumer, table),
     };
     let consumer = ConsumerId::new(consumer)?;
-    let table = Ident::new(table)?;
     let db = open_source(cli, false).await?;
+    let table = db.resolve_table(&TableName::parse(table)?).await?;
     let state = open_state(cli, &db).await?;
     match action {
         WatermarkAction::Get { .. } => {

@@ -160,7 +160,7 @@ pub async fn run(opts: &DemoOptions, observer: &dyn Observer) -> Result<DemoRepo
 
     let t = Instant::now();
     let state = StateStore::open(Arc::clone(&db)).await?;
-    let table = Ident::new(seed::USERS)?;
+    let table = crate::ident::TableName::unqualified(Ident::new(seed::USERS)?);
     let info = db.describe(&table).await?;
     let report = capture::setup(db.as_ref(), &info, "timestamp", &SetupOptions::default()).await?;
     state.save_table_config(&table, &report.config).await?;
@@ -308,7 +308,7 @@ async fn capture_story(
     opts: &DemoOptions,
     log: &mut Log<'_>,
 ) -> Result<PathBuf> {
-    let table = Ident::new(ACCOUNTS)?;
+    let table = crate::ident::TableName::unqualified(Ident::new(ACCOUNTS)?);
     let n = (opts.rows / 5).max(100);
 
     let t = Instant::now();

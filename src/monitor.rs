@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use crate::capture::strategy_for;
 use crate::db::{Bound, Database, Timestamp};
 use crate::error::{Error, Result};
-use crate::ident::{ConsumerId, Ident};
+use crate::ident::{ConsumerId, TableName};
 use crate::state::{Position, StateStore};
 
 /// When a consumer counts as lagging.
@@ -78,7 +78,7 @@ pub struct ConsumerStatus {
 impl ConsumerStatus {
     /// The consumer as people read it: its id, or for a replica `replica of users →
     /// postgres://host/db.users` (its id is an internal hash).
-    pub fn display_name(&self, table: &Ident) -> String {
+    pub fn display_name(&self, table: &TableName) -> String {
         match &self.target {
             Some(target) if self.kind == "replica" => format!("replica of {table} → {target}"),
             _ => self.consumer_id.to_string(),
@@ -91,7 +91,7 @@ impl ConsumerStatus {
 #[serde(rename_all = "snake_case")]
 pub struct TableStatus {
     #[schema(value_type = String)]
-    pub table: Ident,
+    pub table: TableName,
     /// The registered strategy (`timestamp` defaults when not set up).
     pub strategy: String,
     pub registered: bool,
@@ -130,7 +130,7 @@ struct Consumer {
     id: ConsumerId,
     kind: &'static str,
     target: Option<String>,
-    table: Ident,
+    table: TableName,
     position: Position,
     updated_at: Timestamp,
 }
@@ -140,6 +140,16 @@ pub async fn collect(
     source: &dyn Database,
     state: &StateStore,
     scope: Scope,
+) -> Result<StatusReport> {
+    collect_tables(source, state, scope, None).await
+}
+
+/// As [`collect`], of the tables in `only` (all when `None`).
+pub async fn collect_tables(
+    source: &dyn Database,
+    state: &StateStore,
+    scope: Scope,
+    only: Option<&[TableName]>,
 ) -> Result<StatusReport> {
     let thresholds = scope.thresholds;
     let now = source.now().await?;
@@ -167,10 +177,11 @@ pub async fn collect(
             updated_at: r.updated_at,
         })
     }));
-    let names: BTreeSet<Ident> = configs
+    let names: BTreeSet<TableName> = configs
         .iter()
         .map(|(t, _)| t.clone())
         .chain(positions.iter().map(|w| w.table.clone()))
+        .filter(|t| only.is_none_or(|o| o.contains(t)))
         .collect();
     let mut tables = Vec::new();
     for name in names {
@@ -215,7 +226,7 @@ pub async fn collect(
 
 async fn inspect(
     source: &dyn Database,
-    table: &Ident,
+    table: &TableName,
     config: Option<&crate::state::TableConfig>,
     watermarks: &[&Consumer],
     now: Timestamp,

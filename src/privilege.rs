@@ -4,13 +4,13 @@
 
 use crate::db::{field, first_row, Database, DbKind, Privilege};
 use crate::error::{Error, Result};
-use crate::ident::Ident;
+use crate::ident::TableName;
 
 /// The privileges of `wanted` that the session lacks for `table`, each named as a grant
 /// (`SELECT on table users`, `CREATE on schema public`), without repeats.
 pub async fn missing(
     db: &dyn Database,
-    table: &Ident,
+    table: &TableName,
     wanted: &[Privilege],
 ) -> Result<Vec<String>> {
     let mut names: Vec<String> = Vec::new();
@@ -32,7 +32,7 @@ pub async fn missing(
 }
 
 /// Fails with [`Error::Permission`] naming every privilege of `wanted` the session lacks.
-pub async fn require(db: &dyn Database, table: &Ident, wanted: &[Privilege]) -> Result<()> {
+pub async fn require(db: &dyn Database, table: &TableName, wanted: &[Privilege]) -> Result<()> {
     let names = missing(db, table, wanted).await?;
     if names.is_empty() {
         Ok(())

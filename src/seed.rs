@@ -84,9 +84,9 @@ pub struct SeedReport {
 }
 
 /// Creates the users table (and its `updated_at` index) if it is missing.
-pub async fn create_users_table(db: &dyn Database) -> Result<Ident> {
+pub async fn create_users_table(db: &dyn Database) -> Result<crate::ident::TableName> {
     let d = db.dialect();
-    let table = Ident::new(USERS)?;
+    let table = crate::ident::TableName::unqualified(Ident::new(USERS)?);
     let ts = d.column_type(ColumnKind::TimestampTz, false);
     let now = d.now_expr();
     db.execute(
@@ -94,7 +94,7 @@ pub async fn create_users_table(db: &dyn Database) -> Result<Ident> {
             "CREATE TABLE IF NOT EXISTS {} (id {} PRIMARY KEY, name {} NOT NULL, \
              email {} NOT NULL UNIQUE, created_at {ts} NOT NULL DEFAULT ({now}), \
              updated_at {ts} NOT NULL DEFAULT ({now}), is_deleted {} NOT NULL DEFAULT FALSE)",
-            d.quote(&table),
+            d.quote_table(&table),
             d.column_type(ColumnKind::Integer, true),
             d.column_type(ColumnKind::Text, false),
             d.column_type(ColumnKind::Text, true),
@@ -139,7 +139,7 @@ pub async fn seed_users(
         .query(
             &format!(
                 "SELECT COALESCE(MAX(id), 0) FROM {}",
-                db.dialect().quote(&table)
+                db.dialect().quote_table(&table)
             ),
             &[],
         )
@@ -201,8 +201,8 @@ pub struct Burst {
 /// in one transaction per kind of change.
 pub async fn apply_burst(db: &dyn Database, burst: &Burst) -> Result<()> {
     let d = db.dialect();
-    let table = Ident::new(USERS)?;
-    let t = d.quote(&table);
+    let table = crate::ident::TableName::unqualified(Ident::new(USERS)?);
+    let t = d.quote_table(&table);
     let max = db
         .query(&format!("SELECT COALESCE(MAX(id), 0) FROM {t}"), &[])
         .await?;

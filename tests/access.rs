@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use common::{csv_files, tidemark_cmd, TestDb, MARGIN};
 use serde_json::Value;
 use tidemark::db::DbKind;
-use tidemark::ident::{ConsumerId, Ident};
+use tidemark::ident::{ConsumerId, TableName};
 
 /// A running `tidemark serve`; killed when dropped.
 struct Server {
@@ -183,7 +183,7 @@ async fn watermark_of(t: &TestDb, consumer: &str) -> Option<String> {
         .await
         .watermark(
             &ConsumerId::new(consumer).unwrap(),
-            &Ident::new("users").unwrap(),
+            &TableName::parse("users").unwrap(),
         )
         .await
         .expect("watermark")

@@ -38,13 +38,13 @@ fn fails(out: &std::process::Output, code: i32, needle: &str) {
 async fn csv_format_is_exact(kind: DbKind) {
     let t = TestDb::new(kind).await;
     let d = t.db.dialect();
-    let table = Ident::new("it's odd").unwrap();
+    let table = tidemark::ident::TableName::parse("\"it's odd\"").unwrap();
     let col = |n: &str| d.quote(&Ident::new(n).unwrap());
     let ts = d.column_type(ColumnKind::TimestampTz, false);
     t.db.execute(
         &format!(
             "CREATE TABLE {} ({} {} PRIMARY KEY, {} {}, {} {}, {} {}, updated_at {ts} NOT NULL)",
-            d.quote(&table),
+            d.quote_table(&table),
             col("id"),
             d.column_type(ColumnKind::Integer, true),
             col("first name"),
@@ -70,7 +70,7 @@ async fn csv_format_is_exact(kind: DbKind) {
     ];
     for v in values {
         t.db.execute(
-            &format!("INSERT INTO {} VALUES ({v}, {lit})", d.quote(&table)),
+            &format!("INSERT INTO {} VALUES ({v}, {lit})", d.quote_table(&table)),
             &[],
         )
         .await
@@ -428,7 +428,7 @@ async fn setup_reuses_index_and_teardown_removes_only_its_own(kind: DbKind) {
         let column = updated_at.clone();
         async move {
             let mut v = db
-                .indexes_leading_with(&Ident::new(table).unwrap(), &column)
+                .indexes_leading_with(&tidemark::ident::TableName::parse(table).unwrap(), &column)
                 .await
                 .unwrap();
             v.sort();
@@ -569,7 +569,7 @@ async fn demo_tells_both_stories_and_serves_the_page() {
     for needle in [
         "accounts — trigger capture",
         "users — timestamp capture",
-        "replica  ",
+        "replica of accounts → ",
     ] {
         assert!(
             text.contains(needle),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::{Raw, TestDb};
 use tidemark::capture::Mode;
 use tidemark::db::DbKind;
-use tidemark::ident::{ConsumerId, Ident};
+use tidemark::ident::ConsumerId;
 use tidemark::seed::{apply_burst, Burst};
 use tidemark::Error;
 
@@ -174,7 +174,7 @@ async fn killed_mid_export_is_repaired(kind: DbKind) {
     t.export("crashy", Mode::Full).await;
     let state = t.state().await;
     let consumer = ConsumerId::new("crashy").unwrap();
-    let table = Ident::new("users").unwrap();
+    let table = tidemark::ident::TableName::parse("users").unwrap();
     for (i, fault) in ["after-write", "after-prepare", "after-publish"]
         .iter()
         .enumerate()

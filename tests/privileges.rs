@@ -105,7 +105,7 @@ fn denied(out: &Output, needle: &str) {
 async fn drop_cursor_index(t: &TestDb) {
     let names =
         t.db.indexes_leading_with(
-            &tidemark::ident::Ident::new("users").unwrap(),
+            &tidemark::ident::TableName::parse("users").unwrap(),
             &tidemark::ident::Ident::new("updated_at").unwrap(),
         )
         .await
@@ -498,7 +498,7 @@ async fn pg_state_tables_created_beforehand() {
         &t,
         &format!(
             "GRANT SELECT, INSERT, UPDATE, DELETE ON tidemark_tables, tidemark_watermarks, \
-             tidemark_exports, tidemark_jobs, tidemark_replicas TO {g}"
+             tidemark_exports, tidemark_jobs, tidemark_replicas, tidemark_tokens TO {g}"
         ),
     )
     .await;

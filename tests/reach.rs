@@ -438,8 +438,8 @@ async fn missing_privileges_are_named() {
             "--source",
             &as_role,
         ],
-        1,
-        &["missing privilege: permission denied for"],
+        2,
+        &["permission denied: tidemark needs"],
     );
     assert!(common::all_files(out.path()).is_empty());
     t.db.execute(
@@ -450,8 +450,8 @@ async fn missing_privileges_are_named() {
     .unwrap();
     fails(
         &["status", "--source", &as_role],
-        1,
-        &["missing privilege", "permission denied for database"],
+        2,
+        &["permission denied: tidemark needs CONNECT on database"],
     );
 
     // MariaDB: a user with no grant on the database.
@@ -470,8 +470,8 @@ async fn missing_privileges_are_named() {
                 common::mariadb().port()
             ),
         ],
-        1,
-        &["missing privilege", "Access denied"],
+        2,
+        &["permission denied: tidemark needs a privilege on database"],
     );
 }
 

@@ -13,7 +13,7 @@ use common::TestDb;
 use tidemark::capture::Mode;
 use tidemark::db::DbKind;
 use tidemark::export::{manifest, ExportRequest};
-use tidemark::ident::{ConsumerId, Ident};
+use tidemark::ident::{ConsumerId, TableName};
 
 const CONSUMER: &str = "reader";
 /// A consumer that only ever asks for deltas.
@@ -81,7 +81,7 @@ async fn exec(t: &TestDb, sql: &str) {
 async fn export(t: &TestDb, consumer: &str, mode: Mode) {
     let req = ExportRequest::new(
         ConsumerId::new(consumer).unwrap(),
-        Ident::new("readings").unwrap(),
+        TableName::parse("readings").unwrap(),
         mode,
         t.out.path().to_path_buf(),
     );
@@ -209,7 +209,7 @@ fn expected(kind: DbKind) -> serde_json::Value {
 async fn readme_snippets_read_exports_exactly(kind: DbKind) {
     let t = TestDb::new(kind).await;
     exec(&t, ddl(kind)).await;
-    let table = Ident::new("readings").unwrap();
+    let table = TableName::parse("readings").unwrap();
     t.setup(&table, "trigger").await;
     let rows = [
         format!(

@@ -18,12 +18,12 @@ use tidemark::replicate::{ReplicateOptions, Replicator, Summary, POSITIONS_TABLE
 use tidemark::state::StateStore;
 use tidemark::Error;
 
-fn users() -> Ident {
-    Ident::new("users").unwrap()
+fn users() -> tidemark::ident::TableName {
+    tidemark::ident::TableName::parse("users").unwrap()
 }
 
 /// Replication of `table` with the tests' capture margin.
-fn options_for(table: &Ident) -> ReplicateOptions {
+fn options_for(table: &tidemark::ident::TableName) -> ReplicateOptions {
     let mut o = ReplicateOptions::new(table.clone());
     o.margin = MARGIN;
     o
@@ -37,7 +37,11 @@ fn options(batch_size: usize) -> ReplicateOptions {
 
 /// Column `b` of the odd table in `db`, in key order, as upper-case hex of its bytes; on
 /// SQLite, with `blobs_only`, NULL for a value that is not a blob.
-async fn hex_of_b(db: &dyn Database, table: &Ident, blobs_only: bool) -> Vec<Option<String>> {
+async fn hex_of_b(
+    db: &dyn Database,
+    table: &tidemark::ident::TableName,
+    blobs_only: bool,
+) -> Vec<Option<String>> {
     let bytes = match db.kind() {
         DbKind::Sqlite if blobs_only => "CASE WHEN typeof(b) = 'blob' THEN hex(b) END",
         DbKind::Sqlite => "hex(b)",
@@ -45,7 +49,7 @@ async fn hex_of_b(db: &dyn Database, table: &Ident, blobs_only: bool) -> Vec<Opt
         DbKind::Mysql => "HEX(b)",
     };
     let d = db.dialect();
-    let (q, k) = (d.quote(table), d.quote(&Ident::new("it's").unwrap()));
+    let (q, k) = (d.quote_table(table), d.quote(&Ident::new("it's").unwrap()));
     let rows = db
         .query(&format!("SELECT {bytes} FROM {q} ORDER BY {k}"), &[])
         .await
@@ -196,7 +200,7 @@ async fn typed_values(from: DbKind, to: DbKind) {
 
     let big: i64 = 9_007_199_254_740_993;
     let d = src.db.dialect();
-    let (q, k) = (d.quote(&table), d.quote(&Ident::new("it's").unwrap()));
+    let (q, k) = (d.quote_table(&table), d.quote(&Ident::new("it's").unwrap()));
     for sql in [
         odd_insert(from, big, "O''Brien \"q\""),
         format!("UPDATE {q} SET f = 1e300, n = 7 WHERE {k} = 1"),
@@ -227,7 +231,7 @@ async fn typed_values(from: DbKind, to: DbKind) {
 
     let hex = hex_of_b(dst.db.as_ref(), &table, true).await;
     let d = dst.db.dialect();
-    let (q, k) = (d.quote(&table), d.quote(&Ident::new("it's").unwrap()));
+    let (q, k) = (d.quote_table(&table), d.quote(&Ident::new("it's").unwrap()));
     assert_eq!(
         hex,
         [Some("00FF10".to_string()), Some("00FF10".to_string())]
@@ -1032,7 +1036,7 @@ fn normalized(norm: Norm, v: &str) -> String {
 
 /// The extreme-values table on `t`, with rows 1 (largest), 2 (smallest), 3 (NULLs) and 4 (a
 /// point in time after 2038).
-async fn extremes_table(t: &TestDb) -> Ident {
+async fn extremes_table(t: &TestDb) -> tidemark::ident::TableName {
     let cols = extreme_columns(t.kind);
     if t.kind == DbKind::Postgres {
         t.db.execute("CREATE TYPE mood AS ENUM ('happy', 'sad')", &[])
@@ -1088,7 +1092,7 @@ async fn extremes_table(t: &TestDb) -> Ident {
         t.db.execute(&sql, &[]).await.unwrap();
     }
     assert_eq!(t.count("SELECT count(*) FROM extremes").await, 4);
-    Ident::new("extremes").unwrap()
+    tidemark::ident::TableName::parse("extremes").unwrap()
 }
 
 /// Extreme values of every common type of `from`, replicated into a table created on `to`: the
@@ -1157,7 +1161,7 @@ async fn extreme_values(from: DbKind, to: DbKind) -> (TestDb, TestDb) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn extreme_values_postgres_to_mariadb() {
     let (src, dst) = extreme_values(DbKind::Postgres, DbKind::Mysql).await;
-    let table = Ident::new("extremes").unwrap();
+    let table = tidemark::ident::TableName::parse("extremes").unwrap();
     // More fractional digits than MariaDB's widest DECIMAL holds, in a first insert: refused,
     // naming the change as the delta does (INSERT), the column and the value; nothing moves.
     let before = position_in_target(dst.db.as_ref()).await;
@@ -1257,7 +1261,7 @@ async fn extreme_values_sqlite_to_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn extreme_values_mariadb_to_mariadb_and_out_again() {
     let (_src, mid) = extreme_values(DbKind::Mysql, DbKind::Mysql).await;
-    let table = Ident::new("extremes").unwrap();
+    let table = tidemark::ident::TableName::parse("extremes").unwrap();
     mid.setup(&table, "trigger").await;
     let dst = TestDb::new(DbKind::Postgres).await;
     replicate_with(&mid, &dst.url, options_for(&table))
@@ -1335,7 +1339,7 @@ async fn unbounded_text_key_into_mariadb_is_refused_clearly() {
         .execute("INSERT INTO vk VALUES ('ключ', 1)", &[])
         .await
         .unwrap();
-    let tk = Ident::new("tk").unwrap();
+    let tk = tidemark::ident::TableName::parse("tk").unwrap();
     src.setup(&tk, "trigger").await;
     let err = replicate_with(&src, &dst.url, options_for(&tk))
         .await
@@ -1355,7 +1359,7 @@ async fn unbounded_text_key_into_mariadb_is_refused_clearly() {
     let out = src.cli(&["replicate", "--table", "tk", "--target", dst.url.as_str()]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
 
-    let vk = Ident::new("vk").unwrap();
+    let vk = tidemark::ident::TableName::parse("vk").unwrap();
     src.setup(&vk, "trigger").await;
     replicate_with(&src, &dst.url, options_for(&vk))
         .await

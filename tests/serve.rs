@@ -195,8 +195,8 @@ async fn state_of(url: &DbUrl) -> StateStore {
     StateStore::open(db).await.expect("state")
 }
 
-fn user_table() -> Ident {
-    Ident::new("users").unwrap()
+fn user_table() -> tidemark::ident::TableName {
+    tidemark::ident::TableName::parse("users").unwrap()
 }
 
 /// Seeds `rows` users into a database of `server` and sets up timestamp capture.

@@ -182,7 +182,7 @@ async fn killed_mid_export_is_repaired(kind: DbKind, strategy: &str) {
     t.export("crashy", Mode::Full).await;
     let state = t.state().await;
     let consumer = ConsumerId::new("crashy").unwrap();
-    let table = Ident::new("users").unwrap();
+    let table = tidemark::ident::TableName::parse("users").unwrap();
     for (i, fault) in ["after-write", "after-prepare", "after-publish"]
         .iter()
         .enumerate()
@@ -243,7 +243,9 @@ async fn triggers_on(t: &TestDb, table: &str) -> i64 {
 
 /// Whether a table called `name` exists.
 async fn table_exists(t: &TestDb, name: &str) -> bool {
-    t.db.describe(&Ident::new(name).unwrap()).await.is_ok()
+    t.db.describe(&tidemark::ident::TableName::parse(name).unwrap())
+        .await
+        .is_ok()
 }
 
 /// The images of the log's entries as its view shows them, in change order:
@@ -401,7 +403,7 @@ crate::on_each_db!(version_setup_is_idempotent_stamps_and_tears_down);
 fn odd_request(t: &TestDb, consumer: &str, mode: Mode) -> ExportRequest {
     ExportRequest::new(
         ConsumerId::new(consumer).unwrap(),
-        Ident::new("order").unwrap(),
+        tidemark::ident::TableName::parse("order").unwrap(),
         mode,
         t.out.path().to_path_buf(),
     )
@@ -424,7 +426,7 @@ async fn trigger_images_keep_types_and_odd_names(kind: DbKind) {
     t.db.execute(&odd_insert(kind, big, "O''Brien \"q\""), &[])
         .await
         .unwrap();
-    let (q, k) = (d.quote(&table), d.quote(&Ident::new("it's").unwrap()));
+    let (q, k) = (d.quote_table(&table), d.quote(&Ident::new("it's").unwrap()));
     t.db.execute(&format!("UPDATE {q} SET f = 1e300 WHERE {k} = {big}"), &[])
         .await
         .unwrap();
@@ -523,7 +525,7 @@ async fn version_odd_names(kind: DbKind) {
     t.db.execute(&odd_insert(kind, 2, "it''s new"), &[])
         .await
         .unwrap();
-    let (q, k) = (d.quote(&table), d.quote(&Ident::new("it's").unwrap()));
+    let (q, k) = (d.quote_table(&table), d.quote(&Ident::new("it's").unwrap()));
     let first = d.quote(&Ident::new("first name").unwrap());
     t.db.execute(
         &format!("UPDATE {q} SET {first} = 'changed' WHERE {k} = 1"),
@@ -631,7 +633,7 @@ async fn prune_keeps_what_a_consumer_still_needs(kind: DbKind) {
     let ahead = state
         .watermark(
             &ConsumerId::new("ahead").unwrap(),
-            &Ident::new("users").unwrap(),
+            &tidemark::ident::TableName::parse("users").unwrap(),
         )
         .await
         .unwrap()
@@ -779,7 +781,10 @@ fn consumer_of<'a>(v: &'a serde_json::Value, id: &str) -> &'a serde_json::Value 
 /// transaction id, which cannot be aged: the change is made now.
 async fn age_one_change(t: &TestDb, strategy: &str, at: Timestamp, others: Timestamp) {
     let d = t.db.dialect();
-    let info = t.db.describe(&Ident::new("users").unwrap()).await.unwrap();
+    let info =
+        t.db.describe(&tidemark::ident::TableName::parse("users").unwrap())
+            .await
+            .unwrap();
     let updated_at = info.column("updated_at").unwrap();
     let run = |sql: String| async move {
         t.db.execute(&sql, &[])
@@ -822,7 +827,11 @@ async fn age_one_change(t: &TestDb, strategy: &str, at: Timestamp, others: Times
                     ))
                     .await;
                     // `setup` again puts the trigger back.
-                    t.setup(&Ident::new("users").unwrap(), "version").await;
+                    t.setup(
+                        &tidemark::ident::TableName::parse("users").unwrap(),
+                        "version",
+                    )
+                    .await;
                 }
             }
         }

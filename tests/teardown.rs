@@ -22,15 +22,15 @@ use common::{csv_files, tidemark_cmd, TestDb};
 use sha2::{Digest, Sha256};
 use tidemark::db::{Database, DbKind};
 use tidemark::export::replay::{self, Image};
-use tidemark::ident::{ConsumerId, Ident};
+use tidemark::ident::{ConsumerId, Ident, TableName};
 use tidemark::state::Position;
 
 /// One test at a time: MariaDB's capture bound follows every transaction open on the server,
 /// so a writer of one test would hold back the exports of another.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn users() -> Ident {
-    Ident::new("users").unwrap()
+fn users() -> TableName {
+    TableName::parse("users").unwrap()
 }
 
 /// Runs the binary against `t` without blocking the runtime's writers.

@@ -238,8 +238,8 @@ async fn watermark(t: &TestDb, consumer: &str) -> Option<Position> {
         .map(|w| w.position)
 }
 
-fn users() -> Ident {
-    Ident::new("users").unwrap()
+fn users() -> tidemark::ident::TableName {
+    tidemark::ident::TableName::parse("users").unwrap()
 }
 
 /// Changes of an application, old enough to be past any capture bound when the exports that

@@ -230,7 +230,7 @@ pub async fn run(
 
     log("HTTP: small incremental exports under concurrent clients");
     let state = StateStore::open(Arc::clone(&small)).await?;
-    let table = Ident::new(crate::seed::USERS)?;
+    let table = crate::ident::TableName::unqualified(Ident::new(crate::seed::USERS)?);
     let now = small.now().await?;
     for i in 0..EXPORT_CLIENTS {
         state

@@ -262,7 +262,7 @@ async fn prepare(url: &DbUrl, rows: u64) -> Result<(Arc<dyn Database>, StateStor
     seed::seed_users(db.as_ref(), rows, None).await?;
     let seconds = t.elapsed().as_secs_f64();
     let state = StateStore::open(Arc::clone(&db)).await?;
-    let table = Ident::new(seed::USERS)?;
+    let table = crate::ident::TableName::unqualified(Ident::new(seed::USERS)?);
     let info = db.describe(&table).await?;
     let report = capture::setup(db.as_ref(), &info, "timestamp", &SetupOptions::default()).await?;
     state.save_table_config(&table, &report.config).await?;
@@ -318,7 +318,7 @@ pub async fn run(opts: &BenchOptions, log: &(dyn Fn(&str) + Sync)) -> Result<Ben
     let dir = opts.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
     std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
     let out = dir.join("out");
-    let users = Ident::new(seed::USERS)?;
+    let users = crate::ident::TableName::unqualified(Ident::new(seed::USERS)?);
     let rows = opts.rows.max(1000);
 
     let server;

@@ -237,7 +237,7 @@ fn pg_workload(table: &str, inserts: u64, updates: u64, deletes: u64) -> String 
 async fn capture_table(
     db: &std::sync::Arc<dyn crate::db::Database>,
     state: &StateStore,
-    table: &crate::ident::Ident,
+    table: &crate::ident::TableName,
     strategy: &str,
 ) -> Result<()> {
     let info = db.describe(table).await?;
@@ -265,7 +265,7 @@ pub async fn run_postgres(
         ));
         for (strategy, measured) in variants.iter().zip(&mut runs) {
             let name = format!("capture_{}_{round}", strategy.unwrap_or("plain"));
-            let table = crate::ident::Ident::new(&name)?;
+            let table = crate::ident::TableName::unqualified(crate::ident::Ident::new(&name)?);
             db.execute(
                 &format!(
                     "CREATE TABLE {name} (id BIGINT PRIMARY KEY, name TEXT NOT NULL, \
@@ -323,7 +323,8 @@ pub async fn run_postgres(
     };
     let seconds = pgbench_seconds.to_string();
     let run = ["-c", "4", "-j", "2", "-T", seconds.as_str(), "-n"];
-    let accounts = crate::ident::Ident::new("pgbench_accounts")?;
+    let accounts =
+        crate::ident::TableName::unqualified(crate::ident::Ident::new("pgbench_accounts")?);
     for strategy in [None, Some("trigger"), Some("version")] {
         log(&format!(
             "pgbench with {} capture",

@@ -128,7 +128,7 @@ pub async fn replication(
     measure_once(&mut replicate(false)?)?;
 
     let inserts = changes * 100 / 160;
-    let t = db.dialect().quote(&table);
+    let t = db.dialect().quote_table(&table);
     let now = db.dialect().now_expr();
     let log = Ident::new(&report.config.cursor_column)?;
     let log_rows = format!("SELECT count(*) FROM {}", db.dialect().quote(&log));

@@ -605,7 +605,11 @@ pub(crate) fn table_select(
             conditions.push(format!("NOT {del}"));
         }
     }
-    let mut sql = format!("SELECT {} FROM {}", exprs.join(", "), d.quote(&info.name));
+    let mut sql = format!(
+        "SELECT {} FROM {}",
+        exprs.join(", "),
+        d.quote_table(&info.name)
+    );
     if !conditions.is_empty() {
         sql.push_str(" WHERE ");
         sql.push_str(&conditions.join(" AND "));

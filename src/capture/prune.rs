@@ -6,13 +6,13 @@
 use crate::capture::strategy_for;
 use crate::db::Database;
 use crate::error::Result;
-use crate::ident::Ident;
+use crate::ident::TableName;
 use crate::state::{position_is_current, Position, StateStore};
 
 /// What pruning one table did.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PruneReport {
-    pub table: Ident,
+    pub table: TableName,
     pub strategy: String,
     /// Consumers whose positions bound the pruning.
     pub consumers: Vec<String>,
@@ -28,7 +28,7 @@ pub struct PruneReport {
 pub async fn prune(
     db: &dyn Database,
     state: &StateStore,
-    table: Option<&Ident>,
+    table: Option<&TableName>,
     dry_run: bool,
 ) -> Result<Vec<PruneReport>> {
     let mut reports = Vec::new();

@@ -65,7 +65,11 @@ impl TimestampCapture {
 
     fn index_name(&self) -> Result<Ident> {
         derived_name(
-            &format!("tidemark_{}_{}_idx", self.info.name, self.cursor.name),
+            &format!(
+                "tidemark_{}_{}_idx",
+                self.info.name.name(),
+                self.cursor.name
+            ),
             "idx",
         )
     }
@@ -161,7 +165,7 @@ impl CaptureStrategy for TimestampCapture {
             sql: format!(
                 "SELECT {} FROM {} WHERE {} ORDER BY {cursor} LIMIT 1",
                 d.render(&self.cursor),
-                d.quote(&self.info.name),
+                d.quote_table(&self.info.name),
                 self.interval(d, before, after).join(" AND ")
             ),
             form: TimeForm::Rfc3339,
@@ -296,7 +300,7 @@ mod tests {
             nullable: true,
         };
         TableInfo {
-            name: Ident::new("users").unwrap(),
+            name: crate::ident::TableName::unqualified(Ident::new("users").unwrap()),
             columns: vec![
                 col("id", "bigint"),
                 col("name", "text"),

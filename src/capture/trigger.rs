@@ -29,38 +29,46 @@ use crate::db::{
     Bound, ClockNeed, Column, ColumnKind, Database, DbKind, Dialect, TableInfo, Timestamp,
 };
 use crate::error::Result;
-use crate::ident::Ident;
+use crate::ident::{Ident, TableName};
 use crate::state::{Position, TableConfig};
 
 /// The objects `setup` creates for one table.
+/// All of them live in the table's schema.
 struct Names {
-    log: Ident,
-    /// The view of the log with both images; on PostgreSQL also the notification channel.
-    changes: Ident,
+    log: TableName,
+    /// The view of the log with both images.
+    changes: TableName,
+    /// PostgreSQL: the notification channel (the view's name, schema included when the
+    /// table has one).
+    channel: Ident,
     /// PostgreSQL: the trigger function, and the one row-level trigger of earlier versions
     /// (dropped when setup runs again).
-    function: Ident,
+    function: TableName,
     trigger: Ident,
     /// One trigger per operation (row-level on MariaDB and SQLite, statement-level on
-    /// PostgreSQL).
-    on_insert: Ident,
-    on_update: Ident,
-    on_delete: Ident,
+    /// PostgreSQL, where a trigger's name is not schema-qualified: its name part is used).
+    on_insert: TableName,
+    on_update: TableName,
+    on_delete: TableName,
     time_index: Ident,
     txid_index: Ident,
 }
 
 impl Names {
-    fn of(table: &Ident) -> Result<Names> {
-        let n = |suffix: &str| derived_name(&format!("tidemark_log_{table}{suffix}"), suffix);
+    fn of(table: &TableName) -> Result<Names> {
+        let t = table.name();
+        let n = |suffix: &str| derived_name(&format!("tidemark_log_{t}{suffix}"), suffix);
+        let s = |suffix: &str| Ok::<_, crate::error::Error>(table.sibling(n(suffix)?));
+        let changes = table.sibling(derived_name(&format!("tidemark_changes_{t}"), "changes")?);
         Ok(Names {
-            log: derived_name(&format!("tidemark_log_{table}"), "log")?,
-            changes: derived_name(&format!("tidemark_changes_{table}"), "changes")?,
-            function: n("_fn")?,
+            log: table.sibling(derived_name(&format!("tidemark_log_{t}"), "log")?),
+            channel: derived_name(changes.as_str(), "changes")?,
+            changes,
+            function: s("_fn")?,
             trigger: n("_trg")?,
-            on_insert: n("_ins")?,
-            on_update: n("_upd")?,
-            on_delete: n("_del")?,
+            on_insert: s("_ins")?,
+            on_update: s("_upd")?,
+            on_delete: s("_del")?,
             time_index: n("_time_idx")?,
             txid_index: n("_txid_idx")?,
         })
@@ -84,7 +92,7 @@ impl TriggerCapture {
     pub fn default_config(info: &TableInfo, options: &SetupOptions) -> Result<TableConfig> {
         Ok(TableConfig {
             strategy: "trigger".into(),
-            cursor_column: Names::of(&info.name)?.log.to_string(),
+            cursor_column: Names::of(&info.name)?.log.name().to_string(),
             deleted_column: default_deleted_column(info, options),
             created_column: None,
             setup_id: None,
@@ -157,7 +165,7 @@ impl TriggerCapture {
         }
         format!(
             "INSERT INTO {} ({}) VALUES ({})",
-            d.quote(&self.names.log),
+            d.quote_table(&self.names.log),
             cols.join(", "),
             vals.join(", ")
         )
@@ -177,9 +185,9 @@ impl TriggerCapture {
     fn view(&self, d: &dyn Dialect) -> Vec<String> {
         let n = &self.names;
         let (log, view, table) = (
-            d.quote(&n.log),
-            d.quote(&n.changes),
-            d.quote(&self.info.name),
+            d.quote_table(&n.log),
+            d.quote_table(&n.changes),
+            d.quote_table(&self.info.name),
         );
         let count = self.info.primary_key.len();
         let event_keys = |prefix: &str| -> String {
@@ -233,7 +241,7 @@ impl TriggerCapture {
     /// The log table and the triggers.
     fn install_log(&self, d: &dyn Dialect) -> Result<Vec<String>> {
         let n = &self.names;
-        let (log, table) = (d.quote(&n.log), d.quote(&self.info.name));
+        let (log, table) = (d.quote_table(&n.log), d.quote_table(&self.info.name));
         let key_type = |k: &Ident| match d.kind() {
             // SQLite keeps each value's own type; a declared type would only convert it.
             DbKind::Sqlite => String::new(),
@@ -253,7 +261,7 @@ impl TriggerCapture {
         Ok(match d.kind() {
             DbKind::Postgres => {
                 let body = self.pg_statement_body(d);
-                let function = d.quote(&n.function);
+                let function = d.quote_table(&n.function);
                 let mut v = vec![
                     format!(
                         "CREATE TABLE IF NOT EXISTS {log} (\
@@ -291,12 +299,12 @@ impl TriggerCapture {
                     };
                     v.push(format!(
                         "DROP TRIGGER IF EXISTS {} ON {table}",
-                        d.quote(name)
+                        d.quote(name.name())
                     ));
                     v.push(format!(
                         "CREATE TRIGGER {} AFTER {op} ON {table} REFERENCING {referencing} \
                          FOR EACH STATEMENT EXECUTE FUNCTION {function}()",
-                        d.quote(name)
+                        d.quote(name.name())
                     ));
                 }
                 v
@@ -315,7 +323,7 @@ impl TriggerCapture {
                 for (name, op) in self.per_operation() {
                     v.push(format!(
                         "CREATE OR REPLACE TRIGGER {} AFTER {op} ON {table} FOR EACH ROW {}",
-                        d.quote(name),
+                        d.quote_table(name),
                         self.log_insert(d, op)
                     ));
                 }
@@ -337,10 +345,10 @@ impl TriggerCapture {
                 ];
                 // In one transaction with the drops: no write goes uncaptured meanwhile.
                 for (name, op) in self.per_operation() {
-                    v.push(format!("DROP TRIGGER IF EXISTS {}", d.quote(name)));
+                    v.push(format!("DROP TRIGGER IF EXISTS {}", d.quote_table(name)));
                     v.push(format!(
                         "CREATE TRIGGER {} AFTER {op} ON {table} FOR EACH ROW BEGIN {}; END",
-                        d.quote(name),
+                        d.quote_table(name),
                         self.log_insert(d, op)
                     ));
                 }
@@ -357,7 +365,7 @@ impl TriggerCapture {
     /// notifications of one transaction into one, sent at commit: followers (`replicate
     /// --follow`) wake once per transaction.
     fn pg_statement_body(&self, d: &dyn Dialect) -> String {
-        let log = d.quote(&self.names.log);
+        let log = d.quote_table(&self.names.log);
         let keys: Vec<String> = self.info.primary_key.iter().map(|k| d.quote(k)).collect();
         let old_keys = self.key_columns("old").join(", ");
         let new_keys = self.key_columns("new").join(", ");
@@ -405,11 +413,11 @@ impl TriggerCapture {
              END IF; \
              PERFORM pg_notify('{channel}', ''); \
              RETURN NULL; END",
-            channel = self.names.changes.as_str().replace('\'', "''"),
+            channel = self.names.channel.as_str().replace('\'', "''"),
         )
     }
 
-    fn per_operation(&self) -> [(&Ident, &'static str); 3] {
+    fn per_operation(&self) -> [(&TableName, &'static str); 3] {
         let n = &self.names;
         [
             (&n.on_insert, INSERT),
@@ -421,8 +429,8 @@ impl TriggerCapture {
     /// The statements that remove what [`TriggerCapture::install`] created.
     fn uninstall(&self, d: &dyn Dialect) -> Vec<String> {
         let n = &self.names;
-        let table = d.quote(&self.info.name);
-        let mut v = vec![format!("DROP VIEW IF EXISTS {}", d.quote(&n.changes))];
+        let table = d.quote_table(&self.info.name);
+        let mut v = vec![format!("DROP VIEW IF EXISTS {}", d.quote_table(&n.changes))];
         if d.kind() == DbKind::Postgres {
             v.push(format!(
                 "DROP TRIGGER IF EXISTS {} ON {table}",
@@ -431,19 +439,19 @@ impl TriggerCapture {
             for (name, _) in self.per_operation() {
                 v.push(format!(
                     "DROP TRIGGER IF EXISTS {} ON {table}",
-                    d.quote(name)
+                    d.quote(name.name())
                 ));
             }
             v.push(format!(
                 "DROP FUNCTION IF EXISTS {}()",
-                d.quote(&n.function)
+                d.quote_table(&n.function)
             ));
         } else {
             for (name, _) in self.per_operation() {
-                v.push(format!("DROP TRIGGER IF EXISTS {}", d.quote(name)));
+                v.push(format!("DROP TRIGGER IF EXISTS {}", d.quote_table(name)));
             }
         }
-        v.push(format!("DROP TABLE IF EXISTS {}", d.quote(&n.log)));
+        v.push(format!("DROP TABLE IF EXISTS {}", d.quote_table(&n.log)));
         v
     }
 
@@ -494,7 +502,7 @@ impl TriggerCapture {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let log = d.quote(&self.names.log);
+        let log = d.quote_table(&self.names.log);
         // Every key a change in the interval touched: the old key of updates and deletes, the
         // new key of inserts and updates; with the first change touching it, and the first
         // that found it existing (an old key).
@@ -526,7 +534,7 @@ impl TriggerCapture {
         fields.push("k.tidemark_first AS tidemark_first".into());
         let join_on: Vec<String> = key_list_pairs(d, keys);
         let join_on = join_on.join(" AND ");
-        let table = d.quote(&self.info.name);
+        let table = d.quote_table(&self.info.name);
         let soft_deleted = self
             .deleted
             .as_ref()
@@ -610,7 +618,7 @@ impl CaptureStrategy for TriggerCapture {
         d: &dyn Dialect,
         positions: &[Position],
     ) -> Result<Option<(String, String)>> {
-        let log = d.quote(&self.names.log);
+        let log = d.quote_table(&self.names.log);
         let mut passed = Vec::new();
         for p in positions {
             passed.push(match (p.txids(), p.change_id()) {
@@ -636,7 +644,7 @@ impl CaptureStrategy for TriggerCapture {
     fn count_recorded(&self, d: &dyn Dialect) -> Option<String> {
         Some(format!(
             "SELECT operation, count(*) FROM {} GROUP BY operation",
-            d.quote(&self.names.log)
+            d.quote_table(&self.names.log)
         ))
     }
 
@@ -652,7 +660,7 @@ impl CaptureStrategy for TriggerCapture {
         let Some(before) = before else {
             return Ok(None);
         };
-        let log = d.quote(&self.names.log);
+        let log = d.quote_table(&self.names.log);
         let interval = self.interval(d, before, after)?;
         let oldest =
             format!("SELECT min(l.changed_at) AS changed_at FROM {log} l WHERE {interval}");
@@ -682,7 +690,7 @@ impl CaptureStrategy for TriggerCapture {
     }
 
     fn notify_channel(&self, d: &dyn Dialect) -> Option<String> {
-        (d.kind() == DbKind::Postgres).then(|| self.names.changes.to_string())
+        (d.kind() == DbKind::Postgres).then(|| self.names.channel.to_string())
     }
 
     fn extent_query(&self, d: &dyn Dialect) -> Option<String> {
@@ -691,7 +699,7 @@ impl CaptureStrategy for TriggerCapture {
         (d.kind() == DbKind::Sqlite).then(|| {
             format!(
                 "SELECT COALESCE(max(change_id), 0) FROM {}",
-                d.quote(&self.names.log)
+                d.quote_table(&self.names.log)
             )
         })
     }

@@ -86,7 +86,7 @@ impl VersionCapture {
     }
 
     fn names(&self) -> Result<Names> {
-        let (t, v) = (&self.info.name, &self.version.name);
+        let (t, v) = (self.info.name.name(), &self.version.name);
         let n = |suffix: &str| derived_name(&format!("tidemark_version_{t}{suffix}"), suffix);
         Ok(Names {
             index: derived_name(&format!("tidemark_{t}_{v}_idx"), "idx")?,
@@ -100,13 +100,14 @@ impl VersionCapture {
     /// The statements that (re)create the version triggers.
     fn install(&self, d: &dyn Dialect) -> Result<Vec<String>> {
         let n = self.names()?;
-        let (table, v) = (d.quote(&self.info.name), d.quote(&self.version.name));
+        let (table, v) = (d.quote_table(&self.info.name), d.quote(&self.version.name));
+        let q = |id: &Ident| d.quote_table(&self.info.name.sibling(id.clone()));
         Ok(match d.kind() {
             DbKind::Postgres => vec![
                 format!(
                     "CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS \
                      'BEGIN NEW.{} := pg_current_xact_id()::text::bigint; RETURN NEW; END'",
-                    d.quote(&n.function),
+                    q(&n.function),
                     v.replace('\'', "''")
                 ),
                 format!("DROP TRIGGER IF EXISTS {} ON {table}", d.quote(&n.trigger)),
@@ -114,7 +115,7 @@ impl VersionCapture {
                     "CREATE TRIGGER {} BEFORE INSERT OR UPDATE ON {table} \
                      FOR EACH ROW EXECUTE FUNCTION {}()",
                     d.quote(&n.trigger),
-                    d.quote(&n.function)
+                    q(&n.function)
                 ),
             ],
             DbKind::Mysql => {
@@ -124,11 +125,11 @@ impl VersionCapture {
                 vec![
                     format!(
                         "CREATE OR REPLACE TRIGGER {} BEFORE INSERT ON {table} FOR EACH ROW {stamp}",
-                        d.quote(&n.on_insert)
+                        q(&n.on_insert)
                     ),
                     format!(
                         "CREATE OR REPLACE TRIGGER {} BEFORE UPDATE ON {table} FOR EACH ROW {stamp}",
-                        d.quote(&n.on_update)
+                        q(&n.on_update)
                     ),
                 ]
             }
@@ -147,18 +148,18 @@ impl VersionCapture {
                     same_row.join(" AND ")
                 );
                 vec![
-                    format!("DROP TRIGGER IF EXISTS {}", d.quote(&n.on_insert)),
+                    format!("DROP TRIGGER IF EXISTS {}", q(&n.on_insert)),
                     format!(
                         "CREATE TRIGGER {} AFTER INSERT ON {table} FOR EACH ROW {stamp}",
-                        d.quote(&n.on_insert)
+                        q(&n.on_insert)
                     ),
-                    format!("DROP TRIGGER IF EXISTS {}", d.quote(&n.on_update)),
+                    format!("DROP TRIGGER IF EXISTS {}", q(&n.on_update)),
                     // The stamp's own update changes the version and so does not fire it again
                     // (even with recursive triggers on).
                     format!(
                         "CREATE TRIGGER {} AFTER UPDATE ON {table} FOR EACH ROW \
                          WHEN NEW.{v} IS OLD.{v} {stamp}",
-                        d.quote(&n.on_update)
+                        q(&n.on_update)
                     ),
                 ]
             }
@@ -168,20 +169,18 @@ impl VersionCapture {
     /// The statements that remove the triggers, the index and the column.
     fn uninstall(&self, d: &dyn Dialect) -> Result<Vec<String>> {
         let n = self.names()?;
-        let table = d.quote(&self.info.name);
+        let table = d.quote_table(&self.info.name);
+        let q = |id: &Ident| d.quote_table(&self.info.name.sibling(id.clone()));
         let mut v = Vec::new();
         if d.kind() == DbKind::Postgres {
             v.push(format!(
                 "DROP TRIGGER IF EXISTS {} ON {table}",
                 d.quote(&n.trigger)
             ));
-            v.push(format!(
-                "DROP FUNCTION IF EXISTS {}()",
-                d.quote(&n.function)
-            ));
+            v.push(format!("DROP FUNCTION IF EXISTS {}()", q(&n.function)));
         } else {
             for t in [&n.on_insert, &n.on_update] {
-                v.push(format!("DROP TRIGGER IF EXISTS {}", d.quote(t)));
+                v.push(format!("DROP TRIGGER IF EXISTS {}", q(t)));
             }
         }
         v.push(d.drop_index(&n.index, &self.info.name));
@@ -249,7 +248,7 @@ impl CaptureStrategy for VersionCapture {
     ) -> Result<Option<OldestChange>> {
         let v = d.quote(&self.version.name);
         let mut interval = self.interval(d, before, after)?;
-        let table = d.quote(&self.info.name);
+        let table = d.quote_table(&self.info.name);
         if d.kind() != DbKind::Postgres {
             let filter = if interval.is_empty() {
                 String::new()
@@ -331,7 +330,7 @@ pub async fn setup(
         db.execute(
             &format!(
                 "ALTER TABLE {} ADD COLUMN {} BIGINT",
-                d.quote(&info.name),
+                d.quote_table(&info.name),
                 d.quote(&column)
             ),
             &[],

@@ -7,7 +7,7 @@ use sqlx::{AssertSqlSafe, ColumnIndex, Decode, Encode, Executor, IntoArguments, 
 
 use super::{Dialect, Param, RowSink, Stmt, TextRow};
 use crate::error::{Error, Result};
-use crate::ident::Ident;
+use crate::ident::{Ident, TableName};
 
 /// A sqlx driver with the shared helpers. The bounds are stated once, here: inside the trait
 /// they hold for `Self`, so the helpers need no `where` clauses of their own.
@@ -87,7 +87,7 @@ where
         pool: &sqlx::Pool<Self>,
         begin: &'static str,
         dialect: &dyn Dialect,
-        table: &Ident,
+        table: &TableName,
         columns: &[Ident],
         per_statement: usize,
         rows: &mut (dyn Iterator<Item = Vec<Option<String>>> + Send),
@@ -96,7 +96,7 @@ where
         let one = format!("({})", vec!["?"; columns.len()].join(", "));
         let head = format!(
             "INSERT INTO {} ({}) VALUES ",
-            dialect.quote(table),
+            dialect.quote_table(table),
             cols.join(", ")
         );
         let mut tx = pool.begin_with(begin).await?;

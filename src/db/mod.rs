@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, NaiveDateTime, SubsecRound, Utc};
 
 use crate::error::{Error, Result};
-use crate::ident::Ident;
+use crate::ident::{Ident, TableName};
 
 /// Which database a URL points at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -278,7 +278,7 @@ pub struct Column {
 /// A table's columns (in catalog order) and primary key (in key order).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct TableInfo {
-    pub name: Ident,
+    pub name: TableName,
     pub columns: Vec<Column>,
     pub primary_key: Vec<Ident>,
 }
@@ -456,6 +456,21 @@ pub trait Dialect: Send + Sync {
     fn kind(&self) -> DbKind;
     /// Quotes an identifier.
     fn quote(&self, id: &Ident) -> String;
+    /// Quotes a table name, qualified by its schema when it has one.
+    fn quote_table(&self, table: &TableName) -> String {
+        match table.schema() {
+            Some(schema) => format!("{}.{}", self.quote(schema), self.quote(table.name())),
+            None => self.quote(table.name()),
+        }
+    }
+    /// A query giving the connection's default schema (one row, one column): PostgreSQL's
+    /// `current_schema()`, MySQL's `DATABASE()`, SQLite's `main`.
+    fn default_schema_query(&self) -> &'static str;
+    /// A query with one parameter (a schema name) that returns a row when the schema exists.
+    fn schema_exists_query(&self) -> &'static str;
+    /// A query listing the names of the base tables of `schema` (the default schema when
+    /// `None`), one per row, with its parameters.
+    fn list_tables_query(&self, schema: Option<&Ident>) -> (&'static str, Vec<Param>);
     /// An expression giving the column's value as the text that goes into a CSV field
     /// (booleans `true`/`false`, timestamps RFC 3339 UTC with microseconds, NULL stays NULL).
     fn render(&self, column: &Column) -> String;
@@ -478,31 +493,31 @@ pub trait Dialect: Send + Sync {
     /// A query listing `table`'s columns in order, one row each: name, type, `'1'` when the
     /// column is NOT NULL (or part of the primary key), and its position in the primary key
     /// (0 when not in it); with its one parameter. No rows: the table does not exist.
-    fn catalog_query(&self, table: &Ident) -> (&'static str, Param);
+    fn catalog_query(&self, table: &TableName) -> (&'static str, Vec<Param>);
     /// A query naming the indexes of `table` whose first column is `column` (one per row), with
     /// its parameters.
-    fn leading_index_query(&self, table: &Ident, column: &Ident) -> (&'static str, Vec<Param>);
+    fn leading_index_query(&self, table: &TableName, column: &Ident) -> (&'static str, Vec<Param>);
     /// The type for short text keys in tidemark's own tables.
     fn key_type(&self) -> &'static str;
     /// The type for long text in tidemark's own tables.
     fn text_type(&self) -> &'static str;
     /// `CREATE INDEX IF NOT EXISTS name ON table (columns)`.
-    fn create_index(&self, name: &Ident, table: &Ident, columns: &[&Ident]) -> String {
+    fn create_index(&self, name: &Ident, table: &TableName, columns: &[&Ident]) -> String {
         let cols: Vec<String> = columns.iter().map(|c| self.quote(c)).collect();
         format!(
             "CREATE INDEX IF NOT EXISTS {} ON {} ({})",
             self.quote(name),
-            self.quote(table),
+            self.quote_table(table),
             cols.join(", ")
         )
     }
     /// A query returning a value of `cursor` that the dialect cannot order correctly (one row),
     /// or nothing; `None` when every value of a timestamp column orders correctly.
-    fn cursor_format_check(&self, _table: &Ident, _cursor: &Column) -> Option<String> {
+    fn cursor_format_check(&self, _table: &TableName, _cursor: &Column) -> Option<String> {
         None
     }
     /// `DROP INDEX IF EXISTS name` (on `table` where the dialect needs it).
-    fn drop_index(&self, name: &Ident, table: &Ident) -> String;
+    fn drop_index(&self, name: &Ident, table: &TableName) -> String;
     /// A query telling whether the session holds `privilege` for `table`: one row of two
     /// columns, `1` or `0`, and the name of what the privilege is on (the table, or the schema
     /// or database for [`Privilege::Create`]); a table that does not exist counts as granted
@@ -510,7 +525,7 @@ pub trait Dialect: Send + Sync {
     fn privilege_query(
         &self,
         _privilege: Privilege,
-        _table: &Ident,
+        _table: &TableName,
     ) -> Option<(&'static str, Vec<Param>)> {
         None
     }
@@ -668,9 +683,9 @@ pub trait Database: Send + Sync {
     /// Runs a small query; every column must decode as text or an integer.
     async fn query(&self, sql: &str, params: &[Param]) -> Result<Vec<TextRow>>;
     /// Reads a table's columns and primary key from the catalog.
-    async fn describe(&self, table: &Ident) -> Result<TableInfo> {
-        let (sql, param) = self.dialect().catalog_query(table);
-        let rows = self.query(sql, &[param]).await?;
+    async fn describe(&self, table: &TableName) -> Result<TableInfo> {
+        let (sql, params) = self.dialect().catalog_query(table);
+        let rows = self.query(sql, &params).await?;
         if rows.is_empty() {
             return Err(Error::UnknownTable(table.to_string()));
         }
@@ -698,8 +713,92 @@ pub trait Database: Send + Sync {
             primary_key: key.into_iter().map(|(_, n)| n).collect(),
         })
     }
+    /// Checks a table name the user gave and returns it as tidemark keys it: a schema that
+    /// does not exist is bad input, and the default schema is dropped (`public.users` on
+    /// PostgreSQL is `users`), so that a table has one key however it is written. SQLite has
+    /// no schemas: `main.t` is `t`, any other schema is bad input.
+    async fn resolve_table(&self, table: &TableName) -> Result<TableName> {
+        let Some(schema) = table.schema() else {
+            return Ok(table.clone());
+        };
+        if self.kind() == DbKind::Sqlite {
+            if schema.as_str() == "main" {
+                return Ok(table.without_schema());
+            }
+            return Err(Error::input(format!(
+                "table {table}: SQLite has no schemas (name the table without \"{schema}.\")"
+            )));
+        }
+        let current = self
+            .query(self.dialect().default_schema_query(), &[])
+            .await?;
+        if current.first().and_then(|r| field(r, 0)) == Some(schema.as_str()) {
+            return Ok(table.without_schema());
+        }
+        let found = self
+            .query(
+                self.dialect().schema_exists_query(),
+                &[schema.as_str().into()],
+            )
+            .await?;
+        if found.is_empty() {
+            return Err(Error::input(format!(
+                "table {table}: schema {:?} does not exist",
+                schema.as_str()
+            )));
+        }
+        Ok(table.clone())
+    }
+    /// The base tables of `schema` (the default schema when `None`) whose names match
+    /// `glob`, tidemark's own tables left out, in name order. A schema that does not exist is
+    /// bad input.
+    async fn list_tables(&self, schema: Option<&Ident>, glob: &str) -> Result<Vec<TableName>> {
+        let schema = match schema {
+            Some(s) => self
+                .resolve_table(&TableName::new(Some(s.clone()), s.clone()))
+                .await?
+                .schema()
+                .cloned(),
+            None => None,
+        };
+        let (sql, params) = self.dialect().list_tables_query(schema.as_ref());
+        let rows = self.query(sql, &params).await?;
+        let mut out = Vec::new();
+        for row in rows {
+            let Some(name) = field(&row, 0) else { continue };
+            if name.starts_with("tidemark_") || name.starts_with("sqlite_") {
+                continue;
+            }
+            if crate::ident::TableSelector::matches(glob, name) {
+                out.push(TableName::new(schema.clone(), Ident::new(name)?));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+    /// The tables `selector` names: one (checked, see [`Database::resolve_table`]) or those
+    /// its pattern matches; a pattern that matches none is bad input.
+    async fn select_tables(
+        &self,
+        selector: &crate::ident::TableSelector,
+    ) -> Result<Vec<TableName>> {
+        match selector {
+            crate::ident::TableSelector::One(t) => Ok(vec![self.resolve_table(t).await?]),
+            crate::ident::TableSelector::Pattern { schema, glob } => {
+                let found = self.list_tables(schema.as_ref(), glob).await?;
+                if found.is_empty() {
+                    let shown = match schema {
+                        Some(s) => format!("{}.{glob}", TableName::unqualified(s.clone())),
+                        None => glob.clone(),
+                    };
+                    return Err(Error::input(format!("no table matches {shown:?}")));
+                }
+                Ok(found)
+            }
+        }
+    }
     /// The names of the indexes of `table` whose first column is `column`.
-    async fn indexes_leading_with(&self, table: &Ident, column: &Ident) -> Result<Vec<String>> {
+    async fn indexes_leading_with(&self, table: &TableName, column: &Ident) -> Result<Vec<String>> {
         let (sql, params) = self.dialect().leading_index_query(table, column);
         let rows = self.query(sql, &params).await?;
         Ok(rows
@@ -724,7 +823,7 @@ pub trait Database: Send + Sync {
     /// in the database's one transaction; `rows` yields them in chunks.
     async fn bulk_insert(
         &self,
-        table: &Ident,
+        table: &TableName,
         columns: &[Ident],
         rows: &mut (dyn Iterator<Item = Vec<Option<String>>> + Send),
     ) -> Result<u64>;

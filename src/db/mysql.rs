@@ -24,7 +24,7 @@ use super::{
     Timestamp, Transaction,
 };
 use crate::error::{ConnectFailure, Error, Result};
-use crate::ident::Ident;
+use crate::ident::{Ident, TableName};
 
 const TS_FORMAT: &str = "'%Y-%m-%dT%H:%i:%s.%fZ'";
 
@@ -101,11 +101,11 @@ impl Dialect for MysqlDialect {
         format!("(COALESCE({expr}, 0) <> 0)")
     }
 
-    fn drop_index(&self, name: &Ident, table: &Ident) -> String {
+    fn drop_index(&self, name: &Ident, table: &TableName) -> String {
         format!(
             "DROP INDEX IF EXISTS {} ON {}",
             self.quote(name),
-            self.quote(table)
+            self.quote_table(table)
         )
     }
 
@@ -142,7 +142,23 @@ impl Dialect for MysqlDialect {
         format!("JSON_OBJECT({})", fields.join(", "))
     }
 
-    fn catalog_query(&self, table: &Ident) -> (&'static str, Param) {
+    fn default_schema_query(&self) -> &'static str {
+        "SELECT DATABASE()"
+    }
+
+    fn schema_exists_query(&self) -> &'static str {
+        "SELECT CAST(SCHEMA_NAME AS CHAR) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?"
+    }
+
+    fn list_tables_query(&self, schema: Option<&Ident>) -> (&'static str, Vec<Param>) {
+        (
+            "SELECT CAST(TABLE_NAME AS CHAR) FROM information_schema.TABLES \
+             WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_TYPE = 'BASE TABLE' ORDER BY 1",
+            vec![schema.map(|s| s.as_str()).into()],
+        )
+    }
+
+    fn catalog_query(&self, table: &TableName) -> (&'static str, Vec<Param>) {
         (
             "SELECT CAST(c.COLUMN_NAME AS CHAR), CAST(c.COLUMN_TYPE AS CHAR), \
                     CASE WHEN c.IS_NULLABLE = 'YES' THEN '0' ELSE '1' END, \
@@ -151,18 +167,25 @@ impl Dialect for MysqlDialect {
              LEFT JOIN information_schema.KEY_COLUMN_USAGE k \
                ON k.TABLE_SCHEMA = c.TABLE_SCHEMA AND k.TABLE_NAME = c.TABLE_NAME \
               AND k.COLUMN_NAME = c.COLUMN_NAME AND k.CONSTRAINT_NAME = 'PRIMARY' \
-             WHERE c.TABLE_SCHEMA = DATABASE() AND c.TABLE_NAME = ? \
+             WHERE c.TABLE_SCHEMA = COALESCE(?, DATABASE()) AND c.TABLE_NAME = ? \
              ORDER BY c.ORDINAL_POSITION",
-            table.as_str().into(),
+            vec![
+                table.schema().map(|s| s.as_str()).into(),
+                table.name().as_str().into(),
+            ],
         )
     }
 
-    fn leading_index_query(&self, table: &Ident, column: &Ident) -> (&'static str, Vec<Param>) {
+    fn leading_index_query(&self, table: &TableName, column: &Ident) -> (&'static str, Vec<Param>) {
         (
             "SELECT CAST(INDEX_NAME AS CHAR) FROM information_schema.STATISTICS \
-             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? AND COLUMN_NAME = ? \
+             WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? AND COLUMN_NAME = ? \
              AND SEQ_IN_INDEX = 1",
-            vec![table.as_str().into(), column.as_str().into()],
+            vec![
+                table.schema().map(|s| s.as_str()).into(),
+                table.name().as_str().into(),
+                column.as_str().into(),
+            ],
         )
     }
 
@@ -177,7 +200,7 @@ impl Dialect for MysqlDialect {
     fn privilege_query(
         &self,
         privilege: Privilege,
-        table: &Ident,
+        table: &TableName,
     ) -> Option<(&'static str, Vec<Param>)> {
         let name = match privilege {
             Privilege::Select => "SELECT",
@@ -195,7 +218,9 @@ impl Dialect for MysqlDialect {
             privilege,
             Privilege::Create | Privilege::CreateView | Privilege::SeeTransactions
         ));
-        let t = table.as_str();
+        // Checked in the connection's database (a table of another database is checked by the
+        // server when it is read).
+        let t = table.name().as_str();
         Some((
             MY_HAS_PRIVILEGE,
             vec![
@@ -527,7 +552,7 @@ impl Database for MysqlDb {
 
     async fn bulk_insert(
         &self,
-        table: &Ident,
+        table: &TableName,
         columns: &[Ident],
         rows: &mut (dyn Iterator<Item = Vec<Option<String>>> + Send),
     ) -> Result<u64> {

@@ -20,7 +20,7 @@ use super::{
     SnapshotOptions, Stmt, TextRow, Timestamp, Transaction, Wakeups,
 };
 use crate::error::{Error, Result};
-use crate::ident::Ident;
+use crate::ident::{Ident, TableName};
 
 const TS_FORMAT: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'";
 
@@ -83,8 +83,11 @@ impl Dialect for PostgresDialect {
         format!("COALESCE({expr}, false)")
     }
 
-    fn drop_index(&self, name: &Ident, _table: &Ident) -> String {
-        format!("DROP INDEX IF EXISTS {}", self.quote(name))
+    fn drop_index(&self, name: &Ident, table: &TableName) -> String {
+        format!(
+            "DROP INDEX IF EXISTS {}",
+            self.quote_table(&table.sibling(name.clone()))
+        )
     }
 
     fn json_image(&self, row: &str, _columns: &[Column]) -> String {
@@ -93,7 +96,31 @@ impl Dialect for PostgresDialect {
         format!("to_jsonb({row})")
     }
 
-    fn catalog_query(&self, table: &Ident) -> (&'static str, Param) {
+    fn default_schema_query(&self) -> &'static str {
+        "SELECT current_schema()::text"
+    }
+
+    fn schema_exists_query(&self) -> &'static str {
+        "SELECT nspname::text FROM pg_namespace WHERE nspname = ?"
+    }
+
+    fn list_tables_query(&self, schema: Option<&Ident>) -> (&'static str, Vec<Param>) {
+        match schema {
+            Some(s) => (
+                "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND n.nspname = ? ORDER BY 1",
+                vec![s.as_str().into()],
+            ),
+            None => (
+                "SELECT c.relname::text FROM pg_class c \
+                 WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition \
+                 AND c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema()) ORDER BY 1",
+                vec![],
+            ),
+        }
+    }
+
+    fn catalog_query(&self, table: &TableName) -> (&'static str, Vec<Param>) {
         (
             "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), \
                     CASE WHEN a.attnotnull THEN '1' ELSE '0' END, \
@@ -102,18 +129,18 @@ impl Dialect for PostgresDialect {
              FROM pg_attribute a \
              WHERE a.attrelid = to_regclass(?) AND a.attnum > 0 AND NOT a.attisdropped \
              ORDER BY a.attnum",
-            table.quote_double().into(),
+            vec![self.quote_table(table).into()],
         )
     }
 
-    fn leading_index_query(&self, table: &Ident, column: &Ident) -> (&'static str, Vec<Param>) {
+    fn leading_index_query(&self, table: &TableName, column: &Ident) -> (&'static str, Vec<Param>) {
         // indkey is an int2vector, subscripted from 0.
         (
             "SELECT c.relname::text FROM pg_index i \
              JOIN pg_class c ON c.oid = i.indexrelid \
              JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] \
              WHERE i.indrelid = to_regclass(?) AND a.attname = ?",
-            vec![table.quote_double().into(), column.as_str().into()],
+            vec![self.quote_table(table).into(), column.as_str().into()],
         )
     }
 
@@ -128,7 +155,7 @@ impl Dialect for PostgresDialect {
     fn privilege_query(
         &self,
         privilege: Privilege,
-        table: &Ident,
+        table: &TableName,
     ) -> Option<(&'static str, Vec<Param>)> {
         let sql = match privilege {
             Privilege::Select => PG_HAS_TABLE_PRIVILEGE[0],
@@ -142,12 +169,14 @@ impl Dialect for PostgresDialect {
                  WHERE oid = to_regclass(?)), true) THEN 1::bigint ELSE 0::bigint END, ?::text"
             }
             Privilege::Create | Privilege::CreateView => {
+                let schema = table.schema().map(|s| s.as_str().to_string());
                 return Some((
-                    "SELECT CASE WHEN COALESCE(has_schema_privilege(current_schema(), 'CREATE'), \
-                     false) THEN 1::bigint ELSE 0::bigint END, \
-                     COALESCE(current_schema()::text, '(none)')",
-                    Vec::new(),
-                ))
+                    "SELECT CASE WHEN COALESCE(has_schema_privilege(\
+                     COALESCE(?::text, current_schema()), 'CREATE'), false) \
+                     THEN 1::bigint ELSE 0::bigint END, \
+                     COALESCE(?::text, current_schema()::text, '(none)')",
+                    vec![schema.clone().into(), schema.into()],
+                ));
             }
             // pg_stat_activity shows other roles' sessions without their xact_start unless
             // the session has pg_read_all_stats (a superuser has every role's privileges).
@@ -161,7 +190,7 @@ impl Dialect for PostgresDialect {
         };
         Some((
             sql,
-            vec![table.quote_double().into(), table.as_str().into()],
+            vec![self.quote_table(table).into(), table.as_str().into()],
         ))
     }
 }
@@ -397,7 +426,10 @@ impl Database for PostgresDb {
             // Without pg_read_all_stats other roles' transactions show no xact_start: the
             // bound would pass them unseen and their changes be skipped. Refuse instead.
             let (check, params) = PostgresDialect
-                .privilege_query(Privilege::SeeTransactions, &Ident::new("pg_stat_activity")?)
+                .privilege_query(
+                    Privilege::SeeTransactions,
+                    &TableName::unqualified(Ident::new("pg_stat_activity")?),
+                )
                 .unwrap_or_default();
             let rows = self.query(check, &params).await?;
             if field(first_row(&rows, "pg_read_all_stats check")?, 0) != Some("1") {
@@ -461,7 +493,7 @@ impl Database for PostgresDb {
 
     async fn bulk_insert(
         &self,
-        table: &Ident,
+        table: &TableName,
         columns: &[Ident],
         rows: &mut (dyn Iterator<Item = Vec<Option<String>>> + Send),
     ) -> Result<u64> {
@@ -470,7 +502,7 @@ impl Database for PostgresDb {
         let cols: Vec<String> = columns.iter().map(|c| d.quote(c)).collect();
         let statement = format!(
             "COPY {} ({}) FROM STDIN WITH (FORMAT csv)",
-            d.quote(table),
+            d.quote_table(table),
             cols.join(", ")
         );
         let mut tx = self.pool.begin().await?;

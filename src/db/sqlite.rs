@@ -19,7 +19,7 @@ use super::{
     SnapshotOptions, Stmt, TextRow, Timestamp, Transaction,
 };
 use crate::error::{server_message, ConnectFailure, Error, Result};
-use crate::ident::Ident;
+use crate::ident::{Ident, TableName};
 
 /// How long a connection of the pool waits for a lock held by another.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -98,16 +98,16 @@ impl Dialect for SqliteDialect {
         format!("(COALESCE({expr}, 0) NOT IN (0, '0', 'false', 'f', 'FALSE'))")
     }
 
-    fn drop_index(&self, name: &Ident, _table: &Ident) -> String {
+    fn drop_index(&self, name: &Ident, _table: &TableName) -> String {
         format!("DROP INDEX IF EXISTS {}", self.quote(name))
     }
 
-    fn cursor_format_check(&self, table: &Ident, cursor: &Column) -> Option<String> {
+    fn cursor_format_check(&self, table: &TableName, cursor: &Column) -> Option<String> {
         // Cursor values are compared as text, so they must all have the canonical form.
         let c = self.quote(&cursor.name);
         Some(format!(
             "SELECT CAST({c} AS TEXT) FROM {} WHERE {c} IS NOT NULL AND NOT ({c} GLOB '{CANONICAL_GLOB}') LIMIT 1",
-            self.quote(table)
+            self.quote_table(table)
         ))
     }
 
@@ -132,19 +132,34 @@ impl Dialect for SqliteDialect {
         format!("json_object({})", fields.join(", "))
     }
 
-    fn catalog_query(&self, table: &Ident) -> (&'static str, Param) {
+    fn default_schema_query(&self) -> &'static str {
+        "SELECT 'main'"
+    }
+
+    fn schema_exists_query(&self) -> &'static str {
+        "SELECT name FROM pragma_database_list WHERE name = ?"
+    }
+
+    fn list_tables_query(&self, _schema: Option<&Ident>) -> (&'static str, Vec<Param>) {
         (
-            "SELECT name, type, CASE WHEN \"notnull\" = 1 OR pk > 0 THEN '1' ELSE '0' END, pk \
-             FROM pragma_table_info(?) ORDER BY cid",
-            table.as_str().into(),
+            "SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY 1",
+            vec![],
         )
     }
 
-    fn leading_index_query(&self, table: &Ident, column: &Ident) -> (&'static str, Vec<Param>) {
+    fn catalog_query(&self, table: &TableName) -> (&'static str, Vec<Param>) {
+        (
+            "SELECT name, type, CASE WHEN \"notnull\" = 1 OR pk > 0 THEN '1' ELSE '0' END, pk \
+             FROM pragma_table_info(?) ORDER BY cid",
+            vec![table.name().as_str().into()],
+        )
+    }
+
+    fn leading_index_query(&self, table: &TableName, column: &Ident) -> (&'static str, Vec<Param>) {
         (
             "SELECT l.name FROM pragma_index_list(?) l JOIN pragma_index_info(l.name) i \
              WHERE i.seqno = 0 AND i.name = ?",
-            vec![table.as_str().into(), column.as_str().into()],
+            vec![table.name().as_str().into(), column.as_str().into()],
         )
     }
 
@@ -592,7 +607,7 @@ impl Database for SqliteDb {
 
     async fn bulk_insert(
         &self,
-        table: &Ident,
+        table: &TableName,
         columns: &[Ident],
         rows: &mut (dyn Iterator<Item = Vec<Option<String>>> + Send),
     ) -> Result<u64> {

@@ -15,7 +15,7 @@ use crate::capture::{self, strategy_for, Mode, Select};
 use crate::db::portable::ColumnType;
 use crate::db::{Bound, Database, Privilege, RowSink, SnapshotOptions, TableInfo, Timestamp};
 use crate::error::{Error, Result};
-use crate::ident::{ConsumerId, Ident};
+use crate::ident::{ConsumerId, TableName};
 use crate::sink::csv::CsvWriter;
 use crate::sink::file::{free_name, publish, temporary_writer, tmp_name, write_aside, AtomicFile};
 use crate::state::{position_is_current, status, ExportRecord, Position, StateStore, TableConfig};
@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone)]
 pub struct ExportRequest {
     pub consumer: ConsumerId,
-    pub table: Ident,
+    pub table: TableName,
     pub mode: Mode,
     pub out_dir: PathBuf,
     /// The export's id (the HTTP job id); a fresh one when `None`.
@@ -41,7 +41,7 @@ pub struct ExportRequest {
 
 impl ExportRequest {
     /// A request with a fresh id, named by the time it runs.
-    pub fn new(consumer: ConsumerId, table: Ident, mode: Mode, out_dir: PathBuf) -> Self {
+    pub fn new(consumer: ConsumerId, table: TableName, mode: Mode, out_dir: PathBuf) -> Self {
         ExportRequest {
             consumer,
             table,
@@ -55,12 +55,16 @@ impl ExportRequest {
 }
 
 /// The file name of an export without its extension: `{mode}_{consumer}_{YYYYMMDDTHHMMSSZ}`
-/// (a suffix is added when that name is taken).
-pub fn file_stem(mode: Mode, consumer: &ConsumerId, at: &Timestamp) -> String {
-    format!(
-        "{mode}_{consumer}_{}",
-        at.as_datetime().format("%Y%m%dT%H%M%SZ")
-    )
+/// for the table `users`, `{mode}_{consumer}_{table}_{YYYYMMDDTHHMMSSZ}` for any other, the
+/// table as [`TableName::file_part`] writes it (`sales.orders`); a suffix is added when that
+/// name is taken.
+pub fn file_stem(mode: Mode, consumer: &ConsumerId, table: &TableName, at: &Timestamp) -> String {
+    let at = at.as_datetime().format("%Y%m%dT%H%M%SZ");
+    if table.schema().is_none() && table.name().as_str() == crate::seed::USERS {
+        format!("{mode}_{consumer}_{at}")
+    } else {
+        format!("{mode}_{consumer}_{}_{at}", table.file_part())
+    }
 }
 
 /// What an export did.
@@ -68,7 +72,7 @@ pub fn file_stem(mode: Mode, consumer: &ConsumerId, at: &Timestamp) -> String {
 pub struct ExportOutcome {
     pub export_id: String,
     pub consumer: ConsumerId,
-    pub table: Ident,
+    pub table: TableName,
     pub mode: Mode,
     pub rows: u64,
     /// The CSV, or none when there was nothing to export.
@@ -209,6 +213,7 @@ impl Exporter {
         let stem = file_stem(
             req.mode,
             &req.consumer,
+            &req.table,
             req.named_at.as_ref().unwrap_or(&started_at),
         );
         let csv_path = free_name(&req.out_dir, &stem, "csv");
@@ -362,7 +367,7 @@ impl Exporter {
 
     /// Takes the export lock of (consumer, table) and repairs what an interrupted export left
     /// (see [`Exporter::export`]); returns what it did.
-    pub async fn recover(&self, consumer: &ConsumerId, table: &Ident) -> Result<Vec<String>> {
+    pub async fn recover(&self, consumer: &ConsumerId, table: &TableName) -> Result<Vec<String>> {
         let lock = self.state.lock(consumer, table).await?;
         let result = self.repair(consumer, table).await;
         let released = lock.release().await;
@@ -384,7 +389,7 @@ impl Exporter {
     /// Completes or rolls back exports of (consumer, table) that a dead process left prepared:
     /// a published CSV is delivered, so its watermark move is committed; otherwise its
     /// temporary file is removed and the record aborted.
-    async fn repair(&self, consumer: &ConsumerId, table: &Ident) -> Result<Vec<String>> {
+    async fn repair(&self, consumer: &ConsumerId, table: &TableName) -> Result<Vec<String>> {
         let mut done = Vec::new();
         for rec in self.state.prepared_exports(consumer, table).await? {
             let csv = rec.file.as_deref().map(PathBuf::from);
@@ -428,7 +433,7 @@ impl Exporter {
 /// another capture set-up of the table made.
 pub fn stale_position(
     consumer: &ConsumerId,
-    table: &Ident,
+    table: &TableName,
     position: &Position,
     config: Option<&TableConfig>,
 ) -> Error {
@@ -537,7 +542,7 @@ fn publish_pair(csv_tmp: &Path, csv: &Path, manifest: &Path, json: &str) -> Resu
 pub async fn full_select(
     db: &dyn Database,
     state: &StateStore,
-    table: &Ident,
+    table: &TableName,
 ) -> Result<(TableInfo, Select)> {
     let info = db.describe(table).await?;
     let config = state.table_config(table).await?;

@@ -11,7 +11,7 @@ use std::path::Path;
 use crate::capture::Mode;
 use crate::db::{ClockNeed, Database, RowSink, SnapshotOptions};
 use crate::error::{Error, Result};
-use crate::ident::{ConsumerId, Ident};
+use crate::ident::{ConsumerId, Ident, TableName};
 use crate::sink::csv::reader;
 use crate::state::StateStore;
 
@@ -35,7 +35,12 @@ fn key_of(columns: &[String], key: &[Ident], row: &[String]) -> Result<Vec<Strin
 }
 
 /// Replays the exports of (consumer, table) found in `dir`; `key` is the table's primary key.
-pub fn replay(dir: &Path, consumer: &ConsumerId, table: &Ident, key: &[Ident]) -> Result<Image> {
+pub fn replay(
+    dir: &Path,
+    consumer: &ConsumerId,
+    table: &TableName,
+    key: &[Ident],
+) -> Result<Image> {
     let chains = super::manifest::chains(dir)?;
     let chain = chains
         .get(&(consumer.to_string(), table.to_string()))
@@ -116,7 +121,11 @@ impl RowSink for Collect {
 }
 
 /// Reads the live rows of `table` now, rendered exactly as a full export renders them.
-pub async fn table_image(db: &dyn Database, state: &StateStore, table: &Ident) -> Result<Image> {
+pub async fn table_image(
+    db: &dyn Database,
+    state: &StateStore,
+    table: &TableName,
+) -> Result<Image> {
     let (info, select) = super::full_select(db, state, table).await?;
     let mut snapshot = db
         .snapshot(&SnapshotOptions::new(

@@ -11,7 +11,7 @@ use crate::db::{
     types, Column, ColumnKind, Database, DbKind, Dialect, Param, TableInfo, Transaction,
 };
 use crate::error::{Error, Result};
-use crate::ident::Ident;
+use crate::ident::{Ident, TableName};
 
 /// What a delta row asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,7 +82,7 @@ fn chunks<T>(items: &[T], max: usize) -> Vec<&[T]> {
 /// The statements that apply changes to one target table.
 pub struct TargetTable {
     kind: DbKind,
-    table: Ident,
+    table: TableName,
     /// Source column names, in source (delta) order.
     columns: Vec<Ident>,
     /// Positions of the primary key columns in `columns`.
@@ -102,7 +102,7 @@ impl TargetTable {
         target: &dyn Database,
         source_kind: DbKind,
         source: &TableInfo,
-        name: &Ident,
+        name: &TableName,
     ) -> Result<TargetTable> {
         let d = target.dialect();
         let existing = match target.describe(name).await {
@@ -149,7 +149,7 @@ impl TargetTable {
         let quoted: Vec<String> = columns.iter().map(|c| d.quote(c)).collect();
         let insert_head = format!(
             "INSERT INTO {} ({}) VALUES ",
-            d.quote(&target.name),
+            d.quote_table(&target.name),
             quoted.join(", ")
         );
         let non_key: Vec<&String> = quoted
@@ -201,7 +201,7 @@ impl TargetTable {
     }
 
     /// "UPDATE of users (id=42)": names a change in messages.
-    pub fn describe_change(&self, source_table: &Ident, c: &Change) -> String {
+    pub fn describe_change(&self, source_table: &TableName, c: &Change) -> String {
         let keys: Vec<String> = self
             .key
             .iter()
@@ -292,7 +292,7 @@ impl TargetTable {
             params.extend(rows.iter().map(|r| Param::from(r.values[k].clone())));
             format!(
                 "DELETE FROM {} WHERE {} IN ({})",
-                d.quote(&self.table),
+                d.quote_table(&self.table),
                 d.quote(&self.columns[k]),
                 list.join(", ")
             )
@@ -309,7 +309,7 @@ impl TargetTable {
             }
             format!(
                 "DELETE FROM {} WHERE {}",
-                d.quote(&self.table),
+                d.quote_table(&self.table),
                 vec![one.as_str(); rows.len()].join(" OR ")
             )
         };
@@ -392,7 +392,7 @@ fn create_table(
     d: &dyn Dialect,
     source_kind: DbKind,
     source: &TableInfo,
-    name: &Ident,
+    name: &TableName,
 ) -> Result<String> {
     let mut parts: Vec<String> = Vec::with_capacity(source.columns.len() + 1);
     for c in &source.columns {
@@ -408,7 +408,7 @@ fn create_table(
     parts.push(format!("PRIMARY KEY ({})", key.join(", ")));
     Ok(format!(
         "CREATE TABLE {} ({})",
-        d.quote(name),
+        d.quote_table(name),
         parts.join(", ")
     ))
 }

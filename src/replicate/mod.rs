@@ -10,6 +10,7 @@
 //! replica's position ([`crate::state::replicas`]).
 
 pub mod apply;
+pub mod many;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use crate::db::{
     SnapshotOptions, TableInfo, Timestamp, Transaction, Wakeups,
 };
 use crate::error::{Error, Result};
-use crate::ident::{ConsumerId, Ident};
+use crate::ident::{ConsumerId, Ident, TableName};
 use crate::state::replicas::ReplicaRecord;
 use crate::state::{position_is_current, Position, StateStore, TableConfig};
 use apply::{Change, TargetTable};
@@ -38,8 +39,8 @@ pub const POSITIONS_TABLE: &str = "tidemark_replica_positions";
 /// What to replicate and how.
 #[derive(Debug, Clone)]
 pub struct ReplicateOptions {
-    pub table: Ident,
-    pub target_table: Ident,
+    pub table: TableName,
+    pub target_table: TableName,
     /// Rows per batch (one savepoint and a few multi-row statements each).
     pub batch_size: usize,
     /// The capture margin of source snapshots (as for exports).
@@ -55,7 +56,7 @@ pub struct ReplicateOptions {
 
 impl ReplicateOptions {
     /// Defaults for `table` into a target table of the same name.
-    pub fn new(table: Ident) -> Self {
+    pub fn new(table: TableName) -> Self {
         ReplicateOptions {
             target_table: table.clone(),
             table,
@@ -93,9 +94,9 @@ pub struct RunOutcome {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Summary {
     pub replica: ConsumerId,
-    pub table: Ident,
+    pub table: TableName,
     pub target: String,
-    pub target_table: Ident,
+    pub target_table: TableName,
     pub runs: u64,
     pub commits: u64,
     pub rows: u64,
@@ -336,7 +337,7 @@ impl Replicator {
         let strategy = strategy_for(&info, config.as_ref())?;
         // Checked before the target is touched: writing its table and positions table, or
         // creating the one that does not exist yet.
-        let positions = Ident::new(POSITIONS_TABLE)?;
+        let positions = TableName::unqualified(Ident::new(POSITIONS_TABLE)?);
         let mut names: Vec<String> = Vec::new();
         let mut positions_exist = false;
         for table in [&self.opts.target_table, &positions] {
@@ -390,7 +391,7 @@ impl Replicator {
                 )
                 .await?;
         }
-        let delete_all = format!("DELETE FROM {}", d.quote(&self.opts.target_table));
+        let delete_all = format!("DELETE FROM {}", d.quote_table(&self.opts.target_table));
         self.plan = Some(Plan {
             target,
             config,

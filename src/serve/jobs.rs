@@ -20,7 +20,7 @@ use crate::capture::Mode;
 use crate::db::Timestamp;
 use crate::error::{Error, Result};
 use crate::export::{file_stem, ExportRequest, Exporter};
-use crate::ident::{ConsumerId, Ident};
+use crate::ident::{ConsumerId, TableName};
 use crate::state::jobs::{job_status, JobRecord};
 use crate::state::status;
 
@@ -98,7 +98,7 @@ struct Inner {
     workers: Arc<Semaphore>,
     /// Pending or running jobs by (consumer, table). Held across the job's first write to
     /// state so that two requests at the same instant cannot both start one.
-    active: tokio::sync::Mutex<HashMap<(ConsumerId, Ident), Arc<Live>>>,
+    active: tokio::sync::Mutex<HashMap<(ConsumerId, TableName), Arc<Live>>>,
     /// Jobs of this process by id.
     known: Mutex<Known>,
     tracker: TaskTracker,
@@ -200,7 +200,7 @@ impl Jobs {
     pub async fn submit(
         &self,
         consumer: ConsumerId,
-        table: Ident,
+        table: TableName,
         mode: Mode,
     ) -> std::result::Result<JobRecord, SubmitError> {
         if !self.inner.accepting.load(Ordering::SeqCst) {
@@ -225,7 +225,10 @@ impl Jobs {
         let created_at = Timestamp::now();
         let record = JobRecord {
             job_id: hex::encode(rand::random::<[u8; 16]>()),
-            output_filename: Some(format!("{}.csv", file_stem(mode, &consumer, &created_at))),
+            output_filename: Some(format!(
+                "{}.csv",
+                file_stem(mode, &consumer, &table, &created_at)
+            )),
             consumer: consumer.clone(),
             table: table.clone(),
             mode,

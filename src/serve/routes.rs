@@ -24,7 +24,7 @@ use crate::capture::Mode;
 use crate::db::Timestamp;
 use crate::error::Error;
 use crate::export::Exporter;
-use crate::ident::{ConsumerId, Ident};
+use crate::ident::{ConsumerId, TableName};
 use crate::monitor::{self, Thresholds};
 use crate::state::jobs::{job_status, JobRecord};
 
@@ -390,10 +390,13 @@ impl utoipa::Modify for BearerAuth {
             .components
             .get_or_insert_with(Default::default)
             .add_security_scheme("bearer", SecurityScheme::Http(scheme));
-        openapi.security = Some(vec![SecurityRequirement::new(
-            "bearer",
-            Vec::<String>::new(),
-        )]);
+        // A bearer token, or none: a server with no token configured (loopback only) takes
+        // requests without one, so the document cannot say one is always required; the 401
+        // and 403 answers of every path say what happens once tokens exist.
+        openapi.security = Some(vec![
+            SecurityRequirement::new("bearer", Vec::<String>::new()),
+            SecurityRequirement::default(),
+        ]);
         let error = |description: &str| {
             utoipa::openapi::ResponseBuilder::new()
                 .description(description)
@@ -500,11 +503,11 @@ fn consumer_header(headers: &HeaderMap) -> ApiResult<ConsumerId> {
 
 /// The table of `?table=` (default `users`), after checking that `?format=` names a format
 /// this server writes.
-fn table_param(uri: &Uri) -> ApiResult<Ident> {
+fn table_param(uri: &Uri) -> ApiResult<TableName> {
     let Query(p) = Query::<TableParam>::try_from_uri(uri)
         .map_err(|e| ApiError::bad_request(format!("bad query string: {}", e.body_text())))?;
     let FormatParam::Csv = p.format.unwrap_or_default();
-    Ok(Ident::new(p.table.as_deref().unwrap_or("users"))?)
+    Ok(TableName::parse(p.table.as_deref().unwrap_or("users"))?)
 }
 
 fn path_text(path: std::result::Result<Path<String>, PathRejection>) -> ApiResult<String> {
@@ -512,12 +515,24 @@ fn path_text(path: std::result::Result<Path<String>, PathRejection>) -> ApiResul
         .map_err(|e| ApiError::bad_request(format!("bad path: {}", e.body_text())))
 }
 
-/// Checks that the table exists before a job is started (when the database answers quickly;
-/// if it does not, the job starts and fails on its own, recorded like any failure).
-async fn check_table(s: &AppState, table: &Ident) -> ApiResult<()> {
-    match tokio::time::timeout(s.health_timeout, s.exporter.source().describe(table)).await {
+/// The table as tidemark keys it (`public.users` is `users`; a schema that does not exist is
+/// refused), when the database answers quickly; as given when it does not.
+async fn resolve_table(s: &AppState, table: TableName) -> ApiResult<TableName> {
+    match tokio::time::timeout(s.health_timeout, s.exporter.source().resolve_table(&table)).await {
+        Ok(Ok(t)) => Ok(t),
         Ok(Err(e)) if !e.is_unavailable() => Err(e.into()),
-        _ => Ok(()),
+        _ => Ok(table),
+    }
+}
+
+/// Checks that the table exists before a job is started (when the database answers quickly;
+/// if it does not, the job starts and fails on its own, recorded like any failure), and
+/// returns it as tidemark keys it.
+async fn check_table(s: &AppState, table: TableName) -> ApiResult<TableName> {
+    let table = resolve_table(s, table).await?;
+    match tokio::time::timeout(s.health_timeout, s.exporter.source().describe(&table)).await {
+        Ok(Err(e)) if !e.is_unavailable() => Err(e.into()),
+        _ => Ok(table),
     }
 }
 
@@ -571,8 +586,7 @@ async fn export_sync(
 ) -> ApiResult<Json<SyncExportBody>> {
     let consumer = ConsumerId::new(&path_text(path)?)?;
     who.may_act_as(&consumer)?;
-    let table = table_param(&uri)?;
-    check_table(&s, &table).await?;
+    let table = check_table(&s, table_param(&uri)?).await?;
     let job = s
         .jobs
         .submit(consumer.clone(), table, Mode::Incremental)
@@ -646,8 +660,7 @@ async fn start_export(
     let mode = Mode::parse(&mode_text).map_err(|e| ApiError::not_found(e.to_string()))?;
     let consumer = consumer_header(&headers)?;
     who.may_act_as(&consumer)?;
-    let table = table_param(&uri)?;
-    check_table(&s, &table).await?;
+    let table = check_table(&s, table_param(&uri)?).await?;
     let job = s.jobs.submit(consumer, table, mode).await?;
     Ok((
         StatusCode::ACCEPTED,
@@ -784,7 +797,7 @@ async fn watermark(
 ) -> ApiResult<Json<WatermarkBody>> {
     let consumer = consumer_header(&headers)?;
     who.may_act_as(&consumer)?;
-    let table = table_param(&uri)?;
+    let table = resolve_table(&s, table_param(&uri)?).await?;
     let w = s
         .exporter
         .state()

@@ -5,7 +5,7 @@
 use crate::capture::Mode;
 use crate::db::{field, Param, Stmt, Timestamp};
 use crate::error::Result;
-use crate::ident::{ConsumerId, Ident};
+use crate::ident::{ConsumerId, TableName};
 
 use super::StateStore;
 
@@ -22,7 +22,7 @@ pub mod job_status {
 pub struct JobRecord {
     pub job_id: String,
     pub consumer: ConsumerId,
-    pub table: Ident,
+    pub table: TableName,
     pub mode: Mode,
     /// One of [`job_status`].
     pub status: String,
@@ -125,7 +125,7 @@ impl StateStore {
                 Ok(JobRecord {
                     job_id: text(0).unwrap_or_default(),
                     consumer: ConsumerId::new(field(&r, 1).unwrap_or_default())?,
-                    table: Ident::new(field(&r, 2).unwrap_or_default())?,
+                    table: TableName::parse(field(&r, 2).unwrap_or_default())?,
                     mode: Mode::parse(field(&r, 3).unwrap_or_default())?,
                     status: text(4).unwrap_or_default(),
                     output_filename: text(5),

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use crate::db::{field, Database, LockGuard, Param, Privilege, Stmt, Timestamp};
 use crate::error::{Error, Result};
-use crate::ident::{ConsumerId, Ident};
+use crate::ident::{ConsumerId, Ident, TableName};
 
 /// Where a consumer stands in a table's change stream.
 ///
@@ -124,7 +124,7 @@ impl Position {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Watermark {
     pub consumer: ConsumerId,
-    pub table: Ident,
+    pub table: TableName,
     pub position: Position,
     /// When it was last moved.
     pub updated_at: Timestamp,
@@ -189,7 +189,7 @@ impl std::fmt::Display for TableUser {
 pub struct ExportRecord {
     pub export_id: String,
     pub consumer: ConsumerId,
-    pub table: Ident,
+    pub table: TableName,
     pub mode: String,
     pub status: String,
     pub before: Option<Position>,
@@ -258,7 +258,7 @@ impl StateStore {
             return Ok(StateStore { db });
         }
         // Nothing is created unless every table can be.
-        let probe = Ident::new("tidemark_tables")?;
+        let probe = TableName::unqualified(Ident::new("tidemark_tables")?);
         crate::privilege::require(db.as_ref(), &probe, &[Privilege::Create])
             .await
             .map_err(state_grant)?;
@@ -330,7 +330,11 @@ impl StateStore {
     }
 
     /// Takes the export lock of (consumer, table), or fails with [`Error::Busy`].
-    pub async fn lock(&self, consumer: &ConsumerId, table: &Ident) -> Result<Box<dyn LockGuard>> {
+    pub async fn lock(
+        &self,
+        consumer: &ConsumerId,
+        table: &TableName,
+    ) -> Result<Box<dyn LockGuard>> {
         let name = format!("tidemark-export\u{1f}{consumer}\u{1f}{table}");
         self.db.try_lock(&name).await?.ok_or_else(|| Error::Busy {
             consumer: consumer.to_string(),
@@ -339,7 +343,7 @@ impl StateStore {
     }
 
     /// The registration of `table`, if `setup` made one.
-    pub async fn table_config(&self, table: &Ident) -> Result<Option<TableConfig>> {
+    pub async fn table_config(&self, table: &TableName) -> Result<Option<TableConfig>> {
         let rows = self
             .db
             .query(
@@ -356,7 +360,7 @@ impl StateStore {
     }
 
     /// Every registration, by table name.
-    pub async fn table_configs(&self) -> Result<Vec<(Ident, TableConfig)>> {
+    pub async fn table_configs(&self) -> Result<Vec<(TableName, TableConfig)>> {
         let rows = self
             .db
             .query(
@@ -366,7 +370,7 @@ impl StateStore {
             .await?;
         rows.iter()
             .map(|r| {
-                let table = Ident::new(field(r, 0).unwrap_or_default())?;
+                let table = TableName::parse(field(r, 0).unwrap_or_default())?;
                 let config =
                     serde_json::from_str(field(r, 1).unwrap_or_default()).map_err(|e| {
                         Error::Runtime(format!("corrupt registration of table {table}: {e}"))
@@ -377,7 +381,7 @@ impl StateStore {
     }
 
     /// Registers (or re-registers) `table`.
-    pub async fn save_table_config(&self, table: &Ident, config: &TableConfig) -> Result<()> {
+    pub async fn save_table_config(&self, table: &TableName, config: &TableConfig) -> Result<()> {
         let json = serde_json::to_string(config).unwrap_or_default();
         self.db
             .transaction(&[
@@ -401,7 +405,7 @@ impl StateStore {
     }
 
     /// Removes the registration of `table` (teardown).
-    pub async fn remove_table_config(&self, table: &Ident) -> Result<bool> {
+    pub async fn remove_table_config(&self, table: &TableName) -> Result<bool> {
         Ok(self
             .db
             .execute(
@@ -414,7 +418,7 @@ impl StateStore {
 
     /// Every consumer and replica holding a position in `table` (export watermarks, then the
     /// replicas the source's state knows of).
-    pub async fn table_users(&self, table: &Ident) -> Result<Vec<TableUser>> {
+    pub async fn table_users(&self, table: &TableName) -> Result<Vec<TableUser>> {
         let mut users: Vec<TableUser> = self
             .db
             .query(
@@ -448,7 +452,7 @@ impl StateStore {
     /// one transaction: their next runs start from a full read. A replica's authoritative
     /// position lives in its target; it was made by the set-up being replaced, so the replica
     /// resynchronises when it next runs.
-    pub async fn remove_table_positions(&self, table: &Ident) -> Result<()> {
+    pub async fn remove_table_positions(&self, table: &TableName) -> Result<()> {
         self.db
             .transaction(&[
                 Stmt::new(
@@ -468,7 +472,7 @@ impl StateStore {
     pub async fn watermark(
         &self,
         consumer: &ConsumerId,
-        table: &Ident,
+        table: &TableName,
     ) -> Result<Option<Watermark>> {
         let rows = self
             .db
@@ -504,7 +508,7 @@ impl StateStore {
             .map(|r| {
                 Ok(Watermark {
                     consumer: ConsumerId::new(field(r, 0).unwrap_or_default())?,
-                    table: Ident::new(field(r, 1).unwrap_or_default())?,
+                    table: TableName::parse(field(r, 1).unwrap_or_default())?,
                     position: Position::from_json(field(r, 2).unwrap_or_default())?,
                     updated_at: Timestamp::parse(field(r, 3).unwrap_or_default())?,
                 })
@@ -516,7 +520,7 @@ impl StateStore {
     pub async fn set_watermark(
         &self,
         consumer: &ConsumerId,
-        table: &Ident,
+        table: &TableName,
         position: &Position,
     ) -> Result<()> {
         self.db
@@ -541,7 +545,7 @@ impl StateStore {
     }
 
     /// Deletes the watermark; the next export starts from the beginning.
-    pub async fn reset_watermark(&self, consumer: &ConsumerId, table: &Ident) -> Result<bool> {
+    pub async fn reset_watermark(&self, consumer: &ConsumerId, table: &TableName) -> Result<bool> {
         Ok(self
             .db
             .execute(
@@ -656,7 +660,7 @@ impl StateStore {
     pub async fn has_committed_exports(
         &self,
         consumer: &ConsumerId,
-        table: &Ident,
+        table: &TableName,
     ) -> Result<bool> {
         let rows = self
             .db
@@ -677,7 +681,7 @@ impl StateStore {
     pub async fn prepared_exports(
         &self,
         consumer: &ConsumerId,
-        table: &Ident,
+        table: &TableName,
     ) -> Result<Vec<ExportRecord>> {
         self.exports_where(
             "consumer_id = ? AND table_name = ? AND status = ? ORDER BY started_at",
@@ -737,7 +741,7 @@ fn record_from_row(r: Vec<Option<String>>) -> Result<ExportRecord> {
     Ok(ExportRecord {
         export_id: text(0).unwrap_or_default(),
         consumer: ConsumerId::new(field(&r, 1).unwrap_or_default())?,
-        table: Ident::new(field(&r, 2).unwrap_or_default())?,
+        table: TableName::parse(field(&r, 2).unwrap_or_default())?,
         mode: text(3).unwrap_or_default(),
         status: text(4).unwrap_or_default(),
         before: position(5)?,

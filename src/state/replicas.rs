@@ -5,7 +5,7 @@
 
 use crate::db::{field, Param, Stmt, Timestamp};
 use crate::error::Result;
-use crate::ident::{ConsumerId, Ident};
+use crate::ident::{ConsumerId, TableName};
 
 use super::{Position, StateStore};
 
@@ -14,10 +14,10 @@ use super::{Position, StateStore};
 pub struct ReplicaRecord {
     /// The replica's consumer id (`replica-…`), also the name its lock is taken under.
     pub replica: ConsumerId,
-    pub table: Ident,
+    pub table: TableName,
     /// The target URL, without password.
     pub target: String,
-    pub target_table: Ident,
+    pub target_table: TableName,
     /// The position the target has committed (none before the first commit).
     pub position: Option<Position>,
     /// Rows applied by this replica so far (as last recorded).
@@ -68,9 +68,9 @@ impl StateStore {
                 let text = |i: usize| field(&r, i).unwrap_or_default().to_string();
                 Ok(ReplicaRecord {
                     replica: ConsumerId::new(&text(0))?,
-                    table: Ident::new(&text(1))?,
+                    table: TableName::parse(&text(1))?,
                     target: text(2),
-                    target_table: Ident::new(&text(3))?,
+                    target_table: TableName::parse(&text(3))?,
                     position: field(&r, 4).map(Position::from_json).transpose()?,
                     rows_applied: text(5).parse().unwrap_or(0),
                     updated_at: Timestamp::parse(&text(6))?,

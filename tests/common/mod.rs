@@ -12,7 +12,7 @@ use std::time::Duration;
 use tidemark::capture::{self, Mode, SetupOptions};
 use tidemark::db::{connect, ConnectOptions, Database, DbKind, DbUrl};
 use tidemark::export::{manifest, replay, ExportOutcome, ExportRequest, Exporter};
-use tidemark::ident::{ConsumerId, Ident};
+use tidemark::ident::{ConsumerId, Ident, TableName};
 use tidemark::seed::{self, apply_burst, Burst};
 use tidemark::state::StateStore;
 use tidemark::testkit::{MariaDbServer, PgServer, SqliteFile};
@@ -113,22 +113,22 @@ impl TestDb {
     }
 
     /// Seeds `rows` users and registers the table for timestamp capture.
-    pub async fn users(&self, rows: u64) -> Ident {
+    pub async fn users(&self, rows: u64) -> TableName {
         self.users_with(rows, "timestamp").await
     }
 
     /// Seeds `rows` users and registers the table for capture by `strategy`.
-    pub async fn users_with(&self, rows: u64, strategy: &str) -> Ident {
+    pub async fn users_with(&self, rows: u64, strategy: &str) -> TableName {
         seed::seed_users(self.db.as_ref(), rows, None)
             .await
             .expect("seed");
-        let table = Ident::new("users").unwrap();
+        let table = TableName::parse("users").unwrap();
         self.setup(&table, strategy).await;
         table
     }
 
     /// Runs `setup` for `strategy` on `table` and registers it, as the CLI does.
-    pub async fn setup(&self, table: &Ident, strategy: &str) -> capture::SetupReport {
+    pub async fn setup(&self, table: &TableName, strategy: &str) -> capture::SetupReport {
         let info = self.db.describe(table).await.expect("describe");
         let report = capture::setup(self.db.as_ref(), &info, strategy, &SetupOptions::default())
             .await
@@ -144,7 +144,7 @@ impl TestDb {
     pub fn request(&self, consumer: &str, mode: Mode) -> ExportRequest {
         ExportRequest::new(
             ConsumerId::new(consumer).unwrap(),
-            Ident::new("users").unwrap(),
+            TableName::parse("users").unwrap(),
             mode,
             self.out.path().to_path_buf(),
         )
@@ -168,7 +168,7 @@ impl TestDb {
     pub async fn assert_replay_equals(&self, consumer: &str, table: &str, key: &[&str]) {
         let report = manifest::verify(self.out.path()).expect("verify");
         assert!(report.problems.is_empty(), "{:?}", report.problems);
-        let table = Ident::new(table).unwrap();
+        let table = TableName::parse(table).unwrap();
         let key: Vec<Ident> = key.iter().map(|k| Ident::new(k).unwrap()).collect();
         let replayed = replay::replay(
             self.out.path(),
@@ -432,7 +432,7 @@ pub async fn churn(db: &dyn Database, strategy: &str, seed: u64, scale: u64) -> 
 }
 
 /// A table and columns whose names need quoting, with values whose types must survive.
-pub async fn odd_table(t: &TestDb) -> Ident {
+pub async fn odd_table(t: &TestDb) -> TableName {
     let ddl = match t.kind {
         DbKind::Postgres => {
             "CREATE TABLE \"order\" (\"it's\" BIGINT PRIMARY KEY, \
@@ -448,7 +448,7 @@ pub async fn odd_table(t: &TestDb) -> Ident {
         }
     };
     t.db.execute(ddl, &[]).await.unwrap();
-    Ident::new("order").unwrap()
+    TableName::parse("order").unwrap()
 }
 
 pub fn odd_insert(kind: DbKind, id: i64, name: &str) -> String {
