@@ -226,6 +226,9 @@ enum Command {
     )]
     Serve(Box<ServeArgs>),
     /// Create, list and revoke the API tokens of `serve` (kept as hashes in the state database)
+    #[command(
+        after_help = "Example:\n  tidemark token create --consumer partner-1\n  tidemark token list\n  tidemark token revoke 3f2a…"
+    )]
     Token {
         #[command(subcommand)]
         action: TokenAction,
@@ -336,6 +339,7 @@ struct ServeArgs {
 enum TokenAction {
     /// Create a token and print it (once: only its hash is stored)
     #[command(group(clap::ArgGroup::new("scope").required(true).args(["consumer", "admin"])))]
+    #[command(after_help = "Example:\n  tidemark token create --consumer partner-1")]
     Create {
         /// The consumer the token acts as (and only as)
         #[arg(long)]
@@ -345,9 +349,14 @@ enum TokenAction {
         admin: bool,
     },
     /// List tokens: id, kind, consumer, creation time (never the tokens themselves)
+    #[command(after_help = "Example:\n  tidemark token list --json")]
     List,
     /// Revoke a token by id; a running server refuses it from the next request on
-    Revoke { id: String },
+    #[command(after_help = "Example:\n  tidemark token revoke 3f2a9c…")]
+    Revoke {
+        /// The token's id, as `token list` shows it
+        id: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]

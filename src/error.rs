@@ -15,6 +15,10 @@ pub enum Error {
     /// The named table does not exist in the source.
     #[error("table {0:?} not found")]
     UnknownTable(String),
+    /// The schema (PostgreSQL), database (MySQL) or attached database (SQLite: only `main`)
+    /// a table name names does not exist: like an unknown table, "not found".
+    #[error("{0}")]
+    UnknownSchema(String),
     /// A table cannot be captured as asked (no primary key, missing or unfit column, …).
     #[error("table {table:?}: {reason}")]
     UnfitTable { table: String, reason: String },
@@ -114,6 +118,7 @@ impl Error {
             Error::InvalidInput(_)
                 | Error::InvalidUrl { .. }
                 | Error::UnknownTable(_)
+                | Error::UnknownSchema(_)
                 | Error::UnfitTable { .. }
                 | Error::InUse { .. }
                 | Error::StalePosition { .. }

@@ -281,7 +281,12 @@ async fn the_status_page_in_a_real_browser() {
         );
         db.execute(&ddl, &[]).await.expect("create the odd table");
     }
-    cli(&url, &["setup", "--table", ODD, "--strategy", "timestamp"]);
+    // The name has a dot in it: written in double quotes, as any such table name is.
+    let quoted = format!("\"{ODD}\"");
+    cli(
+        &url,
+        &["setup", "--table", &quoted, "--strategy", "timestamp"],
+    );
 
     let (_server, base) = serve(&url, &out);
     let http = reqwest::Client::new();
@@ -335,7 +340,7 @@ async fn the_status_page_in_a_real_browser() {
                scripts: document.scripts.length, pwned: window.pwned === undefined ? null : window.pwned } : null",
         )
         .await;
-    assert_eq!(odd["text"], json!(ODD), "{odd}");
+    assert_eq!(odd["text"], json!(format!("\"{ODD}\"")), "{odd}");
     assert_eq!(odd["bold"], json!(0), "{odd}");
     assert_eq!(odd["scripts"], json!(1), "{odd}");
     assert_eq!(odd["pwned"], Value::Null, "{odd}");

@@ -634,7 +634,7 @@ async fn same_name_two_schemas(kind: DbKind, schema: &str) {
         update(t.db.as_ref(), &shape, 1, 7).await;
         let inc = ok(export("incremental"));
         assert!(inc.contains(": 1 row"), "{strategy}: {inc}");
-        let gone = ok(t.cli(&["teardown", "--table", &name]));
+        let gone = ok(t.cli(&["teardown", "--table", &name, "--force"]));
         assert!(gone.contains("removed"), "{gone}");
     }
 }
@@ -697,7 +697,7 @@ async fn serve_names_tables_by_schema() {
     let r = post("nowhere.order").await.unwrap();
     let status = r.status();
     let text = r.text().await.unwrap();
-    assert_eq!(status, 400, "{text}");
+    assert_eq!(status, 404, "{text}");
     assert!(text.contains("does not exist"), "{text}");
     let r = c
         .get(format!("{base}/exports/watermark?table=west.order"))

@@ -725,7 +725,7 @@ pub trait Database: Send + Sync {
             if schema.as_str() == "main" {
                 return Ok(table.without_schema());
             }
-            return Err(Error::input(format!(
+            return Err(Error::UnknownSchema(format!(
                 "table {table}: SQLite has no schemas (name the table without \"{schema}.\")"
             )));
         }
@@ -742,7 +742,7 @@ pub trait Database: Send + Sync {
             )
             .await?;
         if found.is_empty() {
-            return Err(Error::input(format!(
+            return Err(Error::UnknownSchema(format!(
                 "table {table}: schema {:?} does not exist",
                 schema.as_str()
             )));

@@ -607,9 +607,19 @@ impl Replicator {
             rows_applied: outcome.rows,
             updated_at: Timestamp::now(),
         };
-        if let Err(e) = self.state.save_replica(&record).await {
-            // The target holds the truth; this copy may lag (it is only ever behind).
-            tracing::warn!(error = %e, "could not record the replica's position in the source's state");
+        // The target holds the truth; this copy may lag (it is only ever behind). A transient
+        // failure (a deadlock with another replicator's record, a restart) is tried again.
+        for attempt in 1..=3 {
+            match self.state.save_replica(&record).await {
+                Ok(()) => break,
+                Err(e) if e.is_transient() && attempt < 3 => {
+                    tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not record the replica's position in the source's state");
+                    break;
+                }
+            }
         }
         Ok(outcome)
     }

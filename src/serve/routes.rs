@@ -113,7 +113,7 @@ impl IntoResponse for ApiError {
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
         let status = match &e {
-            Error::UnknownTable(_) => StatusCode::NOT_FOUND,
+            Error::UnknownTable(_) | Error::UnknownSchema(_) => StatusCode::NOT_FOUND,
             Error::Busy { .. }
             | Error::Conflict { .. }
             | Error::StalePosition { .. }
@@ -325,12 +325,13 @@ pub enum ModeParam {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct TableParam {
-    /// The table (default `users`). The pattern states printable ASCII without leading or
-    /// trailing space; any printable name up to 63 UTF-8 bytes is accepted.
+    /// The table (default `users`): `name` or `schema.name`, a part with a dot in it written
+    /// in double quotes (`"odd.name"`). The pattern states printable ASCII without leading or
+    /// trailing space; any printable name of up to 63 UTF-8 bytes per part is accepted.
     #[param(
         min_length = 1,
-        max_length = 63,
-        pattern = r"^[!-~]([ -~]{0,61}[!-~])?$"
+        max_length = 129,
+        pattern = r#"^((?:[!#-\-/-~](?:[ !#-\-/-~]{0,61}[!#-\-/-~])?|"[ !#-~]{1,63}")\.)?(?:[!#-\-/-~](?:[ !#-\-/-~]{0,61}[!#-\-/-~])?|"[ !#-~]{1,63}")$"#
     )]
     table: Option<String>,
     /// The file format (default `csv`).
