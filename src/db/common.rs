@@ -230,6 +230,6 @@ where
                 },
             ));
         }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
     }
 }

@@ -107,7 +107,7 @@ pub struct Exporter {
 /// How long, by default, a write on a server may take from stamping its time to being listed as
 /// running (`pg_stat_activity`, the MySQL process list): a snapshot waits this long before it
 /// trusts the list (see `Database::snapshot`). The race it covers lasts microseconds.
-pub const DEFAULT_MARGIN: Duration = Duration::from_millis(50);
+pub const DEFAULT_MARGIN: Duration = Duration::from_millis(20);
 
 impl Exporter {
     /// An exporter of `source` keeping its state in `state`.
