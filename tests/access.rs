@@ -6,10 +6,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,25 +37,8 @@ impl Server {
             .args(extra)
             .env_remove("TIDEMARK_ADMIN_TOKEN")
             .envs(env.iter().copied())
-            .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("log file"));
-        let mut child = cmd.spawn().expect("spawn tidemark serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("read the listening line");
-        let base = line
-            .trim()
-            .rsplit(' ')
-            .next()
-            .filter(|a| a.contains("://"))
-            .unwrap_or_else(|| {
-                panic!(
-                    "server did not start: {line:?}\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                )
-            })
-            .replace("0.0.0.0", "127.0.0.1");
+        let (child, base) = common::spawn_serve(&mut cmd, Some(&log));
         Server { child, base }
     }
 
@@ -74,8 +57,7 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        common::kill_and_wait(&mut self.child);
     }
 }
 

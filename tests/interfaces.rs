@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 
@@ -23,32 +23,12 @@ struct Server {
 impl Server {
     fn start(source: &str, out: &Path) -> Server {
         let log = out.with_extension("serve.log");
-        let mut child = tidemark_cmd(&["--source", source, "serve", "--listen", "127.0.0.1:0"])
-            .arg("--out")
+        let mut cmd = tidemark_cmd(&["--source", source, "serve", "--listen", "127.0.0.1:0"]);
+        cmd.arg("--out")
             .arg(out)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("spawn tidemark serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("read the listening line");
-        let Some(addr) = line
-            .trim()
-            .rsplit("http://")
-            .next()
-            .filter(|a| !a.is_empty())
-        else {
-            panic!(
-                "server did not start: {line:?}\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            )
-        };
-        Server {
-            base: format!("http://{addr}"),
-            child,
-        }
+            .stderr(std::fs::File::create(&log).expect("log file"));
+        let (child, base) = common::spawn_serve(&mut cmd, Some(&log));
+        Server { base, child }
     }
 
     fn url(&self, path: &str) -> String {
@@ -58,8 +38,7 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        common::kill_and_wait(&mut self.child);
     }
 }
 

@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -29,30 +28,16 @@ struct Server {
 
 impl Server {
     fn start(source: &str, out: &Path) -> Server {
-        let mut child = tidemark_cmd(&["--source", source, "serve", "--listen", "127.0.0.1:0"])
-            .arg("--out")
-            .arg(out)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn tidemark serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("listening line");
-        let addr = line.trim().rsplit("http://").next().unwrap_or_default();
-        assert!(!addr.is_empty(), "serve did not start: {line:?}");
-        Server {
-            child,
-            base: format!("http://{addr}"),
-        }
+        let mut cmd = tidemark_cmd(&["--source", source, "serve", "--listen", "127.0.0.1:0"]);
+        cmd.arg("--out").arg(out).stderr(Stdio::null());
+        let (child, base) = common::spawn_serve(&mut cmd, None);
+        Server { child, base }
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        common::kill_and_wait(&mut self.child);
     }
 }
 

@@ -38,31 +38,9 @@ impl Server {
             .args(extra)
             .envs(env.iter().copied())
             .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("log file"));
-        let mut child = cmd.spawn().expect("spawn tidemark serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read the listening line");
-        let addr = line
-            .trim()
-            .rsplit("http://")
-            .next()
-            .filter(|a| !a.is_empty())
-            .unwrap_or_else(|| {
-                panic!(
-                    "server did not start: {line:?}\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                )
-            })
-            .to_string();
-        Server {
-            child,
-            base: format!("http://{addr}"),
-            log,
-        }
+        let (child, base) = common::spawn_serve(&mut cmd, Some(&log));
+        Server { child, base, log }
     }
 
     fn addr(&self) -> &str {

@@ -12,7 +12,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -359,17 +358,9 @@ impl Server {
         cmd.arg("127.0.0.1:0")
             .args(["--out", disk.out()])
             .args(["--margin-ms", &MARGIN.as_millis().to_string()])
-            .stdout(Stdio::piped())
             .stderr(Stdio::null());
         disk.prepare(&mut cmd);
-        let mut child = cmd.spawn().expect("spawn tidemark serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("read the listening line");
-        let addr = line.trim().rsplit("http://").next().unwrap_or_default();
-        assert!(!addr.is_empty(), "server did not start: {line:?}");
-        let base = format!("http://{addr}");
+        let (child, base) = common::spawn_serve(&mut cmd, None);
         Server { child, base }
     }
 
@@ -407,8 +398,7 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        common::kill_and_wait(&mut self.child);
     }
 }
 

@@ -465,3 +465,37 @@ pub fn odd_insert(kind: DbKind, id: i64, name: &str) -> String {
         "INSERT INTO {table} ({k}, {first}, f, ts, b, n) VALUES ({id}, '{name}', 0.1, {ts}, {b}, NULL)"
     )
 }
+
+/// Spawns `tidemark serve` as `cmd` (its stdout is piped here) and returns the child and the
+/// base URL (`http://127.0.0.1:PORT`, or `https://…`) from the line it prints once it listens.
+/// `log`, where its stderr went, is shown if it never gets there.
+pub fn spawn_serve(cmd: &mut Command, log: Option<&Path>) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn tidemark serve");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read the listening line");
+    let base = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .filter(|a| a.contains("://"))
+        .map(|a| a.replace("0.0.0.0", "127.0.0.1"))
+        .unwrap_or_else(|| {
+            let log = log
+                .map(|l| std::fs::read_to_string(l).unwrap_or_default())
+                .unwrap_or_default();
+            panic!("server did not start: {line:?}\n{log}")
+        });
+    (child, base)
+}
+
+/// Kills a child process (a server left running by a test) and reaps it.
+pub fn kill_and_wait(child: &mut std::process::Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
