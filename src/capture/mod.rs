@@ -100,6 +100,18 @@ pub async fn reach(
     Ok(strategy.position_after(&bound, before))
 }
 
+/// What a read starting from `before` holds back, as its user is told: a snapshot's
+/// [`Settled::held_back_since`](crate::db::Settled) is a time on the clock; nothing before
+/// `before` is ever held back again (a SQLite bound that covers nothing new is the epoch).
+pub fn held_back_since(
+    settled: &crate::db::Settled,
+    before: Option<&Position>,
+) -> Option<Timestamp> {
+    settled
+        .held_back_since
+        .map(|h| before.map_or(h, |b| b.time().max(h)))
+}
+
 /// A way of finding a table's changes.
 pub trait CaptureStrategy: Send + Sync {
     /// The strategy's name (`timestamp`, …).

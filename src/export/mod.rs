@@ -196,9 +196,7 @@ impl Exporter {
             .await?;
         let settled = snapshot.bound().settled;
         let waited_ms = settled.waited_ms;
-        let held_back_since = settled
-            .held_back_since
-            .map(|h| before.as_ref().map_or(h, |b| b.time().max(h)));
+        let held_back_since = capture::held_back_since(&settled, before.as_ref());
         if let Some(since) = &held_back_since {
             tracing::info!(%since, "changes held back by a transaction still open");
         }

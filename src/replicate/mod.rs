@@ -523,9 +523,7 @@ impl Replicator {
             position_before: stored.clone(),
             resync,
             settled: Settled {
-                held_back_since: settled
-                    .held_back_since
-                    .map(|h| before.as_ref().map_or(h, |b| b.time().max(h))),
+                held_back_since: capture::held_back_since(&settled, before.as_ref()),
                 ..settled
             },
             ..RunOutcome::default()
