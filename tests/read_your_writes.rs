@@ -204,24 +204,10 @@ async fn http_delta(c: &reqwest::Client, s: &Server, consumer: &str) -> (Value, 
     assert_eq!(r.status().as_u16(), 202);
     let started: Value = r.json().await.expect("json");
     let id = started["jobId"].as_str().expect("jobId").to_string();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let job = loop {
-        let job: Value = c
-            .get(format!("{}/exports/{id}", s.base))
-            .send()
-            .await
-            .expect("GET job")
-            .json()
-            .await
-            .expect("json");
-        match job["status"].as_str() {
-            Some("completed") => break job,
-            Some("failed") => panic!("job failed: {job}"),
-            _ => {}
-        }
-        assert!(Instant::now() < deadline, "job did not finish: {job}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    let job = common::finished_job(&s.base, &id).await;
+    if job["status"] == "failed" {
+        panic!("job failed: {job}");
+    }
     if job["outputFilename"].is_null() {
         return (job, None);
     }

@@ -817,25 +817,8 @@ async fn http_consumer_after_forced_teardown() {
     };
     let job = |body: serde_json::Value| body["jobId"].as_str().unwrap().to_string();
     let finished = |id: String| {
-        let c = c.clone();
         let base = base.clone();
-        async move {
-            for _ in 0..600 {
-                let body: serde_json::Value = c
-                    .get(format!("{base}/exports/{id}"))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
-                if matches!(body["status"].as_str(), Some("completed" | "failed")) {
-                    return body;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            panic!("job {id} did not finish");
-        }
+        async move { common::finished_job(&base, &id).await }
     };
     let full = post("/exports/full").await.unwrap();
     assert_eq!(full.status(), 202);

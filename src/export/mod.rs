@@ -106,7 +106,8 @@ pub struct Exporter {
 
 /// How long, by default, a write on a server may take from stamping its time to being listed as
 /// running (`pg_stat_activity`, the MySQL process list): a snapshot waits this long before it
-/// trusts the list (see `Database::snapshot`). The race it covers lasts microseconds.
+/// trusts the list (see `Database::snapshot`). The race it covers lies between two steps of
+/// starting a transaction in the server; 20 ms is a wide allowance for it.
 pub const DEFAULT_MARGIN: Duration = Duration::from_millis(20);
 
 impl Exporter {

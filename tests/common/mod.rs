@@ -499,3 +499,28 @@ pub fn kill_and_wait(child: &mut std::process::Child) {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Polls `GET {base}/exports/{id}` as an API client would, until the job is completed or
+/// failed (at most a minute), and returns its record.
+pub async fn finished_job(base: &str, id: &str) -> serde_json::Value {
+    let c = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let job: serde_json::Value = c
+            .get(format!("{base}/exports/{id}"))
+            .send()
+            .await
+            .expect("GET the job")
+            .json()
+            .await
+            .expect("a JSON job record");
+        if matches!(job["status"].as_str(), Some("completed" | "failed")) {
+            return job;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "job {id} did not finish: {job}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
