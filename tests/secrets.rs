@@ -314,7 +314,13 @@ async fn no_password_or_token_in_any_output() {
     assert_eq!(st, 202, "{body}");
     let job: serde_json::Value = serde_json::from_str(&body).unwrap();
     let id = job["jobId"].as_str().unwrap().to_string();
-    common::finished_job(&base, &id).await;
+    for _ in 0..200 {
+        let (_, b) = get(&c, Method::GET, &format!("{base}/exports/{id}"), None).await;
+        if b.contains("completed") || b.contains("failed") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     for path in [
         format!("/exports/{id}/file"),
         "/exports/watermark".to_string(),
