@@ -4,7 +4,7 @@
 //! addresses without a token; `TIDEMARK_ADMIN_TOKEN`; `--public-status`; HTTPS with a
 //! certificate made by `openssl`, and plain HTTP sent to it.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -2,7 +2,7 @@
 //! values included), seeding, watermark commands, verify, and bad input that must fail with
 //! one clear line, the right exit code, and no file or watermark change.
 
-mod common;
+use crate::common;
 
 use common::{tidemark_cmd, TestDb};
 use tidemark::capture::Mode;

@@ -2,7 +2,7 @@
 //! table under random workloads, boundary ties, transactions that commit out of order,
 //! concurrent exports and processes killed mid-export.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! Prometheus text format, and OpenMetrics when the scraper asks for it. `.ci/run` installs the
 //! tools; a failure shows the tool's own output.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::path::Path;

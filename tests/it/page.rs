@@ -5,7 +5,7 @@
 //! test's own) stops, and fits a phone-sized screen. Screenshots are kept under
 //! `target/tmp/page/` and their paths printed.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -3,7 +3,7 @@
 //! it (not a driver error), exit code 2, and changes nothing — no state table, index, trigger,
 //! file, or watermark move.
 
-mod common;
+use crate::common;
 
 use std::process::Output;
 

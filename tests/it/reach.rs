@@ -5,7 +5,7 @@
 //! line within 5 s with the right exit code, as text and as `--json`; bad URLs refused as bad
 //! input (exit 2) before anything is created.
 
-mod common;
+use crate::common;
 
 use std::process::Output;
 use std::sync::OnceLock;

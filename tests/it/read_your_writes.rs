@@ -5,7 +5,7 @@
 //! export right after a full export writes no file, and a transaction left open is never
 //! waited for (the export says what it holds back, and a later one delivers it).
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -4,7 +4,7 @@
 //! "", padded `char(n)`, exact decimals, `-0.0`, bytes, timestamps) from a full export and deltas
 //! of each database, with the right values and types in DuckDB and in pandas.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

@@ -3,7 +3,7 @@
 //! compared row for row (count and checksum); a change the target refuses; kill -9 of a
 //! following replicator while a writer runs; a target that goes away and comes back; latency.
 
-mod common;
+use crate::common;
 
 use std::process::{Child, Stdio};
 use std::sync::Arc;

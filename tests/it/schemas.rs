@@ -5,7 +5,7 @@
 //! and the bad input (unknown schema, pattern matching nothing, schemas on SQLite) refused with
 //! exit 2 and nothing created.
 
-mod common;
+use crate::common;
 
 use std::process::{Output, Stdio};
 use std::sync::Arc;

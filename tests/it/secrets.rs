@@ -5,7 +5,7 @@
 //! either: not on stdout or stderr, in files or manifests, in the state tables (`tidemark_jobs`,
 //! `tidemark_exports`, `tidemark_replicas`), nor in any HTTP answer.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;

@@ -2,7 +2,7 @@
 //! concurrent requests for one consumer, the database going away mid-export, server restarts
 //! with finished and interrupted jobs, SIGTERM, and hostile input.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

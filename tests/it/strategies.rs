@@ -4,7 +4,7 @@
 //! `setup` installs: idempotent, following added columns, removed by `teardown`, JSON images
 //! that keep types, identifiers that need quoting.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -11,7 +11,7 @@
 //! capture bound is then the export's start, so they carry every change committed before them
 //! whatever the default margin's read-your-writes behaviour.
 
-mod common;
+use crate::common;
 
 use std::process::Output;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -10,7 +10,7 @@
 //! and an unwritable directory is one without write permission (which only binds non-root
 //! users); a case that cannot be made is skipped with a printed reason.
 
-mod common;
+use crate::common;
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
