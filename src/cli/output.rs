@@ -457,6 +457,7 @@ pub fn listening(json: bool, scheme: &str, addr: std::net::SocketAddr) {
 }
 
 /// A progress line of the benchmark (stderr, text only).
+#[cfg(feature = "bench")]
 pub fn log_line(json: bool, line: &str) {
     if !json {
         eprintln!("{line}");

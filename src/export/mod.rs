@@ -15,6 +15,8 @@ use crate::capture::{self, strategy_for, Mode, Select};
 use crate::db::portable::ColumnType;
 use crate::db::{Bound, Database, Privilege, RowSink, SnapshotOptions, TableInfo, Timestamp};
 use crate::error::{Error, Result};
+// Crash tests set `TIDEMARK_FAULT` to `after-write`, `after-prepare` or `after-publish`.
+use crate::failpoint::fault;
 use crate::ident::{ConsumerId, TableName};
 use crate::sink::csv::CsvWriter;
 use crate::sink::file::{free_name, publish, temporary_writer, tmp_name, write_aside, AtomicFile};
@@ -454,14 +456,6 @@ pub fn stale_position(
         reason: format!("a {} position of {made_by}; {current}", position.kind()),
         remedy: "the changes since then cannot be told from it, so nothing was exported; \
                  take a full export to start again",
-    }
-}
-
-/// Crash tests set `TIDEMARK_FAULT` to one of `after-write`, `after-prepare` or
-/// `after-publish` to make the process die at that instant of an export, as `kill -9` would.
-fn fault(point: &str) {
-    if std::env::var("TIDEMARK_FAULT").is_ok_and(|v| v == point) {
-        std::process::abort();
     }
 }
 

@@ -25,6 +25,8 @@ use crate::db::{
     SnapshotOptions, TableInfo, Timestamp, Transaction, Wakeups,
 };
 use crate::error::{Error, Result};
+// Crash tests set `TIDEMARK_FAULT` to `before-commit` or `after-commit`.
+use crate::failpoint::fault;
 use crate::ident::{ConsumerId, Ident, TableName};
 use crate::state::replicas::ReplicaRecord;
 use crate::state::{position_is_current, Position, StateStore, TableConfig};
@@ -661,14 +663,6 @@ impl Replicator {
                 Err(e)
             }
         }
-    }
-}
-
-/// Crash tests set `TIDEMARK_FAULT` to `before-commit` or `after-commit` to make the process
-/// die at that instant of a replication run, as `kill -9` would.
-fn fault(point: &str) {
-    if std::env::var("TIDEMARK_FAULT").is_ok_and(|v| v == point) {
-        std::process::abort();
     }
 }
 
