@@ -542,3 +542,69 @@ impl TestCa {
         })
     }
 }
+
+/// A NATS server with JetStream of its own (`nats-server -js`, Debian package `nats-server`),
+/// its store in a throwaway directory; stopped and removed when dropped or, by a watchdog,
+/// when the process that started it exits however it exits.
+pub struct NatsServer {
+    dir: PathBuf,
+    port: u16,
+    child: std::process::Child,
+}
+
+impl NatsServer {
+    /// Starts a server on a free 127.0.0.1 port and waits until it accepts connections.
+    pub fn start() -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("tidemark-nats.")
+            .tempdir()
+            .map_err(|e| fail("create store directory", e))?
+            .keep();
+        let port = free_port()?;
+        let bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .ok_or_else(|| fail("find nats-server", "install the nats-server package"))?;
+        let child = Command::new(bin)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(dir.join("js"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| fail("start nats-server", e))?;
+        watchdog(&format!(
+            "kill -9 {} 2>/dev/null; sleep 0.5; rm -rf '{}'",
+            child.id(),
+            dir.display()
+        ));
+        let server = NatsServer { dir, port, child };
+        if !wait_until(Duration::from_secs(30), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        }) {
+            return Err(fail("nats-server did not start", port));
+        }
+        Ok(server)
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `nats://127.0.0.1:PORT`, with `/STREAM` when `stream` is given.
+    pub fn url(&self, stream: Option<&str>) -> String {
+        match stream {
+            Some(s) => format!("nats://127.0.0.1:{}/{s}", self.port),
+            None => format!("nats://127.0.0.1:{}", self.port),
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
