@@ -176,12 +176,15 @@ enum Command {
     /// Apply a table's changes to a target table in any database (created if missing); the
     /// target's position is committed with the rows, so a crash neither loses nor repeats one
     #[command(
-        after_help = "Examples:\n  tidemark --source sqlite://app.db replicate --target postgres://app@db/warehouse\n  tidemark replicate --table users --target mysql://app@db/copy --follow"
+        after_help = "Examples:\n  tidemark --source sqlite://app.db replicate --target postgres://app@db/warehouse\n  tidemark replicate --table users --target mysql://app@db/copy --follow\n  tidemark replicate --table users --target nats://127.0.0.1:4222/TIDEMARK --follow"
     )]
     Replicate {
-        /// Target database: sqlite://PATH, postgres://…, mysql://…
+        /// Target database: sqlite://PATH, postgres://…, mysql://…; or a NATS JetStream stream: nats://HOST:PORT[/STREAM]
         #[arg(long)]
         target: String,
+        /// NATS targets: the subject of each change, from {table} and {operation} (insert, update, delete)
+        #[arg(long, default_value = crate::replicate::nats::DEFAULT_SUBJECT_TEMPLATE)]
+        subject_template: String,
         /// Source table: name, schema.name, or a pattern (*, sales.*); repeat for several
         #[arg(long, default_value = "users")]
         table: Vec<String>,
@@ -898,6 +901,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Replicate {
             target,
+            subject_template,
             table,
             target_table,
             follow,
@@ -915,6 +919,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             if stopped_at_once {
                 return Ok(());
+            }
+            if crate::replicate::nats::is_nats_url(target) {
+                return publish_to_nats(
+                    &cli,
+                    target,
+                    subject_template,
+                    table,
+                    target_table.is_some(),
+                    *follow,
+                    *batch_size,
+                    *margin_ms,
+                    stop,
+                )
+                .await;
             }
             let target_table = target_table.as_deref().map(TableName::parse).transpose()?;
             let target = DbUrl::parse(target)?;
@@ -1139,6 +1157,72 @@ fn print_positions_removed(table: &TableName, users: &[crate::state::TableUser])
         "{table}: removed the positions of {}; their next runs start from a full read",
         names.join(", ")
     );
+}
+
+/// `replicate --target nats://…`: the URL and template are checked before the source is
+/// opened (exit 2, nothing written), then each table is published by its own publisher.
+#[allow(clippy::too_many_arguments)]
+async fn publish_to_nats(
+    cli: &Cli,
+    target: &str,
+    subject_template: &str,
+    table: &[String],
+    has_target_table: bool,
+    follow: bool,
+    batch_size: usize,
+    margin_ms: u64,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    use crate::replicate::nats;
+    let url = nats::NatsUrl::parse(target)?;
+    let subjects = nats::SubjectTemplate::parse(subject_template)?;
+    if has_target_table {
+        return Err(Error::input(
+            "--target-table does not apply to a NATS target: use --subject-template",
+        )
+        .into());
+    }
+    let db = open_source(cli, false).await?;
+    let tables = select_tables(db.as_ref(), table).await?;
+    let state = open_state(cli, &db).await?;
+    let first = tables
+        .first()
+        .cloned()
+        .ok_or_else(|| Error::input("no table selected"))?;
+    let mut opts = ReplicateOptions::new(first);
+    opts.follow = follow;
+    opts.batch_size = batch_size;
+    opts.margin = std::time::Duration::from_millis(margin_ms);
+    let summaries = nats::publish_all(db, state, url, &tables, subjects, opts, stop).await?;
+    if cli.json && summaries.len() == 1 {
+        print_json(&summaries.first())?;
+    } else if cli.json {
+        print_json(&summaries)?;
+    }
+    for summary in summaries.iter().filter(|_| !cli.json) {
+        for r in &summary.resyncs {
+            eprintln!("note: {r}");
+        }
+        println!(
+            "published {} to {}: {} ({}, {}) in {}, {:.2} s{}",
+            summary.table,
+            summary.target,
+            count(summary.rows, "message"),
+            count(summary.upserts, "upsert"),
+            count(summary.deletes, "delete"),
+            count(summary.commits, "interval"),
+            summary.seconds,
+            if summary.retries > 0 {
+                format!(", {} retried", count(summary.retries, "transient failure"))
+            } else {
+                String::new()
+            }
+        );
+        if let Some(since) = &summary.held_back_since {
+            eprintln!("note: {}", held_back_note(since));
+        }
+    }
+    Ok(())
 }
 
 /// The tables that `--table` values (names or patterns) select on `db`, each once, in the
