@@ -126,14 +126,18 @@ async fn content_on(kind: DbKind) {
     typed_table(&t).await;
     ok(&t.cli(&["setup", "--table", "items", "--strategy", "trigger"]));
     let stream = stream_name("CONTENT");
-    let out = ok(&publish(&t, &stream, &["--table", "items"]));
+    // The tests share one server: each its own subjects.
+    let prefix = stream.to_lowercase();
+    let template = format!("{prefix}.{{table}}.{{operation}}");
+    let args = ["--table", "items", "--subject-template", template.as_str()];
+    let out = ok(&publish(&t, &stream, &args));
     assert!(out.contains("2 messages"), "{out}");
 
     // The first run publishes every live row as INSERT, typed.
     let first = read_stream(&stream).await;
     assert_eq!(first.len(), 2, "{first:?}");
     let ann = &first[0].body;
-    assert_eq!(first[0].subject, "tidemark.items.insert");
+    assert_eq!(first[0].subject, format!("{prefix}.items.insert"));
     assert_eq!(ann["operation"], "INSERT");
     assert_eq!(ann["table"], "items");
     assert_eq!(ann["key"], serde_json::json!({"id": 1}));
@@ -166,23 +170,20 @@ async fn content_on(kind: DbKind) {
     t.db.execute("UPDATE items SET id = 4 WHERE id = 3", &[])
         .await
         .unwrap();
-    let out = ok(&publish(&t, &stream, &["--table", "items"]));
+    let out = ok(&publish(&t, &stream, &args));
     assert!(out.contains("4 messages"), "{out}");
     let all = read_stream(&stream).await;
     let changes: Vec<&Msg> = all.iter().skip(2).collect();
-    let ops: Vec<(&str, &str)> = changes
+    let ops: Vec<(String, &str)> = changes
         .iter()
-        .map(|m| (m.subject.as_str(), m.body["operation"].as_str().unwrap()))
+        .map(|m| {
+            let op = m.body["operation"].as_str().unwrap();
+            assert_eq!(m.subject, format!("{prefix}.items.{}", op.to_lowercase()));
+            (m.subject.clone(), op)
+        })
         .collect();
-    assert_eq!(
-        ops,
-        [
-            ("tidemark.items.update", "UPDATE"),
-            ("tidemark.items.delete", "DELETE"),
-            ("tidemark.items.insert", "INSERT"),
-            ("tidemark.items.update", "UPDATE"),
-        ]
-    );
+    let ops: Vec<&str> = ops.iter().map(|(_, op)| *op).collect();
+    assert_eq!(ops, ["UPDATE", "DELETE", "INSERT", "UPDATE"]);
     let ids: Vec<i64> = changes
         .iter()
         .map(|m| m.body["change_id"].as_i64().unwrap())
@@ -220,7 +221,7 @@ async fn content_on(kind: DbKind) {
     }
 
     // Nothing new: nothing published, and status shows the stream caught up.
-    let out = ok(&publish(&t, &stream, &["--table", "items"]));
+    let out = ok(&publish(&t, &stream, &args));
     assert!(out.contains("0 messages"), "{out}");
     assert_eq!(stream_count(&stream).await, 6);
     let status: Value =
@@ -245,7 +246,7 @@ async fn content_on(kind: DbKind) {
         .find(|c| c["kind"] == "stream")
         .cloned()
         .unwrap();
-    assert_eq!(s["pending"]["UPDATE"], 1, "{s}");
+    assert_eq!(s["pending"]["update"], 1, "{s}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -301,20 +302,21 @@ fn replay(messages: &[Msg]) -> BTreeMap<i64, Value> {
 
 /// kill -9 of `replicate --target nats://… --follow` at random instants under a concurrent
 /// writer, 20 rounds (two of them dying right after a publish in the middle of an interval),
-/// on a stream whose duplicate window is too short to help: afterwards the stream holds every
+/// on a stream whose duplicate window (100 ms) is too short to help: afterwards the stream holds every
 /// change of the change log exactly once, each key's in order, and replaying it gives the table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_every_change_once_in_order() {
     let t = TestDb::new(DbKind::Postgres).await;
     t.users_with(100, "trigger").await;
     let stream = stream_name("KILLS");
-    // A duplicate window of 1 ms: exactly-once must come from recovery, not de-duplication.
+    // The shortest duplicate window JetStream allows (100 ms), shorter than a restart: exactly
+    // once must come from recovery, not de-duplication.
     jetstream()
         .await
         .create_stream(async_nats::jetstream::stream::Config {
             name: stream.clone(),
             subjects: vec![format!("{}.>", stream.to_lowercase())],
-            duplicate_window: Duration::from_millis(1),
+            duplicate_window: Duration::from_millis(100),
             ..Default::default()
         })
         .await
@@ -332,6 +334,7 @@ async fn kill_9_every_change_once_in_order() {
         })
     };
     let mut rng = 0x2545f4914f6cdd1du64;
+    let mut faults = 0;
     for round in 0..20 {
         let target = nats().url(Some(&stream));
         let env: &[(&str, &str)] = if round % 10 == 5 {
@@ -360,13 +363,28 @@ async fn kill_9_every_change_once_in_order() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        tokio::time::sleep(Duration::from_millis(50 + rng % 400)).await;
-        let _ = child.kill(); // SIGKILL (the faulty ones may have died already)
-        child.wait().unwrap();
+        if env.is_empty() {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            tokio::time::sleep(Duration::from_millis(50 + rng % 400)).await;
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+        } else {
+            // It dies by itself right after its first publish of an interval.
+            let t0 = Instant::now();
+            let status = loop {
+                if let Some(s) = child.try_wait().unwrap() {
+                    break s;
+                }
+                assert!(t0.elapsed() < Duration::from_secs(20), "the fault did not fire");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            };
+            assert!(!status.success(), "{status}");
+            faults += 1;
+        }
     }
+    assert_eq!(faults, 2);
     writer.await.unwrap();
     let out = ok(&publish(&t, &stream, &args));
     assert!(out.contains("published users"), "{out}");
