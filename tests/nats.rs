@@ -32,6 +32,7 @@ fn stream_name(prefix: &str) -> String {
 struct Msg {
     subject: String,
     body: Value,
+    headers: String,
 }
 
 async fn jetstream() -> async_nats::jetstream::Context {
@@ -52,6 +53,11 @@ async fn read_stream(stream: &str) -> Vec<Msg> {
         out.push(Msg {
             subject: m.subject.to_string(),
             body: serde_json::from_slice(&m.payload).expect("JSON message"),
+            headers: ["Tidemark-From", "Tidemark-To", "Tidemark-Ordinal", "Tidemark-Last"]
+                .iter()
+                .map(|h| m.headers.get(*h).map_or("", |v| v.as_str()).to_string())
+                .collect::<Vec<_>>()
+                .join(" | "),
         });
     }
     out
@@ -301,7 +307,8 @@ fn replay(messages: &[Msg]) -> BTreeMap<i64, Value> {
 }
 
 /// kill -9 of `replicate --target nats://… --follow` at random instants under a concurrent
-/// writer, 20 rounds (two of them dying right after a publish in the middle of an interval),
+/// writer, 20 rounds (two of them dying once part of an interval is acked, one once a whole
+/// interval is),
 /// on a stream whose duplicate window (100 ms) is too short to help: afterwards the stream holds every
 /// change of the change log exactly once, each key's in order, and replaying it gives the table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -337,11 +344,22 @@ async fn kill_9_every_change_once_in_order() {
     let mut faults = 0;
     for round in 0..20 {
         let target = nats().url(Some(&stream));
-        let env: &[(&str, &str)] = if round % 10 == 5 {
-            &[("TIDEMARK_FAULT", "mid-interval")]
-        } else {
-            &[]
+        let env: &[(&str, &str)] = match round {
+            5 | 15 => &[("TIDEMARK_FAULT", "mid-interval")],
+            10 => &[("TIDEMARK_FAULT", "after-interval")],
+            _ => &[],
         };
+        if !env.is_empty() {
+            // Changes for it to die in the middle of, whether or not the writer still runs.
+            for id in 1..=3 {
+                t.db.execute(
+                    "UPDATE users SET name = name || '+' WHERE id = ?",
+                    &[(id as i64).into()],
+                )
+                .await
+                .unwrap();
+            }
+        }
         let mut c = tidemark_cmd(&[
             "replicate",
             "--follow",
@@ -384,7 +402,7 @@ async fn kill_9_every_change_once_in_order() {
             faults += 1;
         }
     }
-    assert_eq!(faults, 2);
+    assert_eq!(faults, 3);
     writer.await.unwrap();
     let out = ok(&publish(&t, &stream, &args));
     assert!(out.contains("published users"), "{out}");
@@ -405,7 +423,25 @@ async fn kill_9_every_change_once_in_order() {
         .collect();
     assert!(log.len() > 100, "the writer made only {} changes", log.len());
     for id in &log {
-        assert!(published.contains(id), "change {id} is not in the stream");
+        if !published.contains(id) {
+            let txid = t
+                .db
+                .query(
+                    &format!("SELECT txid::text FROM tidemark_log_users WHERE change_id = {id}"),
+                    &[],
+                )
+                .await
+                .unwrap();
+            let trail: Vec<String> = messages
+                .iter()
+                .map(|m| format!("{} {}", m.body["change_id"], m.headers))
+                .collect();
+            panic!(
+                "change {id} (txid {:?}) is not in the stream:\n{}",
+                txid[0][0],
+                trail.join("\n")
+            );
+        }
     }
     assert_eq!(published.len(), log.len());
     // Replaying the stream gives the table.
@@ -505,4 +541,41 @@ async fn colliding_streams_are_refused() {
     // And with subjects it takes, it publishes there.
     ok(&publish(&t, &other, &["--subject-template", &template]));
     assert_eq!(stream_count(&other).await, 5);
+}
+
+/// Recovery rests on JetStream answering "the last message of `prefix.users.*`" across the
+/// operation subjects: checked against the server the tests run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_message_of_a_wildcard_subject() {
+    let js = jetstream().await;
+    let name = stream_name("LAST");
+    let prefix = name.to_lowercase();
+    let stream = js
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("{prefix}.>")],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for (i, op) in ["insert", "update", "insert", "delete", "update", "update"]
+        .iter()
+        .enumerate()
+    {
+        js.publish(format!("{prefix}.users.{op}"), i.to_string().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        js.publish(format!("{prefix}.other.{op}"), "x".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        let last = stream
+            .get_last_raw_message_by_subject(&format!("{prefix}.users.*"))
+            .await
+            .unwrap();
+        assert_eq!(last.payload.as_ref(), i.to_string().as_bytes(), "after {i}");
+    }
 }

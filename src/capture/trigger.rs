@@ -716,11 +716,12 @@ impl CaptureStrategy for TriggerCapture {
             DbKind::Sqlite => d.quote(&Ident::new("changed_at")?),
             _ => d.render(&column("changed_at", ColumnKind::TimestampTz)?),
         };
+        // Ordered by the number, not by its rendered text (which `change_id` would name).
         Ok(Some(format!(
             "SELECT {}, {changed_at}, operation, {}, {} FROM (\
                SELECT v.change_id, v.changed_at, v.operation, v.before_image, v.after_image \
                FROM {} v JOIN {} l ON l.change_id = v.change_id WHERE {interval}) x \
-             ORDER BY change_id",
+             ORDER BY x.change_id",
             d.render(&column("change_id", ColumnKind::Integer)?),
             d.render(&column("before_image", ColumnKind::Other)?),
             d.render(&column("after_image", ColumnKind::Other)?),

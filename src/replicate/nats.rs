@@ -861,6 +861,10 @@ impl Publisher {
                     }
                 }
             }
+            // The interval is marked complete only once every row of it was read.
+            reader
+                .await
+                .map_err(|e| Error::Runtime(format!("source reader failed: {e}")))??;
             if let Some(last) = held.take() {
                 self.send(js, last, true, &mut inflight, outcome).await?;
                 published += 1;
@@ -871,14 +875,7 @@ impl Publisher {
             Ok(())
         }
         .await;
-        if let Err(e) = result {
-            reader.abort();
-            return Err(e);
-        }
-        let read = reader
-            .await
-            .map_err(|e| Error::Runtime(format!("source reader failed: {e}")))?;
-        read?;
+        result?;
         if let Some((_, lost)) = &self.js {
             if lost.load(Ordering::SeqCst) {
                 return Err(nats_error(
@@ -927,7 +924,13 @@ impl Publisher {
         } else {
             outcome.upserts += 1;
         }
-        fault("mid-interval");
+        if !last && faulty("mid-interval") {
+            // Dies with part of an interval acked by the stream, as kill -9 would.
+            while let Some(ack) = inflight.pop_front() {
+                self.await_ack(ack).await?;
+            }
+            std::process::abort();
+        }
         Ok(())
     }
 
@@ -1093,9 +1096,14 @@ fn short_hash(s: &str) -> String {
         .to_string()
 }
 
-/// Crash tests set `TIDEMARK_FAULT` to `mid-interval` (after a publish) or `after-interval`.
+/// Crash tests set `TIDEMARK_FAULT` to `mid-interval` (dies once the first message of an
+/// interval of several is acked) or `after-interval` (once an interval is acked).
+fn faulty(point: &str) -> bool {
+    std::env::var("TIDEMARK_FAULT").is_ok_and(|v| v == point)
+}
+
 fn fault(point: &str) {
-    if std::env::var("TIDEMARK_FAULT").is_ok_and(|v| v == point) {
+    if faulty(point) {
         std::process::abort();
     }
 }
