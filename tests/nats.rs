@@ -53,11 +53,16 @@ async fn read_stream(stream: &str) -> Vec<Msg> {
         out.push(Msg {
             subject: m.subject.to_string(),
             body: serde_json::from_slice(&m.payload).expect("JSON message"),
-            headers: ["Tidemark-From", "Tidemark-To", "Tidemark-Ordinal", "Tidemark-Last"]
-                .iter()
-                .map(|h| m.headers.get(*h).map_or("", |v| v.as_str()).to_string())
-                .collect::<Vec<_>>()
-                .join(" | "),
+            headers: [
+                "Tidemark-From",
+                "Tidemark-To",
+                "Tidemark-Ordinal",
+                "Tidemark-Last",
+            ]
+            .iter()
+            .map(|h| m.headers.get(*h).map_or("", |v| v.as_str()).to_string())
+            .collect::<Vec<_>>()
+            .join(" | "),
         });
     }
     out
@@ -74,7 +79,13 @@ async fn stream_count(stream: &str) -> u64 {
 
 fn publish(t: &TestDb, stream: &str, extra: &[&str]) -> std::process::Output {
     let target = nats().url(Some(stream));
-    let mut args = vec!["replicate", "--target", target.as_str(), "--margin-ms", "30"];
+    let mut args = vec![
+        "replicate",
+        "--target",
+        target.as_str(),
+        "--margin-ms",
+        "30",
+    ];
     args.extend_from_slice(extra);
     t.cli(&args)
 }
@@ -123,7 +134,9 @@ async fn typed_table(t: &TestDb) {
 }
 
 fn assert_price(v: &Value, want: f64) {
-    let s = v.as_str().unwrap_or_else(|| panic!("decimal as a string: {v}"));
+    let s = v
+        .as_str()
+        .unwrap_or_else(|| panic!("decimal as a string: {v}"));
     assert_eq!(s.parse::<f64>().unwrap(), want, "{v}");
 }
 
@@ -150,7 +163,10 @@ async fn content_on(kind: DbKind) {
     assert_eq!(ann["before"], Value::Null);
     let after = &ann["after"];
     assert_eq!(after["name"], "ann");
-    assert_eq!(after["big"], "9007199254740993", "integers beyond 2^53 as strings");
+    assert_eq!(
+        after["big"], "9007199254740993",
+        "integers beyond 2^53 as strings"
+    );
     assert_price(&after["price"], 12.5);
     assert_eq!(after["ratio"], serde_json::json!(0.1));
     assert_eq!(after["flag"], true);
@@ -162,10 +178,15 @@ async fn content_on(kind: DbKind) {
     assert!(ann["commit_time"].as_str().unwrap().ends_with('Z'), "{ann}");
 
     // Each change after it: one message, in commit order, with both images.
-    t.db.execute("UPDATE items SET name = 'bob', ratio = 1e-300 WHERE id = 2", &[])
+    t.db.execute(
+        "UPDATE items SET name = 'bob', ratio = 1e-300 WHERE id = 2",
+        &[],
+    )
+    .await
+    .unwrap();
+    t.db.execute("DELETE FROM items WHERE id = 1", &[])
         .await
         .unwrap();
-    t.db.execute("DELETE FROM items WHERE id = 1", &[]).await.unwrap();
     t.db.execute(
         "INSERT INTO items (id, name, big, price, ratio, flag, at) \
          VALUES (3, 'cy', 9223372036854775807, 0.01, 0, NULL, NULL)",
@@ -371,12 +392,7 @@ async fn kill_9_on(kind: DbKind) {
                 } else {
                     "UPDATE users SET name = name || '+' WHERE id = ?"
                 };
-                t.db.execute(
-                    sql,
-                    &[(id as i64).into()],
-                )
-                .await
-                .unwrap();
+                t.db.execute(sql, &[(id as i64).into()]).await.unwrap();
             }
         }
         let mut c = tidemark_cmd(&[
@@ -414,7 +430,10 @@ async fn kill_9_on(kind: DbKind) {
                 if let Some(s) = child.try_wait().unwrap() {
                     break s;
                 }
-                assert!(t0.elapsed() < Duration::from_secs(20), "the fault did not fire");
+                assert!(
+                    t0.elapsed() < Duration::from_secs(20),
+                    "the fault did not fire"
+                );
                 tokio::time::sleep(Duration::from_millis(10)).await;
             };
             assert!(!status.success(), "{status}");
@@ -428,24 +447,26 @@ async fn kill_9_on(kind: DbKind) {
     let messages = read_stream(&stream).await;
     let rows = replay(&messages);
     // Every change of the log is in the stream (once: `replay` checked that).
-    let log: Vec<i64> = t
-        .db
-        .query("SELECT change_id FROM tidemark_log_users", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r[0].as_deref().unwrap().parse().unwrap())
-        .collect();
+    let log: Vec<i64> =
+        t.db.query("SELECT change_id FROM tidemark_log_users", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r[0].as_deref().unwrap().parse().unwrap())
+            .collect();
     let published: std::collections::BTreeSet<i64> = messages
         .iter()
         .filter_map(|m| m.body["change_id"].as_i64())
         .collect();
-    assert!(log.len() > 100, "the writer made only {} changes", log.len());
+    assert!(
+        log.len() > 100,
+        "the writer made only {} changes",
+        log.len()
+    );
     for id in &log {
         if !published.contains(id) {
-            let txid = t
-                .db
-                .query(
+            let txid =
+                t.db.query(
                     &format!("SELECT txid FROM tidemark_log_users WHERE change_id = {id}"),
                     &[],
                 )
@@ -464,9 +485,8 @@ async fn kill_9_on(kind: DbKind) {
     }
     assert_eq!(published.len(), log.len());
     // Replaying the stream gives the table.
-    let table = t
-        .db
-        .query(
+    let table =
+        t.db.query(
             "SELECT id, name, CASE WHEN is_deleted THEN 'true' ELSE 'false' END FROM users",
             &[],
         )
@@ -493,7 +513,11 @@ async fn unreachable_url_fails_fast() {
         .unwrap()
         .port();
     let t0 = Instant::now();
-    let out = t.cli(&["replicate", "--target", &format!("nats://127.0.0.1:{port}/S")]);
+    let out = t.cli(&[
+        "replicate",
+        "--target",
+        &format!("nats://127.0.0.1:{port}/S"),
+    ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
@@ -512,7 +536,12 @@ async fn malformed_input_exits_2() {
         vec!["--target", "nats://127.0.0.1:notaport/S"],
         vec!["--target", "nats://127.0.0.1:4222/a/b"],
         vec!["--target", "nats://127.0.0.1:4222/bad stream"],
-        vec!["--target", good.as_str(), "--subject-template", "cdc.{operation}"],
+        vec![
+            "--target",
+            good.as_str(),
+            "--subject-template",
+            "cdc.{operation}",
+        ],
         vec!["--target", good.as_str(), "--subject-template", "{table}.x"],
         vec!["--target", good.as_str(), "--target-table", "x"],
     ] {
@@ -548,14 +577,20 @@ async fn colliding_streams_are_refused() {
     let out = publish(&t, &mine, &["--subject-template", &template]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains(&mine) && stderr.contains(&other), "{stderr}");
+    assert!(
+        stderr.contains(&mine) && stderr.contains(&other),
+        "{stderr}"
+    );
     assert_eq!(stream_count(&other).await, 0);
     assert!(t.state().await.replicas().await.unwrap().is_empty());
     // The other stream by name, with subjects it does not take.
     let out = publish(&t, &other, &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains(&other) && stderr.contains("tidemark.users.*"), "{stderr}");
+    assert!(
+        stderr.contains(&other) && stderr.contains("tidemark.users.*"),
+        "{stderr}"
+    );
     assert_eq!(stream_count(&other).await, 0);
     // And with subjects it takes, it publishes there.
     ok(&publish(&t, &other, &["--subject-template", &template]));

@@ -701,7 +701,10 @@ impl CaptureStrategy for TriggerCapture {
     ) -> Result<Option<String>> {
         let mut interval = self.interval(d, before, after)?;
         if let Some(t) = after.txids() {
-            interval.push_str(&format!(" AND {}", TxidSnapshot::parse(t)?.visible("l.txid")));
+            interval.push_str(&format!(
+                " AND {}",
+                TxidSnapshot::parse(t)?.visible("l.txid")
+            ));
         }
         let column = |name: &str, kind: ColumnKind| -> Result<Column> {
             Ok(Column {

@@ -131,9 +131,8 @@ pub struct SubjectTemplate {
 impl SubjectTemplate {
     /// Parses and checks a template.
     pub fn parse(s: &str) -> Result<SubjectTemplate> {
-        let bad = |reason: String| {
-            Error::input(format!("invalid --subject-template {s:?}: {reason}"))
-        };
+        let bad =
+            |reason: String| Error::input(format!("invalid --subject-template {s:?}: {reason}"));
         let tokens: Vec<String> = s.split('.').map(str::to_string).collect();
         for t in &tokens {
             if t == "{table}" || t == "{operation}" {
@@ -198,8 +197,7 @@ impl SubjectTemplate {
 
 fn valid_token(t: &str) -> bool {
     !t.is_empty()
-        && t
-            .chars()
+        && t.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
@@ -482,9 +480,7 @@ impl Publisher {
                 let failure = match e.kind() {
                     K::TimedOut => ConnectFailure::TimedOut,
                     K::Dns => ConnectFailure::UnknownHost,
-                    K::Authentication | K::AuthorizationViolation => {
-                        ConnectFailure::BadCredentials
-                    }
+                    K::Authentication | K::AuthorizationViolation => ConnectFailure::BadCredentials,
                     K::Tls => ConnectFailure::Tls,
                     K::Io => ConnectFailure::Refused,
                     _ => ConnectFailure::Network,
@@ -528,7 +524,9 @@ impl Publisher {
                 Ok(s)
             }
             Err(e) => match e.kind() {
-                GetStreamErrorKind::JetStream(j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND => {
+                GetStreamErrorKind::JetStream(j)
+                    if j.error_code() == ErrorCode::STREAM_NOT_FOUND =>
+                {
                     let subjects = self.opts.subjects.stream_subjects();
                     let config = jetstream::stream::Config {
                         name: name.clone(),
@@ -561,9 +559,9 @@ impl Publisher {
                         },
                     }
                 }
-                GetStreamErrorKind::InvalidStreamName | GetStreamErrorKind::EmptyName => Err(
-                    Error::input(format!("invalid stream name {name:?}: {e}")),
-                ),
+                GetStreamErrorKind::InvalidStreamName | GetStreamErrorKind::EmptyName => {
+                    Err(Error::input(format!("invalid stream name {name:?}: {e}")))
+                }
                 _ => Err(nats_error(&self.target, ConnectFailure::Network, e)),
             },
         }
@@ -600,7 +598,11 @@ impl Publisher {
     /// Reads the last message of the table's subjects.
     async fn recover(&self, plan: &Plan) -> Result<Recovered> {
         use async_nats::jetstream::stream::LastRawMessageErrorKind as K;
-        let last = match plan.stream.get_last_raw_message_by_subject(&plan.filter).await {
+        let last = match plan
+            .stream
+            .get_last_raw_message_by_subject(&plan.filter)
+            .await
+        {
             Ok(m) => m,
             Err(e) if matches!(e.kind(), K::NoMessageFound) => return Ok(Recovered::default()),
             Err(e) => return Err(nats_error(&self.target, ConnectFailure::Network, e)),
@@ -1040,7 +1042,11 @@ impl Publisher {
         }
         body.insert(
             "after".into(),
-            if delete { Value::Null } else { Value::Object(row) },
+            if delete {
+                Value::Null
+            } else {
+                Value::Object(row)
+            },
         );
         body.insert("position".into(), h.to_value.clone());
         body.insert("commit_time".into(), h.commit_time.clone().into());
@@ -1148,9 +1154,9 @@ pub fn typed_text(column: &Column, text: Option<&str>) -> Value {
             .ok()
             .and_then(serde_json::Number::from_f64)
             .map_or_else(|| Value::String(s.into()), Value::Number),
-        ColumnKind::Timestamp | ColumnKind::TimestampTz => Value::String(
-            Timestamp::parse(s).map_or_else(|_| s.to_string(), |t| t.to_string()),
-        ),
+        ColumnKind::Timestamp | ColumnKind::TimestampTz => {
+            Value::String(Timestamp::parse(s).map_or_else(|_| s.to_string(), |t| t.to_string()))
+        }
         ColumnKind::Bytes => match s.strip_prefix("\\x").map(hex::decode) {
             Some(Ok(bytes)) => {
                 Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
@@ -1321,12 +1327,20 @@ mod tests {
     fn subjects() {
         let t = SubjectTemplate::parse(DEFAULT_SUBJECT_TEMPLATE).unwrap();
         let users = TableName::parse("users").unwrap();
-        assert_eq!(t.subject(&users, "UPDATE").unwrap(), "tidemark.users.update");
+        assert_eq!(
+            t.subject(&users, "UPDATE").unwrap(),
+            "tidemark.users.update"
+        );
         assert_eq!(t.filter(&users).unwrap(), "tidemark.users.*");
         assert_eq!(t.stream_subjects(), "tidemark.>");
         let t = SubjectTemplate::parse("cdc.app.{operation}.{table}").unwrap();
         assert_eq!(t.stream_subjects(), "cdc.app.>");
-        for bad in ["{table}.x", "cdc.{operation}", "cdc..{table}", "cdc.*.{table}"] {
+        for bad in [
+            "{table}.x",
+            "cdc.{operation}",
+            "cdc..{table}",
+            "cdc.*.{table}",
+        ] {
             assert!(SubjectTemplate::parse(bad).is_err(), "{bad}");
         }
         assert!(covers("tidemark.>", "tidemark.users.*"));
@@ -1343,19 +1357,37 @@ mod tests {
             kind,
             nullable: true,
         };
-        assert_eq!(typed_text(&col(ColumnKind::Integer), Some("42")), Value::from(42));
+        assert_eq!(
+            typed_text(&col(ColumnKind::Integer), Some("42")),
+            Value::from(42)
+        );
         assert_eq!(
             typed_text(&col(ColumnKind::Integer), Some("9223372036854775807")),
             Value::from("9223372036854775807")
         );
-        assert_eq!(typed_text(&col(ColumnKind::Bool), Some("1")), Value::Bool(true));
         assert_eq!(
-            typed_text(&col(ColumnKind::TimestampTz), Some("2026-01-02 03:04:05.5+00:00")),
+            typed_text(&col(ColumnKind::Bool), Some("1")),
+            Value::Bool(true)
+        );
+        assert_eq!(
+            typed_text(
+                &col(ColumnKind::TimestampTz),
+                Some("2026-01-02 03:04:05.5+00:00")
+            ),
             Value::from("2026-01-02T03:04:05.500000Z")
         );
-        assert_eq!(typed_text(&col(ColumnKind::Bytes), Some("\\x0102")), Value::from("AQI="));
-        assert_eq!(typed_text(&col(ColumnKind::Float), Some("NaN")), Value::from("NaN"));
-        assert_eq!(typed_text(&col(ColumnKind::Decimal), Some("1.50")), Value::from("1.50"));
+        assert_eq!(
+            typed_text(&col(ColumnKind::Bytes), Some("\\x0102")),
+            Value::from("AQI=")
+        );
+        assert_eq!(
+            typed_text(&col(ColumnKind::Float), Some("NaN")),
+            Value::from("NaN")
+        );
+        assert_eq!(
+            typed_text(&col(ColumnKind::Decimal), Some("1.50")),
+            Value::from("1.50")
+        );
         assert_eq!(typed_text(&col(ColumnKind::Text), None), Value::Null);
     }
 }
