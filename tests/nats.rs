@@ -7,7 +7,7 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::process::Stdio;
+use std::process::{Child, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -36,7 +36,11 @@ struct Msg {
 }
 
 async fn jetstream() -> async_nats::jetstream::Context {
-    let client = async_nats::connect(format!("127.0.0.1:{}", nats().port()))
+    jetstream_at(nats().port()).await
+}
+
+async fn jetstream_at(port: u16) -> async_nats::jetstream::Context {
+    let client = async_nats::connect(format!("127.0.0.1:{port}"))
         .await
         .expect("connect to NATS");
     async_nats::jetstream::new(client)
@@ -44,7 +48,11 @@ async fn jetstream() -> async_nats::jetstream::Context {
 
 /// Every message of `stream`, in stream order.
 async fn read_stream(stream: &str) -> Vec<Msg> {
-    let js = jetstream().await;
+    read_stream_at(nats().port(), stream).await
+}
+
+async fn read_stream_at(port: u16, stream: &str) -> Vec<Msg> {
+    let js = jetstream_at(port).await;
     let mut s = js.get_stream(stream).await.expect("the stream exists");
     let last = s.info().await.unwrap().state.last_sequence;
     let mut out = Vec::new();
@@ -632,4 +640,101 @@ async fn last_message_of_a_wildcard_subject() {
             .unwrap();
         assert_eq!(last.payload.as_ref(), i.to_string().as_bytes(), "after {i}");
     }
+}
+
+/// The stream's message count on the server at `port`, or None while it cannot be asked.
+async fn count_at(port: u16, stream: &str) -> Option<u64> {
+    let client = async_nats::connect(format!("127.0.0.1:{port}"))
+        .await
+        .ok()?;
+    let js = async_nats::jetstream::new(client);
+    let mut s = js.get_stream(stream).await.ok()?;
+    Some(s.info().await.ok()?.state.messages)
+}
+
+/// Polls until the stream holds `n` messages; the time it took.
+async fn until_count(port: u16, stream: &str, n: u64, limit: Duration) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        if count_at(port, stream).await == Some(n) {
+            return t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "the stream did not reach {n} messages"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn terminate(mut child: Child) {
+    let pid = i32::try_from(child.id()).unwrap();
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "replicate --follow exited with {status}");
+}
+
+/// `--follow` publishes each commit with low latency, keeps retrying while NATS is down (the
+/// process stays up) and catches up once it is back, every change once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_is_fast_and_rides_out_nats_restarts() {
+    let mut server = NatsServer::start().expect("start nats-server");
+    let port = server.port();
+    let t = TestDb::new(DbKind::Sqlite).await;
+    t.users_with(10, "trigger").await;
+    let stream = "FOLLOW";
+    let mut child = tidemark_cmd(&[
+        "replicate",
+        "--follow",
+        "--target",
+        &server.url(Some(stream)),
+        "--margin-ms",
+        "30",
+    ])
+    .arg("--source")
+    .arg(t.url.as_str())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    until_count(port, stream, 10, Duration::from_secs(30)).await;
+    let mut latencies = Vec::new();
+    for i in 0..20u64 {
+        t.db.execute(
+            "UPDATE users SET name = ? WHERE id = 1",
+            &[format!("v{i}").into()],
+        )
+        .await
+        .unwrap();
+        latencies.push(until_count(port, stream, 11 + i, Duration::from_secs(10)).await);
+    }
+    latencies.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    eprintln!(
+        "commit to message in the stream (SQLite, polling): median {:.0} ms, max {:.0} ms",
+        ms(latencies[latencies.len() / 2]),
+        ms(latencies[latencies.len() - 1])
+    );
+    assert!(latencies[latencies.len() - 1] < Duration::from_secs(2));
+
+    // NATS goes down: changes wait, the publisher keeps retrying.
+    server.stop().unwrap();
+    for i in 0..3i64 {
+        t.db.execute("DELETE FROM users WHERE id = ?", &[(2 + i).into()])
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "it gave up while NATS was down"
+    );
+    server.start_again().unwrap();
+    until_count(port, stream, 33, Duration::from_secs(30)).await;
+    terminate(child);
+    let messages = read_stream_at(port, stream).await;
+    let rows = replay(&messages);
+    assert_eq!(rows.len(), 7);
+    assert_eq!(rows[&1]["name"], "v19");
 }
