@@ -282,6 +282,41 @@ async fn content_on(kind: DbKind) {
         .cloned()
         .unwrap();
     assert_eq!(s["pending"]["update"], 1, "{s}");
+    // The same through `serve`: /stats and /metrics.
+    let id = s["consumer_id"].as_str().unwrap().to_string();
+    let mut cmd = tidemark_cmd(&[
+        "--source",
+        t.url.as_str(),
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    cmd.arg("--out").arg(t.out.path()).stderr(Stdio::null());
+    let (mut server, base) = common::spawn_serve(&mut cmd, None);
+    let c = reqwest::Client::new();
+    let stats: Value = c
+        .get(format!("{base}/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(stats.to_string().contains("\"kind\":\"stream\""), "{stats}");
+    let metrics = c
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    common::kill_and_wait(&mut server);
+    let line = format!("tidemark_pending_changes{{table=\"items\",consumer=\"{id}\"}} 1");
+    assert!(
+        metrics.lines().any(|l| l == line),
+        "no {line:?} in\n{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -526,6 +561,7 @@ async fn unreachable_url_fails_fast() {
         "--target",
         &format!("nats://127.0.0.1:{port}/S"),
     ]);
+    eprintln!("a URL nothing answers at: exit after {:?}", t0.elapsed());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
