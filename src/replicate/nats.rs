@@ -459,9 +459,21 @@ impl Publisher {
         self.js = None;
         let lost = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&lost);
+        // The client never reconnects by itself: what it still buffered when the connection
+        // broke would reach the stream after messages lost with the connection, leaving a gap
+        // behind the last message that recovery trusts. The run fails instead, and the next
+        // one connects afresh (only then is the stream's last message read again).
+        let connected = Arc::new(AtomicBool::new(false));
+        let once = Arc::clone(&connected);
         let client = async_nats::ConnectOptions::new()
             .connection_timeout(Duration::from_secs(2))
-            .max_reconnects(1)
+            .reconnect_delay_callback(move |_| {
+                if once.load(Ordering::SeqCst) {
+                    Duration::from_secs(365 * 86400)
+                } else {
+                    Duration::ZERO
+                }
+            })
             .event_callback(move |e| {
                 let flag = Arc::clone(&flag);
                 async move {
@@ -487,6 +499,7 @@ impl Publisher {
                 };
                 nats_error(&self.target, failure, e)
             })?;
+        connected.store(true, Ordering::SeqCst);
         let js = jetstream::ContextBuilder::new()
             .timeout(Duration::from_secs(5))
             .build(client);
