@@ -774,3 +774,51 @@ async fn follow_is_fast_and_rides_out_nats_restarts() {
     assert_eq!(rows.len(), 7);
     assert_eq!(rows[&1]["name"], "v19");
 }
+
+/// A `timestamp` table publishes net changes per key: the row's latest values (no before
+/// image), soft deletes as DELETE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timestamp_tables_publish_net_changes() {
+    let t = TestDb::new(DbKind::Sqlite).await;
+    t.users_with(3, "timestamp").await;
+    let stream = stream_name("NET");
+    let template = format!("{}.{{table}}.{{operation}}", stream.to_lowercase());
+    let args = ["--subject-template", template.as_str()];
+    let out = ok(&publish(&t, &stream, &args));
+    assert!(out.contains("3 messages"), "{out}");
+    let now = t.db.dialect().now_expr();
+    t.db.execute(
+        &format!("UPDATE users SET name = 'first', updated_at = {now} WHERE id = 1"),
+        &[],
+    )
+    .await
+    .unwrap();
+    t.db.execute(
+        &format!("UPDATE users SET name = 'second', updated_at = {now} WHERE id = 1"),
+        &[],
+    )
+    .await
+    .unwrap();
+    t.db.execute(
+        &format!("UPDATE users SET is_deleted = TRUE, updated_at = {now} WHERE id = 2"),
+        &[],
+    )
+    .await
+    .unwrap();
+    let out = ok(&publish(&t, &stream, &args));
+    assert!(out.contains("2 messages"), "{out}");
+    let all = read_stream(&stream).await;
+    let tail: Vec<&Value> = all.iter().skip(3).map(|m| &m.body).collect();
+    let by_key = |k: i64| {
+        tail.iter()
+            .find(|b| b["key"]["id"] == k)
+            .unwrap_or_else(|| panic!("no message for {k}: {tail:?}"))
+    };
+    assert_eq!(by_key(1)["operation"], "UPDATE");
+    assert_eq!(by_key(1)["after"]["name"], "second");
+    assert!(by_key(1).get("before").is_none(), "{:?}", by_key(1));
+    assert_eq!(by_key(2)["operation"], "DELETE");
+    assert_eq!(by_key(2)["after"], Value::Null);
+    let out = ok(&publish(&t, &stream, &args));
+    assert!(out.contains("0 messages"), "{out}");
+}
