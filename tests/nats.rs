@@ -822,3 +822,23 @@ async fn timestamp_tables_publish_net_changes() {
     let out = ok(&publish(&t, &stream, &args));
     assert!(out.contains("0 messages"), "{out}");
 }
+
+/// Two source databases publishing the same table to the same subjects: the second is refused
+/// (exit 2) instead of reading the first one's position as its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_sources_subjects_are_refused() {
+    let a = TestDb::new(DbKind::Sqlite).await;
+    let b = TestDb::new(DbKind::Sqlite).await;
+    a.users_with(3, "trigger").await;
+    b.users_with(4, "trigger").await;
+    let stream = stream_name("SHARED");
+    let template = format!("{}.{{table}}.{{operation}}", stream.to_lowercase());
+    let args = ["--subject-template", template.as_str()];
+    ok(&publish(&a, &stream, &args));
+    let out = publish(&b, &stream, &args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("another source database"), "{stderr}");
+    assert_eq!(stream_count(&stream).await, 3);
+    assert!(b.state().await.replicas().await.unwrap().is_empty());
+}

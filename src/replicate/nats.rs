@@ -628,6 +628,14 @@ impl Publisher {
                 plan.filter, self.target.stream, last.sequence
             ))
         };
+        let source =
+            header("Tidemark-Source").ok_or_else(|| corrupt("no Tidemark-Source header"))?;
+        if source != self.source_id {
+            return Err(Error::input(format!(
+                "the subjects {} of the stream {} hold changes of another source database                  (source id {source}, this one is {}): publish to another stream or with a                  --subject-template of its own",
+                plan.filter, self.target.stream, self.source_id
+            )));
+        }
         let to = header("Tidemark-To").ok_or_else(|| corrupt("no Tidemark-To header"))?;
         let to = Position::from_json(&to)?;
         let from = match header("Tidemark-From").filter(|s| !s.is_empty()) {
