@@ -44,7 +44,8 @@ pub struct Counts {
 pub struct ConsumerStatus {
     #[schema(value_type = String)]
     pub consumer_id: ConsumerId,
-    /// `export` (a watermark) or `replica` (`tidemark replicate`).
+    /// `export` (a watermark), `replica` (`tidemark replicate`) or `stream` (`tidemark
+    /// replicate --target nats://…`).
     pub kind: &'static str,
     /// A replica's target (without password) and table: `postgres://host/db.users`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -81,6 +82,7 @@ impl ConsumerStatus {
     pub fn display_name(&self, table: &TableName) -> String {
         match &self.target {
             Some(target) if self.kind == "replica" => format!("replica of {table} → {target}"),
+            Some(target) if self.kind == "stream" => format!("stream of {table} → {target}"),
             _ => self.consumer_id.to_string(),
         }
     }
@@ -168,11 +170,18 @@ pub async fn collect_tables(
         })
         .collect();
     positions.extend(state.replicas().await?.into_iter().filter_map(|r| {
+        // A NATS JetStream stream (`replicate --target nats://…`) is a replica whose target
+        // is the stream itself.
+        let stream = crate::replicate::nats::is_nats_url(&r.target);
         Some(Consumer {
             position: r.position?,
             id: r.replica,
-            kind: "replica",
-            target: Some(format!("{}.{}", r.target, r.target_table)),
+            kind: if stream { "stream" } else { "replica" },
+            target: Some(if stream {
+                r.target.clone()
+            } else {
+                format!("{}.{}", r.target, r.target_table)
+            }),
             table: r.table,
             updated_at: r.updated_at,
         })
@@ -344,7 +353,7 @@ impl StatusReport {
                 out.push(format!("{}: cannot inspect: {e}", t.table));
             }
             let who = |c: &ConsumerStatus| match c.kind {
-                "replica" => c.display_name(&t.table),
+                "replica" | "stream" => c.display_name(&t.table),
                 kind => format!("{kind} {} on {}", c.consumer_id, t.table),
             };
             for c in t.consumers.iter().filter(|c| c.health == "stale_position") {

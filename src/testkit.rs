@@ -542,3 +542,91 @@ impl TestCa {
         })
     }
 }
+
+/// A NATS server with JetStream of its own (`nats-server -js`, Debian package `nats-server`),
+/// its store in a throwaway directory; stopped and removed when dropped or, by a watchdog,
+/// when the process that started it exits however it exits.
+pub struct NatsServer {
+    dir: PathBuf,
+    port: u16,
+    child: std::process::Child,
+}
+
+fn nats_bin() -> Result<&'static str> {
+    ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .ok_or_else(|| fail("find nats-server", "install the nats-server package"))
+}
+
+/// Starts nats-server with JetStream on `port`, its store under `dir`, watched.
+fn spawn_nats(dir: &Path, port: u16) -> Result<std::process::Child> {
+    let child = Command::new(nats_bin()?)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(dir.join("js"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| fail("start nats-server", e))?;
+    watchdog(&format!(
+        "kill -9 {} 2>/dev/null; sleep 0.5; rm -rf '{}'",
+        child.id(),
+        dir.display()
+    ));
+    if !wait_until(Duration::from_secs(30), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    }) {
+        return Err(fail("nats-server did not start", port));
+    }
+    Ok(child)
+}
+
+impl NatsServer {
+    /// Starts a server on a free 127.0.0.1 port and waits until it accepts connections.
+    pub fn start() -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("tidemark-nats.")
+            .tempdir()
+            .map_err(|e| fail("create store directory", e))?
+            .keep();
+        let port = free_port()?;
+        let child = spawn_nats(&dir, port)?;
+        let server = NatsServer { dir, port, child };
+        Ok(server)
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Stops the server at once (as a crash would), keeping its store.
+    pub fn stop(&mut self) -> Result<()> {
+        self.child.kill().map_err(|e| fail("stop nats-server", e))?;
+        self.child.wait().map_err(|e| fail("stop nats-server", e))?;
+        Ok(())
+    }
+
+    /// Starts the stopped server again on the same port and store.
+    pub fn start_again(&mut self) -> Result<()> {
+        self.child = spawn_nats(&self.dir, self.port)?;
+        Ok(())
+    }
+
+    /// `nats://127.0.0.1:PORT`, with `/STREAM` when `stream` is given.
+    pub fn url(&self, stream: Option<&str>) -> String {
+        match stream {
+            Some(s) => format!("nats://127.0.0.1:{}/{s}", self.port),
+            None => format!("nats://127.0.0.1:{}", self.port),
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

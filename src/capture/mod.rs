@@ -185,6 +185,19 @@ pub trait CaptureStrategy: Send + Sync {
     ) -> Result<Option<OldestChange>> {
         Ok(None)
     }
+    /// For a strategy with a change log: a query giving every change from `before` to `after`
+    /// one row each, in change-id order — change id, change time (RFC 3339), operation, before
+    /// image and after image (JSON objects of every column, NULL where there is none). Reading
+    /// the same interval again later gives the same rows (the interval is bounded on both
+    /// sides), as long as no prune passed `before`. `None`: the strategy keeps no log.
+    fn change_rows(
+        &self,
+        _dialect: &dyn Dialect,
+        _before: &Position,
+        _after: &Position,
+    ) -> Result<Option<String>> {
+        Ok(None)
+    }
 }
 
 /// How the one value of an [`CaptureStrategy::oldest_change`] query gives a time.
@@ -394,6 +407,15 @@ impl CaptureStrategy for Stamped {
         after: &Position,
     ) -> Result<Option<OldestChange>> {
         self.inner.oldest_change(dialect, before, after)
+    }
+
+    fn change_rows(
+        &self,
+        dialect: &dyn Dialect,
+        before: &Position,
+        after: &Position,
+    ) -> Result<Option<String>> {
+        self.inner.change_rows(dialect, before, after)
     }
 }
 

@@ -689,6 +689,50 @@ impl CaptureStrategy for TriggerCapture {
         }))
     }
 
+    /// The view's rows of the log entries in the interval. The interval gets an upper bound on
+    /// PostgreSQL too (visible in `after`'s transaction snapshot), so that a later read of it
+    /// gives the same rows: a change's after image is the next change's before image or, when
+    /// there is none yet, the live row — which is that same state.
+    fn change_rows(
+        &self,
+        d: &dyn Dialect,
+        before: &Position,
+        after: &Position,
+    ) -> Result<Option<String>> {
+        let mut interval = self.interval(d, before, after)?;
+        if let Some(t) = after.txids() {
+            interval.push_str(&format!(
+                " AND {}",
+                TxidSnapshot::parse(t)?.visible("l.txid")
+            ));
+        }
+        let column = |name: &str, kind: ColumnKind| -> Result<Column> {
+            Ok(Column {
+                name: Ident::new(name)?,
+                sql_type: String::new(),
+                kind,
+                nullable: true,
+            })
+        };
+        let changed_at = match d.kind() {
+            // The view already prints SQLite's Julian day numbers as RFC 3339.
+            DbKind::Sqlite => d.quote(&Ident::new("changed_at")?),
+            _ => d.render(&column("changed_at", ColumnKind::TimestampTz)?),
+        };
+        // Ordered by the number, not by its rendered text (which `change_id` would name).
+        Ok(Some(format!(
+            "SELECT {}, {changed_at}, operation, {}, {} FROM (\
+               SELECT v.change_id, v.changed_at, v.operation, v.before_image, v.after_image \
+               FROM {} v JOIN {} l ON l.change_id = v.change_id WHERE {interval}) x \
+             ORDER BY x.change_id",
+            d.render(&column("change_id", ColumnKind::Integer)?),
+            d.render(&column("before_image", ColumnKind::Other)?),
+            d.render(&column("after_image", ColumnKind::Other)?),
+            d.quote_table(&self.names.changes),
+            d.quote_table(&self.names.log),
+        )))
+    }
+
     fn notify_channel(&self, d: &dyn Dialect) -> Option<String> {
         (d.kind() == DbKind::Postgres).then(|| self.names.channel.to_string())
     }

@@ -87,7 +87,7 @@ enum Command {
     /// Apply a table's changes to a target table in any database (created if missing); the
     /// target's position is committed with the rows, so a crash neither loses nor repeats one
     #[command(
-        after_help = "Examples:\n  tidemark --source sqlite://app.db replicate --target postgres://app@db/warehouse\n  tidemark replicate --table users --target mysql://app@db/copy --follow"
+        after_help = "Examples:\n  tidemark --source sqlite://app.db replicate --target postgres://app@db/warehouse\n  tidemark replicate --table users --target mysql://app@db/copy --follow\n  tidemark replicate --table users --target nats://127.0.0.1:4222/TIDEMARK --follow"
     )]
     Replicate(replicate::ReplicateArgs),
     /// Per table, consumer and replica: changes by operation, position, pending changes, lag

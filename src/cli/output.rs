@@ -36,6 +36,8 @@ pub enum Output {
     Watermark(WatermarkOutput),
     Verify(PathBuf, VerifyReport),
     Replicate(Vec<Summary>),
+    /// `replicate --target nats://…`: one summary per table published.
+    Publish(Vec<Summary>),
     Status(StatusReport),
     Prune {
         reports: Vec<PruneReport>,
@@ -171,6 +173,12 @@ impl Output {
                     replicate_text(summary);
                 }
             }
+            Output::Publish(summaries) if json => print_json_one_or_many(summaries)?,
+            Output::Publish(summaries) => {
+                for summary in summaries {
+                    publish_text(summary);
+                }
+            }
             Output::Status(report) if json => print_json(report)?,
             Output::Status(report) => print!("{}", monitor::render(report)),
             Output::Prune { reports, .. } if json => print_json(reports)?,
@@ -272,6 +280,30 @@ fn replicate_text(summary: &Summary) {
         count(summary.upserts, "upsert"),
         count(summary.deletes, "delete"),
         count(summary.commits, "commit"),
+        summary.seconds,
+        if summary.retries > 0 {
+            format!(", {} retried", count(summary.retries, "transient failure"))
+        } else {
+            String::new()
+        }
+    );
+    if let Some(since) = &summary.held_back_since {
+        eprintln!("note: {}", held_back_note(since));
+    }
+}
+
+fn publish_text(summary: &Summary) {
+    for r in &summary.resyncs {
+        eprintln!("note: {r}");
+    }
+    println!(
+        "published {} to {}: {} ({}, {}) in {}, {:.2} s{}",
+        summary.table,
+        summary.target,
+        count(summary.rows, "message"),
+        count(summary.upserts, "upsert"),
+        count(summary.deletes, "delete"),
+        count(summary.commits, "interval"),
         summary.seconds,
         if summary.retries > 0 {
             format!(", {} retried", count(summary.retries, "transient failure"))

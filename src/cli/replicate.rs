@@ -12,9 +12,12 @@ use crate::serve;
 
 #[derive(clap::Args, Debug)]
 pub struct ReplicateArgs {
-    /// Target database: sqlite://PATH, postgres://…, mysql://…
+    /// Target database: sqlite://PATH, postgres://…, mysql://…; or a NATS JetStream stream: nats://HOST:PORT[/STREAM]
     #[arg(long)]
     target: String,
+    /// NATS targets: the subject of each change, from {table} and {operation} (insert, update, delete)
+    #[arg(long, default_value = crate::replicate::nats::DEFAULT_SUBJECT_TEMPLATE)]
+    subject_template: String,
     /// Source table: name, schema.name, or a pattern (*, sales.*); repeat for several
     #[arg(long, default_value = "users")]
     table: Vec<String>,
@@ -45,6 +48,9 @@ pub async fn run(args: &ReplicateArgs, ctx: &Context) -> anyhow::Result<Output> 
     if stopped_at_once {
         return Ok(Output::Nothing);
     }
+    if crate::replicate::nats::is_nats_url(&args.target) {
+        return publish_to_nats(args, ctx, stop).await;
+    }
     let target_table = args
         .target_table
         .as_deref()
@@ -73,4 +79,35 @@ pub async fn run(args: &ReplicateArgs, ctx: &Context) -> anyhow::Result<Output> 
         crate::replicate::many::replicate_all(db, state, target, &tables, target_table, opts, stop)
             .await?;
     Ok(Output::Replicate(summaries))
+}
+
+/// `replicate --target nats://…`: the URL and template are checked before the source is
+/// opened (exit 2, nothing written), then each table is published by its own publisher.
+async fn publish_to_nats(
+    args: &ReplicateArgs,
+    ctx: &Context,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<Output> {
+    use crate::replicate::nats;
+    let url = nats::NatsUrl::parse(&args.target)?;
+    let subjects = nats::SubjectTemplate::parse(&args.subject_template)?;
+    if args.target_table.is_some() {
+        return Err(Error::input(
+            "--target-table does not apply to a NATS target: use --subject-template",
+        )
+        .into());
+    }
+    let db = ctx.source().await?;
+    let tables = ctx.select_tables(&args.table).await?;
+    let state = ctx.state().await?;
+    let first = tables
+        .first()
+        .cloned()
+        .ok_or_else(|| Error::input("no table selected"))?;
+    let mut opts = ReplicateOptions::new(first);
+    opts.follow = args.follow;
+    opts.batch_size = args.batch_size;
+    opts.margin = std::time::Duration::from_millis(args.margin_ms);
+    let summaries = nats::publish_all(db, state, url, &tables, subjects, opts, stop).await?;
+    Ok(Output::Publish(summaries))
 }

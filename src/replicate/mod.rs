@@ -11,6 +11,7 @@
 
 pub mod apply;
 pub mod many;
+pub mod nats;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -14,6 +14,7 @@ mod access;
 mod cli;
 mod guarantee;
 mod interfaces;
+mod nats;
 mod page;
 mod privileges;
 mod reach;
