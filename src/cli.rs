@@ -251,6 +251,9 @@ enum Command {
         /// Run only the replication benchmark
         #[arg(long)]
         replication_only: bool,
+        /// Run only the write overhead of capture (SQLite and PostgreSQL, pgbench included)
+        #[arg(long, conflicts_with = "replication_only")]
+        capture_only: bool,
     },
 }
 
@@ -1094,6 +1097,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             dir,
             changes,
             replication_only,
+            capture_only,
         } => {
             let opts = crate::bench::BenchOptions {
                 rows: *rows,
@@ -1101,6 +1105,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 dir: dir.clone(),
                 changes: *changes,
                 replication_only: *replication_only,
+                capture_only: *capture_only,
             };
             let report = crate::bench::run(&opts, &|line| {
                 if !cli.json {

@@ -75,8 +75,8 @@ impl ReplicationBench {
     pub fn render(&self) -> String {
         let line = |name: String, r: &ReplicationRun, note: String| {
             format!(
-                "{name:<48} {:>8.3} s {:>8.1} MB  {:>9.0} changes/s {note}\n",
-                r.run.seconds, r.run.peak_rss_mb, r.changes_per_second
+                "{name:<48} {:>8.3} s {:>8.1} MB  {:>9.0} changes/s (CPU {:.2} s) {note}\n",
+                r.run.seconds, r.run.peak_rss_mb, r.changes_per_second, r.run.cpu_seconds
             )
         };
         let mut s = String::from(
@@ -111,10 +111,23 @@ impl ReplicationBench {
             ),
         );
         s += &line(
-            format!("PostgreSQL→PostgreSQL, {} changes", self.postgres.changes),
+            format!(
+                "PostgreSQL→PostgreSQL, {} changes, {}",
+                self.postgres.changes,
+                self.postgres.workload.label()
+            ),
             &self.postgres,
             String::new(),
         );
+        if let Some(native) = &self.postgres.native {
+            s += &format!(
+                "{:<48} {:>8.3} s {:>10}  tidemark {:.2}× PostgreSQL's own (target ≤ 0.7×)\n",
+                "  logical replication, enabled after, to catch-up",
+                native.seconds,
+                "",
+                self.postgres.run.seconds / native.seconds.max(1e-9)
+            );
+        }
         s += &line(
             format!(
                 "PostgreSQL→PostgreSQL, {} changes",
@@ -256,6 +269,118 @@ impl NativeSqlite {
     }
 }
 
+/// PostgreSQL's own logical replication of the same bursts, beside tidemark's: a publication of
+/// the source table, and a subscription (`copy_data = false`) in a database of its own on the
+/// same server, whose slot is created before each burst and which is enabled after tidemark's
+/// run, timed until the subscriber's table matches the source's (row count, sum of ids, sum of
+/// name lengths — soft-deleted rows included: they are rows to PostgreSQL).
+struct NativePg {
+    source: std::sync::Arc<dyn Database>,
+    source_url: DbUrl,
+    target: std::sync::Arc<dyn Database>,
+    name: String,
+}
+
+const FINGERPRINT: &str = "SELECT count(*)::text, COALESCE(sum(id), 0)::text, \
+                           COALESCE(sum(length(name)), 0)::text FROM users";
+
+impl NativePg {
+    async fn start(
+        source: &std::sync::Arc<dyn Database>,
+        source_url: &DbUrl,
+        target_url: &DbUrl,
+    ) -> Result<Option<NativePg>> {
+        if source_url.kind() != DbKind::Postgres || target_url.kind() != DbKind::Postgres {
+            return Ok(None);
+        }
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros());
+        let name = format!("tidemark_bench_native_{stamp}");
+        source
+            .execute(&format!("CREATE DATABASE {name}"), &[])
+            .await?;
+        let s = target_url.as_str();
+        let cut = s
+            .rfind('/')
+            .filter(|&i| i > s.find("//").map_or(0, |j| j + 1))
+            .unwrap_or(s.len());
+        let target = open(&DbUrl::parse(&format!("{}/{name}", &s[..cut]))?).await?;
+        seed::create_users_table(target.as_ref()).await?;
+        source
+            .execute(&format!("CREATE PUBLICATION {name} FOR TABLE users"), &[])
+            .await?;
+        Ok(Some(NativePg {
+            source: std::sync::Arc::clone(source),
+            source_url: source_url.clone(),
+            target,
+            name,
+        }))
+    }
+
+    /// Before a burst: the slot that keeps its changes, and the (disabled) subscription.
+    async fn before_burst(&self) -> Result<()> {
+        let n = &self.name;
+        self.source
+            .query(
+                &format!("SELECT pg_create_logical_replication_slot('{n}', 'pgoutput')::text"),
+                &[],
+            )
+            .await?;
+        self.target
+            .execute(
+                &format!(
+                    "CREATE SUBSCRIPTION {n} CONNECTION '{}' PUBLICATION {n} WITH \
+                     (copy_data = false, create_slot = false, enabled = false, slot_name = '{n}')",
+                    self.source_url.as_str().replace('\'', "''")
+                ),
+                &[],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Enables the subscription and waits for the subscriber to catch up; then removes it.
+    async fn catch_up(&self) -> Result<Measured> {
+        let n = &self.name;
+        let want = self.source.query(FINGERPRINT, &[]).await?;
+        let t0 = std::time::Instant::now();
+        self.target
+            .execute(&format!("ALTER SUBSCRIPTION {n} ENABLE"), &[])
+            .await?;
+        while self.target.query(FINGERPRINT, &[]).await? != want {
+            if t0.elapsed() > std::time::Duration::from_secs(600) {
+                return Err(Error::Runtime(
+                    "bench: PostgreSQL's logical replication did not catch up in 10 minutes".into(),
+                ));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let seconds = t0.elapsed().as_secs_f64();
+        for sql in [
+            format!("ALTER SUBSCRIPTION {n} DISABLE"),
+            format!("ALTER SUBSCRIPTION {n} SET (slot_name = NONE)"),
+            format!("DROP SUBSCRIPTION {n}"),
+        ] {
+            self.target.execute(&sql, &[]).await?;
+        }
+        // The walsender lets go of the slot shortly after the subscription is disabled.
+        let drop = format!("SELECT pg_drop_replication_slot('{n}')::text");
+        let mut tries = 0;
+        while let Err(e) = self.source.query(&drop, &[]).await {
+            tries += 1;
+            if tries > 200 {
+                return Err(e);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        Ok(Measured {
+            seconds,
+            ..Measured::default()
+        })
+    }
+}
+
 /// `bursts` bursts of `changes` changes, each replicated from `source` to `target` (both empty
 /// databases at first) by its own `tidemark replicate` run: the median time, the largest peak.
 pub async fn replication(
@@ -289,12 +414,16 @@ pub async fn replication(
     let log_rows = format!("SELECT count(*) FROM {log}");
     let last_change = format!("SELECT COALESCE(max(change_id), 0) FROM {log}");
     let native = NativeSqlite::of(dir, source, target);
+    let native_pg = NativePg::start(&db, source, target).await?;
     let mut runs = Vec::with_capacity(bursts);
     let mut natives = Vec::new();
     let mut logged = 0;
     for _ in 0..bursts {
         let before = count(db.as_ref(), &log_rows).await?;
         let since = count(db.as_ref(), &last_change).await?;
+        if let Some(n) = &native_pg {
+            n.before_burst().await?;
+        }
         burst(db.as_ref(), &t, inserts, workload).await?;
         logged = count(db.as_ref(), &log_rows).await? - before;
         let prepared = match &native {
@@ -305,6 +434,9 @@ pub async fn replication(
         runs.push(measure_once(&mut replicate(true)?)?);
         if let Some((copy, delta)) = prepared {
             natives.push(NativeSqlite::apply(&copy, &delta)?);
+        }
+        if let Some(n) = &native_pg {
+            natives.push(n.catch_up().await?);
         }
     }
     let run = summarize(&runs);
@@ -386,7 +518,8 @@ pub async fn run(
     log(&format!(
         "replication PostgreSQL→PostgreSQL, {changes} changes"
     ));
-    let postgres = replication(dir, &a, &b, changes, BURSTS, Workload::Bulk).await?;
+    // The issue's workload: the changes in 1,000-row transactions, as applications write them.
+    let postgres = replication(dir, &a, &b, changes, BURSTS, Workload::Transactions).await?;
     log(&format!(
         "replication PostgreSQL→PostgreSQL, {} changes",
         changes * 10
