@@ -349,10 +349,12 @@ pub async fn run_postgres(
             if let Some(runs) = tps_runs.get_mut(i) {
                 runs.push(tps(&pgbench(&run)?));
             }
-            // pgbench -i drops its tables; the log and registration of the last set-up go too.
+            // pgbench -i drops its tables; the log and registration of the set-up go too (the
+            // next round's variant may have none).
             if let Some(config) = state.table_config(&accounts).await? {
                 let info = db.describe(&accounts).await?;
                 capture::teardown(db.as_ref(), &info, &config).await?;
+                state.remove_table_config(&accounts).await?;
             }
         }
     }
