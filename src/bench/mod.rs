@@ -31,6 +31,8 @@ pub struct BenchOptions {
     pub changes: u64,
     /// Run only the replication benchmark.
     pub replication_only: bool,
+    /// Run only the write overhead of capture.
+    pub capture_only: bool,
 }
 
 /// One measured command: median wall time and the largest peak RSS of its runs.
@@ -38,6 +40,9 @@ pub struct BenchOptions {
 pub struct Measured {
     pub seconds: f64,
     pub peak_rss_mb: f64,
+    /// CPU time (user + system) of the measured process itself (for a client such as `psql`,
+    /// what the client spent; the rest of the wall time is the server's and the wait).
+    pub cpu_seconds: f64,
 }
 
 /// Everything the benchmark measured.
@@ -63,11 +68,16 @@ impl BenchReport {
     /// A readable table with ratios and the targets.
     pub fn render(&self) -> String {
         if self.rows == 0 {
-            return self
-                .replication
-                .as_ref()
-                .map(replicate::ReplicationBench::render)
-                .unwrap_or_default();
+            // A partial run (--replication-only, --capture-only): what it measured.
+            let mut s = String::new();
+            if self.capture.inserts > 0 {
+                s += &self.capture.render();
+                s += &self.pg_capture.render();
+            }
+            if let Some(r) = &self.replication {
+                s += &r.render();
+            }
+            return s;
         }
         let r = |a: &Measured, b: &Measured| a.seconds / b.seconds.max(1e-9);
         let n = self.rows;
@@ -168,7 +178,7 @@ fn measure_once(cmd: &mut Command) -> Result<Measured> {
     let mut timed = Command::new(TIME);
     timed
         .arg("-f")
-        .arg("tidemark-bench-rss %M")
+        .arg("tidemark-bench-rss %M %U %S")
         .arg(cmd.get_program())
         .args(cmd.get_args());
     for (k, v) in cmd.get_envs() {
@@ -189,15 +199,25 @@ fn measure_once(cmd: &mut Command) -> Result<Measured> {
     if !out.status.success() {
         return Err(Error::Runtime(format!("bench: {cmd:?} failed: {err}")));
     }
-    let kb: f64 = err
+    let figures: Vec<f64> = err
         .lines()
         .filter_map(|l| l.strip_prefix("tidemark-bench-rss "))
         .next_back()
-        .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(|| Error::Runtime(format!("bench: no peak RSS from time: {err}")))?;
+        .map(|v| {
+            v.split_whitespace()
+                .filter_map(|f| f.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let [kb, user, system] = figures[..] else {
+        return Err(Error::Runtime(format!(
+            "bench: no peak RSS and CPU time from time: {err}"
+        )));
+    };
     Ok(Measured {
         seconds,
         peak_rss_mb: kb / 1024.0,
+        cpu_seconds: user + system,
     })
 }
 
@@ -205,9 +225,12 @@ fn measure_once(cmd: &mut Command) -> Result<Measured> {
 fn summarize(all: &[Measured]) -> Measured {
     let mut times: Vec<f64> = all.iter().map(|m| m.seconds).collect();
     times.sort_by(f64::total_cmp);
+    let mut cpu: Vec<f64> = all.iter().map(|m| m.cpu_seconds).collect();
+    cpu.sort_by(f64::total_cmp);
     Measured {
         seconds: times.get(times.len() / 2).copied().unwrap_or(0.0),
         peak_rss_mb: all.iter().map(|m| m.peak_rss_mb).fold(0.0, f64::max),
+        cpu_seconds: cpu.get(cpu.len() / 2).copied().unwrap_or(0.0),
     }
 }
 
@@ -373,7 +396,12 @@ pub async fn run(opts: &BenchOptions, log: &(dyn Fn(&str) + Sync)) -> Result<Ben
         .map_err(|_| Error::Runtime("bench: replication databases missing".into()))?;
     if opts.replication_only {
         let replication = replicate::run(&dir, repl_dbs, opts.changes, log).await?;
-        return Ok(BenchReport::replication_only(replication));
+        return Ok(BenchReport::partial(None, Some(replication)));
+    }
+    if opts.capture_only {
+        let capture = overhead::run(&dir, log).await?;
+        let pg_capture = overhead::run_postgres(&small_url, &dir, 5, log).await?;
+        return Ok(BenchReport::partial(Some((capture, pg_capture)), None));
     }
 
     log(&format!("seeding {rows} users into PostgreSQL"));
@@ -469,11 +497,12 @@ const REPLICATION_DBS: [&str; 4] = [
 ];
 
 impl BenchReport {
-    fn replication_only(replication: replicate::ReplicationBench) -> Self {
-        let zero = Measured {
-            seconds: 0.0,
-            peak_rss_mb: 0.0,
-        };
+    fn partial(
+        capture: Option<(overhead::CaptureOverhead, overhead::PgCaptureOverhead)>,
+        replication: Option<replicate::ReplicationBench>,
+    ) -> Self {
+        let (capture, pg_capture) = capture.unwrap_or_default();
+        let zero = Measured::default();
         BenchReport {
             rows: 0,
             pg_seed_seconds: 0.0,
@@ -485,10 +514,10 @@ impl BenchReport {
             pg_incremental_same_changes_tenth_table: zero,
             sqlite_cli: zero,
             sqlite_full_export: zero,
-            capture: overhead::CaptureOverhead::default(),
-            pg_capture: overhead::PgCaptureOverhead::default(),
+            capture,
+            pg_capture,
             http: http::HttpBench::default(),
-            replication: Some(replication),
+            replication,
         }
     }
 }

@@ -27,6 +27,9 @@ pub struct BenchArgs {
     /// Run only the replication benchmark
     #[arg(long)]
     replication_only: bool,
+    /// Run only the write overhead of capture (SQLite and PostgreSQL, pgbench included)
+    #[arg(long, conflicts_with = "replication_only")]
+    capture_only: bool,
 }
 
 pub async fn run(args: &BenchArgs, ctx: &Context) -> anyhow::Result<BenchReport> {
@@ -36,6 +39,7 @@ pub async fn run(args: &BenchArgs, ctx: &Context) -> anyhow::Result<BenchReport>
         dir: args.dir.clone(),
         changes: args.changes,
         replication_only: args.replication_only,
+        capture_only: args.capture_only,
     };
     let json = ctx.json;
     crate::bench::run(&opts, &|line| output::log_line(json, line))

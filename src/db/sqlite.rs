@@ -177,6 +177,8 @@ pub struct SqliteDb {
     pool: SqlitePool,
     path: PathBuf,
     url: DbUrl,
+    /// The connection of write transactions ([`Database::begin`]), kept between them.
+    writer: Writer,
 }
 
 impl SqliteDb {
@@ -250,6 +252,7 @@ impl SqliteDb {
             pool,
             path,
             url: url.clone(),
+            writer: Writer::default(),
         })
     }
 }
@@ -445,26 +448,125 @@ impl LockGuard for FileLock {
     }
 }
 
-struct SqliteTx(sqlx::Transaction<'static, Sqlite>);
+/// The replication target's write transaction, on a connection of its own that rusqlite drives
+/// from a blocking thread (as the snapshot reader does): each statement is prepared once per
+/// connection and kept (the apply's multi-row statements come in a few sizes), and its
+/// parameters are bound straight from the delta's texts, with no hand-off to sqlx's worker
+/// thread per statement. The connection goes back to its [`Writer`] after COMMIT or ROLLBACK;
+/// one dropped in the middle of a transaction is closed, which rolls it back.
+struct SqliteTx {
+    conn: Option<rusqlite::Connection>,
+    home: Writer,
+}
+
+/// The idle write connection of a [`SqliteDb`] (opened on first use).
+type Writer = std::sync::Arc<std::sync::Mutex<Option<rusqlite::Connection>>>;
+
+/// Prepared statements a write connection keeps.
+const WRITER_STATEMENTS: usize = 64;
+
+fn bind_params(stmt: &mut rusqlite::CachedStatement<'_>, params: &[Param]) -> Result<()> {
+    for (i, p) in params.iter().enumerate() {
+        let at = i + 1;
+        match p {
+            Param::Text(t) => stmt.raw_bind_parameter(at, &**t),
+            Param::Int(v) => stmt.raw_bind_parameter(at, v),
+            Param::Null => stmt.raw_bind_parameter(at, rusqlite::types::Null),
+        }
+        .map_err(sqlite_error)?;
+    }
+    Ok(())
+}
+
+impl SqliteTx {
+    /// Opens a write connection to `path` with the pool's settings.
+    fn open(path: &std::path::Path) -> Result<rusqlite::Connection> {
+        let conn = rusqlite::Connection::open(path).map_err(sqlite_error)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite_error)?;
+        conn.set_prepared_statement_cache_capacity(WRITER_STATEMENTS);
+        // As the pool's connections (see `connect`).
+        conn.execute_batch("PRAGMA foreign_keys = OFF; PRAGMA temp_store = FILE")
+            .map_err(sqlite_error)?;
+        Ok(conn)
+    }
+
+    /// Runs `work` on the connection on a blocking thread.
+    async fn with_conn<T: Send + 'static>(
+        &mut self,
+        work: impl FnOnce(&rusqlite::Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let conn = self
+            .conn
+            .take()
+            .ok_or_else(|| Error::Runtime("SQLite transaction already ended".into()))?;
+        let (conn, out) = tokio::task::spawn_blocking(move || {
+            let out = work(&conn);
+            (conn, out)
+        })
+        .await
+        .map_err(|e| Error::Runtime(format!("SQLite writer thread failed: {e}")))?;
+        self.conn = Some(conn);
+        out
+    }
+
+    /// Ends the transaction with `sql` (COMMIT or ROLLBACK) and gives the connection back.
+    async fn end(mut self: Box<Self>, sql: &'static str) -> Result<()> {
+        self.with_conn(move |c| c.execute_batch(sql).map_err(sqlite_error))
+            .await?;
+        if let (Some(conn), Ok(mut home)) = (self.conn.take(), self.home.lock()) {
+            *home = Some(conn);
+        }
+        Ok(())
+    }
+}
 
 #[async_trait]
 impl Transaction for SqliteTx {
     async fn execute(&mut self, sql: &str, params: Vec<Param>) -> Result<u64> {
-        Sqlite::execute_owned(&mut self.0, sql, params).await
+        let sql = sql.to_string();
+        self.with_conn(move |conn| {
+            let mut stmt = conn.prepare_cached(&sql).map_err(sqlite_error)?;
+            bind_params(&mut stmt, &params)?;
+            let n = stmt.raw_execute().map_err(sqlite_error)?;
+            Ok(n as u64)
+        })
+        .await
     }
 
     async fn query(&mut self, sql: &str, params: Vec<Param>) -> Result<Vec<TextRow>> {
-        Sqlite::query(&mut self.0, sql, &params).await
+        let sql = sql.to_string();
+        self.with_conn(move |conn| {
+            use rusqlite::types::ValueRef;
+            let mut stmt = conn.prepare_cached(&sql).map_err(sqlite_error)?;
+            bind_params(&mut stmt, &params)?;
+            let width = stmt.column_count();
+            let mut out = Vec::new();
+            let mut rows = stmt.raw_query();
+            while let Some(row) = rows.next().map_err(sqlite_error)? {
+                let mut r: TextRow = Vec::with_capacity(width);
+                for i in 0..width {
+                    r.push(match row.get_ref(i).map_err(sqlite_error)? {
+                        ValueRef::Null => None,
+                        ValueRef::Integer(n) => Some(n.to_string()),
+                        ValueRef::Real(f) => Some(f.to_string()),
+                        ValueRef::Text(t) | ValueRef::Blob(t) => {
+                            Some(String::from_utf8_lossy(t).into_owned())
+                        }
+                    });
+                }
+                out.push(r);
+            }
+            Ok(out)
+        })
+        .await
     }
 
     async fn commit(self: Box<Self>) -> Result<()> {
-        self.0.commit().await?;
-        Ok(())
+        self.end("COMMIT").await
     }
 
     async fn rollback(self: Box<Self>) -> Result<()> {
-        self.0.rollback().await?;
-        Ok(())
+        self.end("ROLLBACK").await
     }
 }
 
@@ -630,9 +732,23 @@ impl Database for SqliteDb {
     }
 
     async fn begin(&self) -> Result<Box<dyn Transaction>> {
-        Ok(Box::new(SqliteTx(
-            self.pool.begin_with("BEGIN IMMEDIATE").await?,
-        )))
+        let idle = self.writer.lock().ok().and_then(|mut w| w.take());
+        let path = self.path.clone();
+        let conn = tokio::task::spawn_blocking(move || -> Result<rusqlite::Connection> {
+            let conn = match idle {
+                Some(c) => c,
+                None => SqliteTx::open(&path)?,
+            };
+            conn.execute_batch("BEGIN IMMEDIATE")
+                .map_err(sqlite_error)?;
+            Ok(conn)
+        })
+        .await
+        .map_err(|e| Error::Runtime(format!("SQLite writer thread failed: {e}")))??;
+        Ok(Box::new(SqliteTx {
+            conn: Some(conn),
+            home: std::sync::Arc::clone(&self.writer),
+        }))
     }
 }
 

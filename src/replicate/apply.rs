@@ -4,7 +4,8 @@
 //! `ON DUPLICATE KEY UPDATE` on MariaDB) — with each text converted to the column's type. Also
 //! the reader of PostgreSQL's COPY CSV records, which tells NULL (empty) from "" (quoted).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use crate::db::{
@@ -51,6 +52,26 @@ impl Change {
             op_name,
             values: it.map(|v| v.map(Into::into)).collect(),
         })
+    }
+}
+
+/// A hasher for keys that are hashes already.
+#[derive(Default)]
+struct Identity(u64);
+
+impl Hasher for Identity {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
     }
 }
 
@@ -221,8 +242,35 @@ impl TargetTable {
         self.columns.len()
     }
 
-    fn key_of<'c>(&self, c: &'c Change) -> Vec<Option<&'c str>> {
-        self.key.iter().map(|&i| c.values[i].as_deref()).collect()
+    /// The change's key as one hash (FNV-1a over the key texts, NULL and lengths marked), so
+    /// that the set of keys seen in a group is a set of integers: the common case of distinct
+    /// keys costs no allocation per change. Equal hashes are compared in full by the caller.
+    fn key_hash(&self, c: &Change) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |b: u8| {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        };
+        for &i in &self.key {
+            match c.values.get(i).and_then(|v| v.as_deref()) {
+                None => eat(0xff),
+                Some(v) => {
+                    for b in v.bytes() {
+                        eat(b);
+                    }
+                    for b in (v.len() as u64).to_le_bytes() {
+                        eat(b);
+                    }
+                }
+            }
+        }
+        h
+    }
+
+    fn same_key(&self, a: &Change, b: &Change) -> bool {
+        self.key.iter().all(|&i| {
+            a.values.get(i).map(|v| v.as_deref()) == b.values.get(i).map(|v| v.as_deref())
+        })
     }
 
     /// Applies `changes` (each key at most once per group; a repeated key starts a new group so
@@ -231,7 +279,9 @@ impl TargetTable {
     pub async fn apply(&self, tx: &mut dyn Transaction, changes: &[Change]) -> Result<(u64, u64)> {
         let mut done = (0u64, 0u64);
         let mut start = 0;
-        let mut seen: HashSet<Vec<Option<&str>>> = HashSet::new();
+        // Key hash → the first change of the group with that hash.
+        let mut seen: HashMap<u64, usize, BuildHasherDefault<Identity>> =
+            HashMap::with_capacity_and_hasher(changes.len(), BuildHasherDefault::default());
         for (i, c) in changes.iter().enumerate() {
             if c.values.len() != self.columns.len() {
                 return Err(Error::Runtime(format!(
@@ -240,13 +290,23 @@ impl TargetTable {
                     self.columns.len()
                 )));
             }
-            if !seen.insert(self.key_of(c)) {
+            let h = self.key_hash(c);
+            let repeated = match seen.get(&h) {
+                None => false,
+                // Every change of the group with this hash comes at or after the first one:
+                // compare the keys in full (two different keys may share a hash).
+                Some(&j) => changes[start..i]
+                    .iter()
+                    .skip(j - start)
+                    .any(|o| self.key_hash(o) == h && self.same_key(o, c)),
+            };
+            if repeated {
                 let (u, d) = self.apply_group(tx, &changes[start..i]).await?;
                 done = (done.0 + u, done.1 + d);
                 start = i;
                 seen.clear();
-                seen.insert(self.key_of(c));
             }
+            seen.entry(h).or_insert(i);
         }
         let (u, d) = self.apply_group(tx, &changes[start..]).await?;
         Ok((done.0 + u, done.1 + d))
