@@ -556,8 +556,13 @@ async fn follow_latency() {
             worst = worst.max(t0.elapsed());
         }
         terminate(child);
+        // The follow loop polls at most every 500 ms when idle: a change waiting seconds means
+        // it stopped polling or backed off too far. Under this machine's test load (eight
+        // test threads on two cores) a healthy loop has taken up to 1.2 s, so the limit is set
+        // where only a broken loop reaches it; the latency itself is the benchmark's to measure.
+        eprintln!("{kind}: worst follow latency {worst:?}");
         assert!(
-            worst < Duration::from_secs(1),
+            worst < Duration::from_secs(3),
             "{kind}: worst latency {worst:?}"
         );
     }
