@@ -1,5 +1,6 @@
 //! tidemark's integration tests: one test binary, so that every test file shares one
-//! throwaway PostgreSQL and one MariaDB server per run (started on first use by [`common`]),
+//! throwaway PostgreSQL server per run (started on first use by [`common`]; MariaDB, whose
+//! capture bound is server-wide, gets one server per file: see `common::maria`),
 //! and the binary is linked once. Each file is a module; a new test file is one `mod` line
 //! here.
 //!

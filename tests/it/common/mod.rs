@@ -1,6 +1,6 @@
-//! Shared test harness: one throwaway PostgreSQL and one MariaDB server per test binary (started
-//! on first use, stopped by their watchdogs when the binary exits), a fresh database per test,
-//! and helpers to run the real `tidemark` binary.
+//! Shared test harness: one throwaway PostgreSQL server for the run and one MariaDB server per
+//! test file (started on first use, stopped by their watchdogs when the binary exits; see
+//! [`maria`]), a fresh database per test, and helpers to run the real `tidemark` binary.
 
 #![allow(dead_code)]
 
@@ -18,7 +18,6 @@ use tidemark::state::StateStore;
 use tidemark::testkit::{MariaDbServer, PgServer, SqliteFile};
 
 static PG: OnceLock<PgServer> = OnceLock::new();
-static MARIADB: OnceLock<MariaDbServer> = OnceLock::new();
 
 /// The capture margin tests use on servers; waits before a final export exceed it.
 pub const MARGIN: Duration = Duration::from_millis(30);
@@ -27,19 +26,64 @@ pub fn pg() -> &'static PgServer {
     PG.get_or_init(|| PgServer::start().expect("start PostgreSQL"))
 }
 
-pub fn mariadb() -> &'static MariaDbServer {
-    MARIADB.get_or_init(|| MariaDbServer::start().expect("start MariaDB"))
+/// One MariaDB server per test file (module), shared by that file's tests; PostgreSQL is one
+/// server for the whole run.
+///
+/// Why MariaDB differs: its capture bound is server-wide. A statement still running, or a
+/// transaction that has written and not committed, on ANY database of the server holds back
+/// the bound of every export on it (as it would for every table of a user's server: tidemark
+/// cannot tell which tables an open transaction wrote). With all files on one server, one
+/// file's long seeding statement under load held back another file's exports — a true
+/// behaviour of the product, and a flaky test. Inside a file, tests that hold a write
+/// transaction open on purpose run alone on their file's server ([`TestDb::alone`]).
+pub struct Maria {
+    pub server: MariaDbServer,
+    turn: tokio::sync::RwLock<()>,
 }
 
-/// MariaDB's transactions are server-wide, and the tests of one binary share one server: a
-/// transaction left open on purpose holds back the capture bound of every database on it, as
-/// it would for every table of a user's server. Tests that do that run alone on MariaDB
-/// ([`TestDb::alone`]); the others share it.
-static MARIADB_TURN: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+/// The MariaDB server of the calling test's file: the test thread is named after the test's
+/// path (`replicate::mariadb_to_postgres`), whose first part is its file.
+pub fn maria() -> &'static Maria {
+    static SERVERS: std::sync::Mutex<Vec<(String, &'static Maria)>> =
+        std::sync::Mutex::new(Vec::new());
+    let file = std::thread::current()
+        .name()
+        .and_then(|n| n.split("::").next())
+        .unwrap_or("shared")
+        .to_string();
+    let mut servers = SERVERS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, m)) = servers.iter().find(|(f, _)| *f == file) {
+        return m;
+    }
+    let m: &'static Maria = Box::leak(Box::new(Maria {
+        server: MariaDbServer::start().expect("start MariaDB"),
+        turn: tokio::sync::RwLock::const_new(()),
+    }));
+    servers.push((file, m));
+    m
+}
+
+pub fn mariadb() -> &'static MariaDbServer {
+    &maria().server
+}
 
 enum Turn {
-    Shared(#[allow(dead_code)] tokio::sync::RwLockReadGuard<'static, ()>),
-    Alone(#[allow(dead_code)] tokio::sync::RwLockWriteGuard<'static, ()>),
+    Shared(
+        &'static Maria,
+        #[allow(dead_code)] tokio::sync::RwLockReadGuard<'static, ()>,
+    ),
+    Alone(
+        &'static Maria,
+        #[allow(dead_code)] tokio::sync::RwLockWriteGuard<'static, ()>,
+    ),
+}
+
+/// The server a MariaDB test's turn was taken on.
+fn maria_of(turn: &Option<Turn>) -> &'static MariaDbServer {
+    match turn {
+        Some(Turn::Shared(m, _)) | Some(Turn::Alone(m, _)) => &m.server,
+        None => mariadb(),
+    }
 }
 
 /// A fresh database of one kind, with an output directory.
@@ -56,7 +100,10 @@ impl TestDb {
     /// A fresh database for a test that leaves no write transaction open for long.
     pub async fn new(kind: DbKind) -> TestDb {
         let turn = match kind {
-            DbKind::Mysql => Some(Turn::Shared(MARIADB_TURN.read().await)),
+            DbKind::Mysql => {
+                let m = maria();
+                Some(Turn::Shared(m, m.turn.read().await))
+            }
             _ => None,
         };
         Self::with_turn(kind, turn).await
@@ -65,7 +112,10 @@ impl TestDb {
     /// A fresh database for a test that holds a write transaction open on purpose.
     pub async fn alone(kind: DbKind) -> TestDb {
         let turn = match kind {
-            DbKind::Mysql => Some(Turn::Alone(MARIADB_TURN.write().await)),
+            DbKind::Mysql => {
+                let m = maria();
+                Some(Turn::Alone(m, m.turn.write().await))
+            }
             _ => None,
         };
         Self::with_turn(kind, turn).await
@@ -78,7 +128,10 @@ impl TestDb {
                 (f.url.clone(), Some(f))
             }
             DbKind::Postgres => (pg().fresh_database().await.expect("database"), None),
-            DbKind::Mysql => (mariadb().fresh_database().await.expect("database"), None),
+            DbKind::Mysql => (
+                maria_of(&turn).fresh_database().await.expect("database"),
+                None,
+            ),
         };
         let db = connect(
             &url,
