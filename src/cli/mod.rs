@@ -165,7 +165,7 @@ async fn dispatch(command: &Command, ctx: &Context) -> anyhow::Result<Output> {
         }
         Command::Token(args) => Output::Token(token::run(args, ctx).await?),
         #[cfg(feature = "bench")]
-        Command::Bench(args) => Output::Bench(bench::run(args, ctx).await?),
+        Command::Bench(args) => Output::Bench(Box::new(bench::run(args, ctx).await?)),
     })
 }
 

@@ -45,7 +45,7 @@ pub enum Output {
     },
     Token(TokenOutput),
     #[cfg(feature = "bench")]
-    Bench(crate::bench::BenchReport),
+    Bench(Box<crate::bench::BenchReport>),
 }
 
 /// What `seed` did.
