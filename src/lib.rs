@@ -2,8 +2,9 @@
 //!
 //! The layout follows the concerns: [`db`] adapts each database behind the `Dialect` and
 //! `Database` traits; [`capture`] holds the strategies that find changes; [`state`] keeps
-//! watermarks, registrations and export records; [`export`] runs exports end to end; [`sink`]
-//! owns the CSV format and atomic files; [`seed`], [`demo`] and [`bench`] are the tools around
+//! watermarks, registrations and export records; [`export`] runs exports end to end; [`value`] holds
+//! typed values, which the [`format`]s (CSV, JSON Lines, Parquet) encode; [`sink`] owns atomic
+//! files; [`seed`], [`demo`] and [`bench`] are the tools around
 //! them; [`testkit`] starts throwaway database servers; [`cli`] is the command line.
 
 pub mod bench;
@@ -13,6 +14,7 @@ pub mod db;
 pub mod demo;
 pub mod error;
 pub mod export;
+pub mod format;
 pub mod ident;
 pub mod monitor;
 pub mod privilege;
@@ -22,6 +24,7 @@ pub mod serve;
 pub mod sink;
 pub mod state;
 pub mod testkit;
+pub mod value;
 pub mod words;
 
 pub use error::{Error, Result};

@@ -1,5 +1,7 @@
-//! Where exported rows go: the CSV format of the product (RFC 4180, NULL as an empty unquoted
-//! field) and files that appear only complete (written aside, flushed, renamed).
+//! Where exported files go: files that appear only complete (written aside, flushed, renamed).
+//! The encodings of their contents live in [`crate::format`].
 
-pub mod csv;
 pub mod file;
+
+/// The CSV format moved to [`crate::format::csv`]; this path stays for existing callers.
+pub use crate::format::csv;
