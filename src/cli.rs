@@ -132,7 +132,7 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Export a table's changes for a consumer as CSV plus manifest
+    /// Export a table's changes for a consumer as CSV, JSON Lines or Parquet plus manifest
     #[command(
         after_help = "Examples:\n  tidemark export --consumer warehouse --mode full\n  tidemark export --consumer warehouse --mode delta --table users --out ./exports"
     )]
@@ -158,6 +158,9 @@ enum Command {
         /// Longest time a write may take from stamping its time to being listed as running by the server, in ms (PostgreSQL, MySQL); reads wait this long so that they see every change committed before they started
         #[arg(long, default_value_t = DEFAULT_MARGIN.as_millis() as u64)]
         margin_ms: u64,
+        /// File format: csv (RFC 4180), jsonl (one JSON object per row) or parquet (typed columns)
+        #[arg(long, value_enum, default_value_t = crate::format::FileFormat::Csv)]
+        format: crate::format::FileFormat,
     },
     /// Read, set or reset a consumer's watermark
     #[command(
@@ -815,6 +818,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             table,
             out,
             margin_ms,
+            format,
         } => {
             let consumer = ConsumerId::new(consumer)?;
             let db = open_source(&cli, false).await?;
@@ -822,7 +826,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let state = open_state(&cli, &db).await?;
             let exporter =
                 Exporter::new(db, state).with_margin(std::time::Duration::from_millis(*margin_ms));
-            let req = ExportRequest::new(consumer, table, (*mode).into(), out.clone());
+            let req = ExportRequest::new(consumer, table, (*mode).into(), out.clone())
+                .with_format(*format);
             let pb = bar(cli.json, &format!("{} export", req.mode));
             let progress = |n: u64| {
                 if let Some(b) = &pb {

@@ -74,9 +74,9 @@ impl Value {
                 "false" => Value::Bool(false),
                 _ => return Err(bad("true or false")),
             },
-            PortableKind::Timestamp => {
-                Value::Timestamp(parse_timestamp(t).ok_or_else(|| bad("an RFC 3339 UTC timestamp"))?)
-            }
+            PortableKind::Timestamp => Value::Timestamp(
+                parse_timestamp(t).ok_or_else(|| bad("an RFC 3339 UTC timestamp"))?,
+            ),
             PortableKind::Date => {
                 let d = NaiveDate::parse_from_str(t, "%Y-%m-%d").map_err(|_| bad("a date"))?;
                 let days = d.signed_duration_since(epoch_date()).num_days();
@@ -121,7 +121,12 @@ fn parse_float(t: &str) -> Option<f64> {
         "NaN" => Some(f64::NAN),
         "Infinity" | "inf" => Some(f64::INFINITY),
         "-Infinity" | "-inf" => Some(f64::NEG_INFINITY),
-        _ if t.bytes().any(|b| b.is_ascii_alphabetic() && b != b'e' && b != b'E') => None,
+        _ if t
+            .bytes()
+            .any(|b| b.is_ascii_alphabetic() && b != b'e' && b != b'E') =>
+        {
+            None
+        }
         _ => t.parse().ok(),
     }
 }
@@ -187,10 +192,21 @@ mod tests {
         use PortableKind as K;
         round_trip(K::Integer, Value::Int(i64::MAX));
         round_trip(K::Integer, Value::Int(i64::MIN));
-        for f in [1e-300, f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -0.0, 0.1, 1e300] {
+        for f in [
+            1e-300,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            -0.0,
+            0.1,
+            1e300,
+        ] {
             round_trip(K::Float, Value::Float(f));
         }
-        round_trip(K::Decimal, Value::Decimal("-12345678901234567890.000001".into()));
+        round_trip(
+            K::Decimal,
+            Value::Decimal("-12345678901234567890.000001".into()),
+        );
         round_trip(K::Text, Value::Text("ünïcödé ✓ \"x\",\n".into()));
         round_trip(K::Text, Value::Text(String::new()));
         round_trip(K::Bytes, Value::Bytes(vec![0, 0xff, b'\\', b'x']));
@@ -207,7 +223,10 @@ mod tests {
         let p = |k, t| Value::parse(k, Some(t));
         assert_eq!(p(K::Float, "1e-300").unwrap(), Value::Float(1e-300));
         assert_eq!(p(K::Float, "1.0e+20").unwrap(), Value::Float(1e20));
-        assert_eq!(p(K::Float, "-Infinity").unwrap(), Value::Float(f64::NEG_INFINITY));
+        assert_eq!(
+            p(K::Float, "-Infinity").unwrap(),
+            Value::Float(f64::NEG_INFINITY)
+        );
         assert_eq!(
             p(K::Timestamp, "2026-11-21T04:37:00.123456Z").unwrap(),
             Value::Timestamp(1_795_235_820_123_456)

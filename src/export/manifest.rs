@@ -267,7 +267,10 @@ fn check_file(dir: &Path, m: &Manifest) -> std::result::Result<(), String> {
 
 /// The keys and line count of a JSON Lines file: every line must be an object whose keys are
 /// `names` in order (the first line that differs gives its keys as the header).
-fn jsonl_shape(r: &mut impl Read, names: &[String]) -> std::result::Result<(Vec<String>, u64), String> {
+fn jsonl_shape(
+    r: &mut impl Read,
+    names: &[String],
+) -> std::result::Result<(Vec<String>, u64), String> {
     use std::io::BufRead;
     let mut rows = 0u64;
     let mut line = Vec::new();

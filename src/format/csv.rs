@@ -195,7 +195,10 @@ mod tests {
                 Some("a,\"b\"\nc".into())
             ]
         );
-        assert_eq!(parse_csv_record(b"x,").unwrap(), vec![Some("x".into()), None]);
+        assert_eq!(
+            parse_csv_record(b"x,").unwrap(),
+            vec![Some("x".into()), None]
+        );
         assert!(parse_csv_record(b"\"open").is_err());
         assert!(parse_csv_record(b"\"a\"b").is_err());
     }

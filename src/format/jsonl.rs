@@ -121,7 +121,11 @@ mod tests {
             "{\"a\":\"9223372036854775807\",\"b\":9007199254740992,\"c\":null}\n"
         );
         assert_eq!(
-            line(&[Value::Float(1e-300), Value::Float(f64::NAN), Value::Float(f64::NEG_INFINITY)]),
+            line(&[
+                Value::Float(1e-300),
+                Value::Float(f64::NAN),
+                Value::Float(f64::NEG_INFINITY)
+            ]),
             "{\"a\":1e-300,\"b\":\"NaN\",\"c\":\"-Infinity\"}\n"
         );
         assert_eq!(
@@ -133,7 +137,11 @@ mod tests {
             "{\"a\":\"1.50\",\"b\":\"AP8=\",\"c\":\"1970-01-01T00:00:00.000001Z\"}\n"
         );
         assert_eq!(
-            line(&[Value::Text("ü\"\n".into()), Value::Text(String::new()), Value::Bool(true)]),
+            line(&[
+                Value::Text("ü\"\n".into()),
+                Value::Text(String::new()),
+                Value::Bool(true)
+            ]),
             "{\"a\":\"ü\\\"\\n\",\"b\":\"\",\"c\":true}\n"
         );
     }

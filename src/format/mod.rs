@@ -215,7 +215,10 @@ mod tests {
     #[test]
     fn names_extensions_and_types() {
         for f in FileFormat::ALL {
-            assert_eq!(FileFormat::of_file(&format!("a.b.{}", f.extension())), Some(f));
+            assert_eq!(
+                FileFormat::of_file(&format!("a.b.{}", f.extension())),
+                Some(f)
+            );
             let json = serde_json::to_string(&f).unwrap();
             assert_eq!(json, format!("\"{f}\""));
         }

@@ -206,10 +206,9 @@ impl<W: Write + Send> ParquetEncoder<W> {
                 Values::F64(v) => w.typed::<DoubleType>().write_batch(v, levels, None),
                 Values::Bool(v) => w.typed::<BoolType>().write_batch(v, levels, None),
                 Values::Bytes(v) => w.typed::<ByteArrayType>().write_batch(v, levels, None),
-                Values::Fixed(v) => {
-                    w.typed::<FixedLenByteArrayType>()
-                        .write_batch(v, levels, None)
-                }
+                Values::Fixed(v) => w
+                    .typed::<FixedLenByteArrayType>()
+                    .write_batch(v, levels, None),
             }
             .map_err(pq)?;
             w.close().map_err(pq)?;
@@ -288,7 +287,8 @@ impl Column {
     /// Buffers one converted value; returns about the bytes it takes.
     fn push(&mut self, cell: Cell) -> usize {
         if self.nullable {
-            self.levels.push(if matches!(cell, Cell::Null) { 0 } else { 1 });
+            self.levels
+                .push(if matches!(cell, Cell::Null) { 0 } else { 1 });
         }
         match (&mut self.values, cell) {
             (_, Cell::Null) => 2,
@@ -370,7 +370,9 @@ pub fn unscaled(text: &str, scale: u32) -> Option<i128> {
         None => (s, 0),
     };
     let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
-    if !(int.bytes().chain(frac.bytes())).all(|b| b.is_ascii_digit()) || (int.len() + frac.len()) == 0 {
+    if !(int.bytes().chain(frac.bytes())).all(|b| b.is_ascii_digit())
+        || (int.len() + frac.len()) == 0
+    {
         return None;
     }
     // digits × 10^shift, where shift = exponent − fraction digits + scale.
@@ -424,13 +426,19 @@ mod tests {
         assert_eq!(unscaled("NaN", 1), None);
         assert_eq!(unscaled(&"9".repeat(38), 0), Some(10i128.pow(38) - 1));
         assert_eq!(unscaled(&"9".repeat(39), 0), None);
-        assert_eq!(unscaled("18446744073709551615", 0), Some(18446744073709551615));
+        assert_eq!(
+            unscaled("18446744073709551615", 0),
+            Some(18446744073709551615)
+        );
     }
 
     #[test]
     fn refuses_what_it_cannot_hold() {
         let e = check(&[col("price", PortableKind::Decimal, None, None)]).unwrap_err();
-        assert!(e.is_input_error() && e.to_string().contains("\"price\""), "{e}");
+        assert!(
+            e.is_input_error() && e.to_string().contains("\"price\""),
+            "{e}"
+        );
         assert!(e.to_string().contains("numeric"), "{e}");
         assert!(check(&[col("w", PortableKind::Decimal, Some(39), Some(0))]).is_err());
         assert!(check(&[col("ok", PortableKind::Decimal, Some(38), Some(10))]).is_ok());
@@ -447,7 +455,11 @@ mod tests {
         let tmp = tempfile::NamedTempFile::new().unwrap();
         let mut enc = Box::new(ParquetEncoder::new(tmp.reopen().unwrap(), &columns).unwrap());
         for i in 0..(ROW_GROUP_ROWS as i64 + 5) {
-            let t = if i % 2 == 0 { Value::Null } else { Value::Text(format!("r{i}")) };
+            let t = if i % 2 == 0 {
+                Value::Null
+            } else {
+                Value::Text(format!("r{i}"))
+            };
             enc.write_row(&[Value::Int(i), Value::Decimal("1.50".into()), t])
                 .unwrap();
         }
