@@ -12,7 +12,8 @@
 //! otherwise.
 //!
 //! What Parquet cannot hold is refused before anything is read ([`check`]): a decimal column
-//! without a declared precision (PostgreSQL `numeric`, SQLite `NUMERIC`: its values may have any
+//! without an enforced precision (PostgreSQL `numeric` without `(p,s)`; every SQLite
+//! `NUMERIC`/`DECIMAL`, since SQLite enforces no declared precision: its values may have any
 //! number of digits) or with more than 38 digits. A value that does not fit its column (a
 //! decimal NaN, more fractional digits than the scale, text in a SQLite integer column) stops
 //! the export with an error naming the column, and nothing is published.
@@ -52,9 +53,10 @@ pub fn check(columns: &[ColumnType]) -> Result<()> {
             (None, _) => {
                 return Err(Error::input(format!(
                     "column {:?} of type {shown} cannot be written as Parquet: a decimal \
-                     without a declared precision may hold any number of digits, and a Parquet \
-                     DECIMAL needs one; export it as csv or jsonl (exact digits), or declare \
-                     the column's precision (numeric(p,s) with p <= {MAX_PRECISION})",
+                     without a precision the database enforces (PostgreSQL numeric without \
+                     (p,s), any SQLite NUMERIC) may hold any number of digits, and a Parquet \
+                     DECIMAL needs a fixed precision; export it as csv or jsonl (exact digits), \
+                     or declare a precision of at most {MAX_PRECISION} digits on a server database",
                     c.name
                 )))
             }
