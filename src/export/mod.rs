@@ -238,7 +238,16 @@ impl Exporter {
         );
         let csv_path = free_name(&req.out_dir, &stem, req.format.extension());
         let csv_name = file_name(&csv_path);
-        let columns = column_types(self.source.kind(), &info, &select.header);
+        let mut columns = column_types(self.source.kind(), &info, &select.header);
+        if req.mode == Mode::Delta {
+            // A DELETE row may carry only its key (the trigger strategy's change log knows no
+            // more of a deleted row): in a delta file every other column may be NULL.
+            for c in &mut columns {
+                if c.sql_type.is_some() && !info.primary_key.iter().any(|k| k.as_str() == c.name) {
+                    c.nullable = true;
+                }
+            }
+        }
         let file = AtomicFile::create(&req.out_dir, &csv_name)?;
         // A failed header write drops the file, which removes it.
         let encoder = format::encoder(req.format, file, &columns).map_err(|e| match e {
