@@ -417,6 +417,19 @@ async fn every_format_over_http(kind: DbKind) {
             }
         }
     }
+    // The synchronous endpoint takes the format too.
+    let r = c
+        .post(format!(
+            "{base}/export/sync_parquet?table=typed&format=parquet"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let done: Value = r.json().await.unwrap();
+    let file = done["file"].as_str().unwrap_or_else(|| panic!("{done}"));
+    assert!(file.ends_with(".parquet"), "{done}");
+    assert_eq!(read_all(FileFormat::Parquet, &out.path().join(file)), want);
     let files_before = common::all_files(out.path());
     let r = c
         .post(format!("{base}/exports/full?table=typed&format=xml"))
