@@ -32,12 +32,13 @@ use crate::value::Value;
 )]
 #[serde(rename_all = "lowercase")]
 pub enum FileFormat {
-    /// RFC 4180 CSV with a header row.
+    // Plain comments: doc comments would make clap print each value's help on its own lines.
+    // RFC 4180 CSV with a header row.
     #[default]
     Csv,
-    /// JSON Lines: one JSON object per row.
+    // JSON Lines: one JSON object per row.
     Jsonl,
-    /// Apache Parquet with typed columns.
+    // Apache Parquet with typed columns.
     Parquet,
 }
 
