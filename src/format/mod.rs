@@ -226,4 +226,49 @@ mod tests {
         assert_eq!(FileFormat::of_file("x.csv.manifest.json"), None);
         assert_eq!(FileFormat::default(), FileFormat::Csv);
     }
+
+    fn col(name: &str, kind: PortableKind) -> ColumnType {
+        ColumnType {
+            kind,
+            nullable: true,
+            ..ColumnType::untyped(name)
+        }
+    }
+
+    #[test]
+    fn rows_parse_text_for_typed_encoders_and_pass_it_to_csv() {
+        let columns = [
+            col("n", PortableKind::Integer),
+            col("b", PortableKind::Bytes),
+        ];
+        // JSON Lines: typed; a value that is not of its kind goes on as a string.
+        let mut rows = Rows::new(
+            encoder(FileFormat::Jsonl, Vec::new(), &columns).unwrap(),
+            &columns,
+        );
+        rows.write_fields(&[Some("9007199254740993"), Some("\\x00ff")])
+            .unwrap();
+        rows.write_csv_record(b"x,\n").unwrap();
+        let text = String::from_utf8(rows.finish().unwrap()).unwrap();
+        assert_eq!(
+            text,
+            "{\"n\":\"9007199254740993\",\"b\":\"AP8=\"}\n{\"n\":\"x\",\"b\":null}\n"
+        );
+        // CSV: COPY records pass through, CRLF-terminated.
+        let mut rows = Rows::new(
+            encoder(FileFormat::Csv, Vec::new(), &columns).unwrap(),
+            &columns,
+        );
+        rows.write_csv_record(b"1,\"\"\n").unwrap();
+        let text = String::from_utf8(rows.finish().unwrap()).unwrap();
+        assert_eq!(text, "n,b\r\n1,\"\"\r\n");
+        // Parquet refuses text in an integer column, and says which column.
+        let mut rows = Rows::new(
+            encoder(FileFormat::Parquet, Vec::new(), &columns).unwrap(),
+            &columns,
+        );
+        let e = rows.write_fields(&[Some("x"), None]).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(rows.invalid().is_some_and(|m| m.contains("\"n\"")), "{e}");
+    }
 }
