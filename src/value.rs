@@ -162,8 +162,23 @@ fn parse_timestamp(t: &str) -> Option<i64> {
 
 /// Microseconds since the epoch as `2026-11-21T04:37:00.123456Z`.
 pub fn timestamp_text(micros: i64) -> Option<String> {
-    DateTime::<Utc>::from_timestamp_micros(micros)
-        .map(|d| d.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string())
+    use chrono::{Datelike, Timelike};
+    let d = DateTime::<Utc>::from_timestamp_micros(micros)?;
+    if !(0..=9999).contains(&d.year()) {
+        return Some(d.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string());
+    }
+    // Written field by field: chrono's format strings cost several times more, and JSON Lines
+    // writes one of these per timestamp value.
+    Some(format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        d.year(),
+        d.month(),
+        d.day(),
+        d.hour(),
+        d.minute(),
+        d.second(),
+        d.timestamp_subsec_micros()
+    ))
 }
 
 /// Days since the epoch as `YYYY-MM-DD`.
