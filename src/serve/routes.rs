@@ -549,13 +549,24 @@ async fn resolve_table(s: &AppState, table: TableName) -> ApiResult<TableName> {
     }
 }
 
-/// Checks that the table exists before a job is started (when the database answers quickly;
-/// if it does not, the job starts and fails on its own, recorded like any failure), and
-/// returns it as tidemark keys it.
-async fn check_table(s: &AppState, table: TableName) -> ApiResult<TableName> {
+/// Checks that the table exists and that `format` can hold its columns before a job is started
+/// (when the database answers quickly; if it does not, the job starts and fails on its own,
+/// recorded like any failure), and returns it as tidemark keys it.
+async fn check_table(s: &AppState, table: TableName, format: FileFormat) -> ApiResult<TableName> {
     let table = resolve_table(s, table).await?;
     match tokio::time::timeout(s.health_timeout, s.exporter.source().describe(&table)).await {
         Ok(Err(e)) if !e.is_unavailable() => Err(e.into()),
+        // A format that cannot hold a column is refused here (400), before any job starts.
+        Ok(Ok(info)) => {
+            let kind = s.exporter.source().kind();
+            let types: Vec<crate::db::portable::ColumnType> = info
+                .columns
+                .iter()
+                .map(|c| crate::db::portable::ColumnType::of(kind, c))
+                .collect();
+            crate::format::check(format, &types)?;
+            Ok(table)
+        }
         _ => Ok(table),
     }
 }
@@ -611,7 +622,7 @@ async fn export_sync(
     let consumer = ConsumerId::new(&path_text(path)?)?;
     who.may_act_as(&consumer)?;
     let (table, format) = table_and_format(&uri)?;
-    let table = check_table(&s, table).await?;
+    let table = check_table(&s, table, format).await?;
     let job = s
         .jobs
         .submit(consumer.clone(), table, Mode::Incremental, format)
@@ -686,7 +697,7 @@ async fn start_export(
     let consumer = consumer_header(&headers)?;
     who.may_act_as(&consumer)?;
     let (table, format) = table_and_format(&uri)?;
-    let table = check_table(&s, table).await?;
+    let table = check_table(&s, table, format).await?;
     let job = s.jobs.submit(consumer, table, mode, format).await?;
     Ok((
         StatusCode::ACCEPTED,
