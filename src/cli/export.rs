@@ -32,6 +32,9 @@ pub struct ExportArgs {
     /// Longest time a write may take from stamping its time to being listed as running by the server, in ms (PostgreSQL, MySQL); reads wait this long so that they see every change committed before they started
     #[arg(long, default_value_t = DEFAULT_MARGIN.as_millis() as u64)]
     margin_ms: u64,
+    /// File format: csv (RFC 4180), jsonl (one JSON object per row) or parquet (typed columns)
+    #[arg(long, value_enum, default_value_t = crate::format::FileFormat::Csv)]
+    format: crate::format::FileFormat,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -58,7 +61,8 @@ pub async fn run(args: &ExportArgs, ctx: &Context) -> anyhow::Result<ExportOutco
     let state = ctx.state().await?;
     let exporter =
         Exporter::new(db, state).with_margin(std::time::Duration::from_millis(args.margin_ms));
-    let req = ExportRequest::new(consumer, table, args.mode.into(), args.out.clone());
+    let req = ExportRequest::new(consumer, table, args.mode.into(), args.out.clone())
+        .with_format(args.format);
     let rows = Rows::new(ctx.json, &format!("{} export", req.mode));
     let progress = |n: u64| rows.set(n);
     let outcome = exporter.export(&req, Some(&progress)).await;

@@ -71,7 +71,7 @@ enum Command {
     /// consumers or replicas, unless --force)
     #[command(after_help = "Example:\n  tidemark teardown --table users")]
     Teardown(teardown::TeardownArgs),
-    /// Export a table's changes for a consumer as CSV plus manifest
+    /// Export a table's changes for a consumer as CSV, JSON Lines or Parquet plus manifest
     #[command(
         after_help = "Examples:\n  tidemark export --consumer warehouse --mode full\n  tidemark export --consumer warehouse --mode delta --table users --out ./exports"
     )]

@@ -1,6 +1,9 @@
 //! Manifests (`….csv.manifest.json` beside every export file) and `tidemark verify`: the
 //! manifests of one consumer and table form a chain — each one's `watermark_before` is the
-//! previous one's `watermark_after` — and each names the SHA-256, size and row count of its CSV.
+//! previous one's `watermark_after` — and each names the format, SHA-256, size, row count and
+//! columns of its file. `verify` checks every format: CSV (header row, records), JSON Lines (one
+//! object per line, its keys the columns in order) and Parquet (the footer's row count and
+//! schema field names).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -13,7 +16,8 @@ use crate::capture::Mode;
 use crate::db::portable::ColumnType;
 use crate::db::Timestamp;
 use crate::error::{Error, Result};
-use crate::sink::csv::reader;
+use crate::format::csv::reader;
+use crate::format::FileFormat;
 use crate::state::Position;
 
 /// Suffix of manifest files.
@@ -30,8 +34,11 @@ pub struct Manifest {
     pub consumer: String,
     pub table: String,
     pub mode: Mode,
-    /// The CSV's file name, in the manifest's directory.
+    /// The file's name, in the manifest's directory.
     pub file: String,
+    /// The file's format (manifests written before there were formats: CSV).
+    #[serde(default)]
+    pub file_format: FileFormat,
     pub rows: u64,
     pub bytes: u64,
     pub sha256: String,
@@ -191,29 +198,38 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
-/// Checks one CSV against its manifest in a single read: checksum, size, header, row count.
+/// Checks one file against its manifest in a single read: checksum, size, columns, row count.
 fn check_file(dir: &Path, m: &Manifest) -> std::result::Result<(), String> {
     if m.file.contains('/') || m.file.contains('\\') || m.file.starts_with('.') {
         return Err(format!("file name {:?} is not a plain name", m.file));
     }
     let fail = |e: &dyn std::fmt::Display| format!("{}: {e}", m.file);
-    let file = File::open(dir.join(&m.file)).map_err(|e| fail(&e))?;
-    let mut rdr = reader(Hashing {
+    let path = dir.join(&m.file);
+    let file = File::open(&path).map_err(|e| fail(&e))?;
+    let mut hashing = Hashing {
         inner: BufReader::with_capacity(256 * 1024, file),
         hasher: Sha256::new(),
         bytes: 0,
-    });
+    };
     // Parse first, but report a checksum mismatch before any parse problem it explains.
-    let parsed = (|| -> Result<(Vec<String>, u64), csv::Error> {
-        let header = rdr.headers()?.iter().map(str::to_string).collect();
-        let mut record = csv::ByteRecord::new();
-        let mut rows = 0u64;
-        while rdr.read_byte_record(&mut record)? {
-            rows += 1;
+    let parsed = match m.file_format {
+        FileFormat::Csv => {
+            let mut rdr = reader(&mut hashing);
+            (|| -> Result<(Vec<String>, u64), csv::Error> {
+                let header = rdr.headers()?.iter().map(str::to_string).collect();
+                let mut record = csv::ByteRecord::new();
+                let mut rows = 0u64;
+                while rdr.read_byte_record(&mut record)? {
+                    rows += 1;
+                }
+                Ok((header, rows))
+            })()
+            .map_err(|e| e.to_string())
         }
-        Ok((header, rows))
-    })();
-    let mut hashing = rdr.into_inner();
+        FileFormat::Jsonl => jsonl_shape(&mut hashing, &m.column_names()),
+        // The footer is read from the file once its bytes are known to be the manifest's.
+        FileFormat::Parquet => Ok((m.column_names(), 0)),
+    };
     std::io::copy(&mut hashing, &mut std::io::sink()).map_err(|e| fail(&e))?;
     let sha = hex::encode(hashing.hasher.finalize());
     if sha != m.sha256 {
@@ -228,7 +244,11 @@ fn check_file(dir: &Path, m: &Manifest) -> std::result::Result<(), String> {
             hashing.bytes, m.bytes
         )));
     }
-    let (header, rows) = parsed.map_err(|e| fail(&e))?;
+    let (header, rows) = match m.file_format {
+        FileFormat::Parquet => parquet_shape(&path),
+        _ => parsed,
+    }
+    .map_err(|e| fail(&e))?;
     let names = m.column_names();
     if header != names {
         return Err(fail(&format!(
@@ -243,6 +263,80 @@ fn check_file(dir: &Path, m: &Manifest) -> std::result::Result<(), String> {
         )));
     }
     Ok(())
+}
+
+/// The keys and line count of a JSON Lines file: every line must be an object whose keys are
+/// `names` in order (the first line that differs gives its keys as the header).
+fn jsonl_shape(
+    r: &mut impl Read,
+    names: &[String],
+) -> std::result::Result<(Vec<String>, u64), String> {
+    use std::io::BufRead;
+    let mut rows = 0u64;
+    let mut line = Vec::new();
+    let mut r = std::io::BufReader::new(r);
+    loop {
+        line.clear();
+        let n = r.read_until(b'\n', &mut line).map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Ok((names.to_vec(), rows));
+        }
+        rows += 1;
+        if line.last() != Some(&b'\n') {
+            return Err(format!("line {rows} has no line end (a cut file?)"));
+        }
+        // A map keeps the keys in the order of the line only with serde_json's
+        // preserve_order; read them as a sequence of pairs instead.
+        let keys = object_keys(&line).map_err(|e| format!("line {rows}: {e}"))?;
+        if keys != names {
+            return Ok((keys, rows));
+        }
+    }
+}
+
+/// The keys of the JSON object in `line`, in order.
+fn object_keys(line: &[u8]) -> std::result::Result<Vec<String>, String> {
+    struct Keys(Vec<String>);
+    impl<'de> serde::Deserialize<'de> for Keys {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = Keys;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a JSON object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> std::result::Result<Keys, A::Error> {
+                    let mut keys = Vec::new();
+                    while let Some((k, _)) = map.next_entry::<String, serde::de::IgnoredAny>()? {
+                        keys.push(k);
+                    }
+                    Ok(Keys(keys))
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+    serde_json::from_slice::<Keys>(line)
+        .map(|k| k.0)
+        .map_err(|e| e.to_string())
+}
+
+/// The column names and row count of a Parquet file, from its footer.
+fn parquet_shape(path: &Path) -> std::result::Result<(Vec<String>, u64), String> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let file = File::open(path).map_err(|e| e.to_string())?;
+    let reader = SerializedFileReader::new(file).map_err(|e| format!("not a Parquet file: {e}"))?;
+    let meta = reader.metadata().file_metadata();
+    let names = meta
+        .schema_descr()
+        .columns()
+        .iter()
+        .map(|c| c.name().to_string())
+        .collect();
+    Ok((names, u64::try_from(meta.num_rows()).unwrap_or(0)))
 }
 
 #[cfg(test)]
@@ -273,6 +367,7 @@ mod tests {
             table: "t".into(),
             mode,
             file: name.into(),
+            file_format: FileFormat::Csv,
             rows: csv.matches("\r\n").count() as u64 - 1,
             bytes: csv.len() as u64,
             sha256: hex::encode(Sha256::digest(csv.as_bytes())),

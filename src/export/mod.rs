@@ -1,6 +1,8 @@
 //! Exports: one export of one (consumer, table) in one mode, end to end — lock, repair what a
-//! crashed export left, snapshot, stream the rows into a CSV written aside, record the export as
-//! prepared, publish the CSV and its manifest, then move the watermark. A crash at any instant
+//! crashed export left, snapshot, stream the rows into a file of the requested format
+//! ([`crate::format`]) written aside, record the export as prepared, publish the file and its
+//! manifest, then move the watermark. A format that cannot represent the table's columns is
+//! refused before anything is read or written. A crash at any instant
 //! leaves either nothing (the next export starts where this one did) or published files whose
 //! prepared record the next export completes. The CLI and the HTTP API both run this.
 
@@ -17,8 +19,8 @@ use crate::db::{Bound, Database, Privilege, RowSink, SnapshotOptions, TableInfo,
 use crate::error::{Error, Result};
 // Crash tests set `TIDEMARK_FAULT` to `after-write`, `after-prepare` or `after-publish`.
 use crate::failpoint::fault;
+use crate::format::{self, FileFormat, Rows};
 use crate::ident::{ConsumerId, TableName};
-use crate::sink::csv::CsvWriter;
 use crate::sink::file::{free_name, publish, temporary_writer, tmp_name, write_aside, AtomicFile};
 use crate::state::{position_is_current, status, ExportRecord, Position, StateStore, TableConfig};
 use manifest::Manifest;
@@ -39,6 +41,8 @@ pub struct ExportRequest {
     /// moving the watermark. Past its last row it finishes: publishing and committing take
     /// milliseconds, and stopping there would leave work for the next export to repair.
     pub cancel: Option<CancellationToken>,
+    /// The file format (CSV by default).
+    pub format: FileFormat,
 }
 
 impl ExportRequest {
@@ -52,7 +56,14 @@ impl ExportRequest {
             id: None,
             named_at: None,
             cancel: None,
+            format: FileFormat::Csv,
         }
+    }
+
+    /// The same request for a file of `format`.
+    pub fn with_format(mut self, format: FileFormat) -> Self {
+        self.format = format;
+        self
     }
 }
 
@@ -76,8 +87,10 @@ pub struct ExportOutcome {
     pub consumer: ConsumerId,
     pub table: TableName,
     pub mode: Mode,
+    /// The file's format.
+    pub format: FileFormat,
     pub rows: u64,
-    /// The CSV, or none when there was nothing to export.
+    /// The file, or none when there was nothing to export.
     pub file: Option<PathBuf>,
     pub manifest: Option<PathBuf>,
     pub sha256: Option<String>,
@@ -155,6 +168,14 @@ impl Exporter {
         let info = self.source.describe(&req.table).await?;
         let config = self.state.table_config(&req.table).await?;
         let strategy = strategy_for(&info, config.as_ref())?;
+        // A format that cannot hold a column is refused before anything is read or written
+        // (the `operation` column of delta exports is text, which every format holds).
+        let table_types: Vec<ColumnType> = info
+            .columns
+            .iter()
+            .map(|c| ColumnType::of(self.source.kind(), c))
+            .collect();
+        format::check(req.format, &table_types)?;
         let stored = self
             .state
             .watermark(&req.consumer, &req.table)
@@ -217,12 +238,25 @@ impl Exporter {
             &req.table,
             req.named_at.as_ref().unwrap_or(&started_at),
         );
-        let csv_path = free_name(&req.out_dir, &stem, "csv");
+        let csv_path = free_name(&req.out_dir, &stem, req.format.extension());
         let csv_name = file_name(&csv_path);
+        let mut columns = column_types(self.source.kind(), &info, &select.header);
+        if req.mode == Mode::Delta {
+            // A DELETE row may carry only its key (the trigger strategy's change log knows no
+            // more of a deleted row): in a delta file every other column may be NULL.
+            for c in &mut columns {
+                if c.sql_type.is_some() && !info.primary_key.iter().any(|k| k.as_str() == c.name) {
+                    c.nullable = true;
+                }
+            }
+        }
         let file = AtomicFile::create(&req.out_dir, &csv_name)?;
-        let header: Vec<&str> = select.header.iter().map(String::as_str).collect();
         // A failed header write drops the file, which removes it.
-        let mut writer = CsvWriter::new(file, &header).map_err(|e| Error::write(&csv_path, e))?;
+        let encoder = format::encoder(req.format, file, &columns).map_err(|e| match e {
+            Error::Runtime(m) => Error::write(&csv_path, std::io::Error::other(m)),
+            e => e,
+        })?;
+        let mut writer = Rows::new(encoder, &columns);
         let (streamed, stopped) = {
             let mut sink = Counting {
                 inner: &mut writer,
@@ -238,16 +272,25 @@ impl Exporter {
             Ok(n) => match snapshot.finish().await {
                 Ok(()) => n,
                 Err(e) => {
-                    writer.into_inner().discard();
+                    // Dropping the encoder drops its file, which removes it.
+                    drop(writer);
                     return Err(e);
                 }
             },
             Err(e) => {
                 // The read is abandoned (its transaction rolls back as the snapshot drops).
                 drop(snapshot);
-                writer.into_inner().discard();
+                let invalid = writer.invalid().map(str::to_string);
+                drop(writer);
                 // Each adapter wraps what the sink said its own way; say it with the file.
                 return Err(match stopped {
+                    Some(Stop::Write(_)) if invalid.is_some() => Error::input(format!(
+                        "table {}: {} cannot be written as {}; nothing was written and the \
+                         watermark did not move",
+                        req.table,
+                        invalid.unwrap_or_default(),
+                        req.format
+                    )),
                     Some(Stop::Write(cause)) => Error::write(&csv_path, cause),
                     Some(Stop::Cancelled) => Error::Runtime(format!(
                         "export into {} {ABANDONED}; its temporary file was removed",
@@ -266,12 +309,13 @@ impl Exporter {
         if rows == 0 && req.mode != Mode::Full {
             // Nothing changed: no file, and the watermark stays where it is so that the
             // manifest chain has no gap.
-            writer.into_inner().discard();
+            drop(writer);
             return Ok(ExportOutcome {
                 export_id,
                 consumer: req.consumer.clone(),
                 table: req.table.clone(),
                 mode: req.mode,
+                format: req.format,
                 rows: 0,
                 file: None,
                 manifest: None,
@@ -285,7 +329,8 @@ impl Exporter {
                 held_back_since,
             });
         }
-        let written = writer.into_inner().finish()?;
+        let file = writer.finish().map_err(|e| Error::write(&csv_path, e))?;
+        let written = file.finish()?;
         fault("after-write");
 
         let manifest = Manifest {
@@ -295,10 +340,11 @@ impl Exporter {
             table: req.table.to_string(),
             mode: req.mode,
             file: csv_name.clone(),
+            file_format: req.format,
             rows,
             bytes: written.bytes,
             sha256: written.sha256.clone(),
-            columns: column_types(self.source.kind(), &info, &select.header),
+            columns,
             primary_key: info.primary_key.iter().map(ToString::to_string).collect(),
             watermark_before: stored.clone(),
             watermark_after: after.clone(),
@@ -352,6 +398,7 @@ impl Exporter {
             consumer: req.consumer.clone(),
             table: req.table.clone(),
             mode: req.mode,
+            format: req.format,
             rows,
             file: Some(csv_path),
             manifest: Some(manifest_path),

@@ -499,61 +499,9 @@ fn check_columns(source: &TableInfo, target: &TableInfo) -> Result<()> {
     Ok(())
 }
 
-/// Reads one CSV record as PostgreSQL's COPY writes it: an unquoted empty field is NULL, a
-/// quoted one ("") the empty string.
-pub fn parse_csv_record(rec: &[u8]) -> std::io::Result<Vec<Option<String>>> {
-    let bad = |why: &str| std::io::Error::other(format!("malformed CSV record: {why}"));
-    let text = |b: Vec<u8>| String::from_utf8(b).map_err(|_| bad("not UTF-8"));
-    let rec = rec.strip_suffix(b"\n").unwrap_or(rec);
-    let rec = rec.strip_suffix(b"\r").unwrap_or(rec);
-    let mut out = Vec::new();
-    let mut i = 0;
-    loop {
-        if rec.get(i) == Some(&b'"') {
-            let mut buf = Vec::new();
-            i += 1;
-            loop {
-                match rec.get(i) {
-                    None => return Err(bad("unterminated quote")),
-                    Some(b'"') if rec.get(i + 1) == Some(&b'"') => {
-                        buf.push(b'"');
-                        i += 2;
-                    }
-                    Some(b'"') => {
-                        i += 1;
-                        break;
-                    }
-                    Some(&c) => {
-                        buf.push(c);
-                        i += 1;
-                    }
-                }
-            }
-            out.push(Some(text(buf)?));
-            match rec.get(i) {
-                None => break,
-                Some(b',') => i += 1,
-                Some(_) => return Err(bad("text after a closing quote")),
-            }
-        } else {
-            let end = rec[i..]
-                .iter()
-                .position(|&c| c == b',')
-                .map_or(rec.len(), |p| i + p);
-            let field = &rec[i..end];
-            out.push(
-                (!field.is_empty())
-                    .then(|| text(field.to_vec()))
-                    .transpose()?,
-            );
-            if end == rec.len() {
-                break;
-            }
-            i = end + 1;
-        }
-    }
-    Ok(out)
-}
+/// Reads one CSV record as PostgreSQL's COPY writes it (moved to the CSV format, which the
+/// export adapters share).
+pub use crate::format::csv::parse_csv_record;
 
 #[cfg(test)]
 mod tests {

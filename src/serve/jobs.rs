@@ -20,6 +20,7 @@ use crate::capture::Mode;
 use crate::db::Timestamp;
 use crate::error::{Error, Result};
 use crate::export::{file_stem, ExportRequest, Exporter};
+use crate::format::FileFormat;
 use crate::ident::{ConsumerId, TableName};
 use crate::state::jobs::{job_status, JobRecord};
 use crate::state::status;
@@ -57,6 +58,8 @@ struct Live {
     unavailable: AtomicBool,
     /// The job failed because the consumer's position cannot be read (HTTP 409 rather than 500).
     position: AtomicBool,
+    /// The format of the job's file.
+    format: FileFormat,
 }
 
 /// A finished job, as the synchronous endpoint reports it.
@@ -202,6 +205,7 @@ impl Jobs {
         consumer: ConsumerId,
         table: TableName,
         mode: Mode,
+        format: FileFormat,
     ) -> std::result::Result<JobRecord, SubmitError> {
         if !self.inner.accepting.load(Ordering::SeqCst) {
             return Err(SubmitError::Unavailable(
@@ -226,8 +230,9 @@ impl Jobs {
         let record = JobRecord {
             job_id: hex::encode(rand::random::<[u8; 16]>()),
             output_filename: Some(format!(
-                "{}.csv",
-                file_stem(mode, &consumer, &table, &created_at)
+                "{}.{}",
+                file_stem(mode, &consumer, &table, &created_at),
+                format.extension()
             )),
             consumer: consumer.clone(),
             table: table.clone(),
@@ -248,6 +253,7 @@ impl Jobs {
             done,
             unavailable: AtomicBool::new(false),
             position: AtomicBool::new(false),
+            format,
         });
         if let Err(e) = self.inner.exporter.state().save_job(&record).await {
             // The job still runs (and fails if the database is down): its end is reported from
@@ -299,6 +305,7 @@ impl Jobs {
                     id: Some(job.job_id.clone()),
                     named_at: Some(job.created_at),
                     cancel: Some(inner.cancel.clone()),
+                    format: live.format,
                     ..ExportRequest::new(
                         job.consumer.clone(),
                         job.table.clone(),

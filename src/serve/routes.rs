@@ -24,6 +24,7 @@ use crate::capture::Mode;
 use crate::db::Timestamp;
 use crate::error::Error;
 use crate::export::Exporter;
+use crate::format::FileFormat;
 use crate::ident::{ConsumerId, TableName};
 use crate::monitor::{self, Thresholds};
 use crate::state::jobs::{job_status, JobRecord};
@@ -309,6 +310,20 @@ pub enum FormatParam {
     /// RFC 4180 CSV with a header row.
     #[default]
     Csv,
+    /// JSON Lines: one JSON object per row.
+    Jsonl,
+    /// Apache Parquet with typed columns.
+    Parquet,
+}
+
+impl From<FormatParam> for FileFormat {
+    fn from(f: FormatParam) -> FileFormat {
+        match f {
+            FormatParam::Csv => FileFormat::Csv,
+            FormatParam::Jsonl => FileFormat::Jsonl,
+            FormatParam::Parquet => FileFormat::Parquet,
+        }
+    }
 }
 
 /// The export modes, as `POST /exports/{id}` names them.
@@ -505,10 +520,18 @@ fn consumer_header(headers: &HeaderMap) -> ApiResult<ConsumerId> {
 /// The table of `?table=` (default `users`), after checking that `?format=` names a format
 /// this server writes.
 fn table_param(uri: &Uri) -> ApiResult<TableName> {
+    Ok(table_and_format(uri)?.0)
+}
+
+/// The table of `?table=` (default `users`) and the format of `?format=` (default `csv`).
+fn table_and_format(uri: &Uri) -> ApiResult<(TableName, FileFormat)> {
     let Query(p) = Query::<TableParam>::try_from_uri(uri)
         .map_err(|e| ApiError::bad_request(format!("bad query string: {}", e.body_text())))?;
-    let FormatParam::Csv = p.format.unwrap_or_default();
-    Ok(TableName::parse(p.table.as_deref().unwrap_or("users"))?)
+    let format = p.format.unwrap_or_default().into();
+    Ok((
+        TableName::parse(p.table.as_deref().unwrap_or("users"))?,
+        format,
+    ))
 }
 
 fn path_text(path: std::result::Result<Path<String>, PathRejection>) -> ApiResult<String> {
@@ -526,13 +549,24 @@ async fn resolve_table(s: &AppState, table: TableName) -> ApiResult<TableName> {
     }
 }
 
-/// Checks that the table exists before a job is started (when the database answers quickly;
-/// if it does not, the job starts and fails on its own, recorded like any failure), and
-/// returns it as tidemark keys it.
-async fn check_table(s: &AppState, table: TableName) -> ApiResult<TableName> {
+/// Checks that the table exists and that `format` can hold its columns before a job is started
+/// (when the database answers quickly; if it does not, the job starts and fails on its own,
+/// recorded like any failure), and returns it as tidemark keys it.
+async fn check_table(s: &AppState, table: TableName, format: FileFormat) -> ApiResult<TableName> {
     let table = resolve_table(s, table).await?;
     match tokio::time::timeout(s.health_timeout, s.exporter.source().describe(&table)).await {
         Ok(Err(e)) if !e.is_unavailable() => Err(e.into()),
+        // A format that cannot hold a column is refused here (400), before any job starts.
+        Ok(Ok(info)) => {
+            let kind = s.exporter.source().kind();
+            let types: Vec<crate::db::portable::ColumnType> = info
+                .columns
+                .iter()
+                .map(|c| crate::db::portable::ColumnType::of(kind, c))
+                .collect();
+            crate::format::check(format, &types)?;
+            Ok(table)
+        }
         _ => Ok(table),
     }
 }
@@ -587,10 +621,11 @@ async fn export_sync(
 ) -> ApiResult<Json<SyncExportBody>> {
     let consumer = ConsumerId::new(&path_text(path)?)?;
     who.may_act_as(&consumer)?;
-    let table = check_table(&s, table_param(&uri)?).await?;
+    let (table, format) = table_and_format(&uri)?;
+    let table = check_table(&s, table, format).await?;
     let job = s
         .jobs
-        .submit(consumer.clone(), table, Mode::Incremental)
+        .submit(consumer.clone(), table, Mode::Incremental, format)
         .await?;
     let finished = s
         .jobs
@@ -661,8 +696,9 @@ async fn start_export(
     let mode = Mode::parse(&mode_text).map_err(|e| ApiError::not_found(e.to_string()))?;
     let consumer = consumer_header(&headers)?;
     who.may_act_as(&consumer)?;
-    let table = check_table(&s, table_param(&uri)?).await?;
-    let job = s.jobs.submit(consumer, table, mode).await?;
+    let (table, format) = table_and_format(&uri)?;
+    let table = check_table(&s, table, format).await?;
+    let job = s.jobs.submit(consumer, table, mode, format).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(StartedBody {
@@ -710,11 +746,14 @@ async fn job_status_handler(
     Ok(Json(find_job(&s, &who, &id).await?.into()))
 }
 
-/// The CSV of a completed job, streamed (`GET /exports/{jobId}/file`).
+/// The file of a completed job, streamed (`GET /exports/{jobId}/file`): CSV, JSON Lines or
+/// Parquet, as the job was asked for.
 #[utoipa::path(get, path = "/exports/{id}/file",
     params(("id" = String, Path, description = "The job id, as returned by POST /exports/{mode}", pattern = "^[0-9a-f]{32}$", min_length = 32, max_length = 32)),
     responses(
-        (status = 200, description = "The CSV", body = String, content_type = "text/csv"),
+        (status = 200, description = "The file, in the format the job was started with",
+            content((String = "text/csv"), (String = "application/x-ndjson"),
+                (String = "application/vnd.apache.parquet"))),
         (status = 404, description = "Unknown job, failed job, or a job that found nothing to export", body = ErrorBody),
         (status = 409, description = "The job is not finished yet", body = ErrorBody),
         (status = 503, description = "The state database does not answer", body = ErrorBody)))]
@@ -753,13 +792,13 @@ async fn job_file(
     let plain = std::path::Path::new(&name)
         .file_name()
         .is_some_and(|n| n == name.as_str())
-        && !name.starts_with('.')
-        && name.ends_with(".csv");
-    if !plain {
+        && !name.starts_with('.');
+    let format = FileFormat::of_file(&name).filter(|_| plain);
+    let Some(format) = format else {
         return Err(ApiError::not_found(
             "the job's file is not in the output directory",
         ));
-    }
+    };
     let path = s.out_dir.join(&name);
     let file = tokio::fs::File::open(&path)
         .await
@@ -770,7 +809,7 @@ async fn job_file(
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/csv; charset=utf-8"),
+        header::HeaderValue::from_static(format.content_type()),
     );
     if let Some(len) = len {
         h.insert(header::CONTENT_LENGTH, len.into());

@@ -1,5 +1,4 @@
-//! Where exported rows go: the CSV format of the product (RFC 4180, NULL as an empty unquoted
-//! field) and files that appear only complete (written aside, flushed, renamed).
+//! Where exported files go: files that appear only complete (written aside, flushed, renamed).
+//! The encodings of their contents live in [`crate::format`].
 
-pub mod csv;
 pub mod file;

@@ -174,7 +174,7 @@ async fn seed_is_deterministic(kind: DbKind) {
     let full = t.export("seedcheck", Mode::Full).await;
     let now = t.db.now().await.unwrap();
     let text = std::fs::read_to_string(full.file.unwrap()).unwrap();
-    let mut rdr = tidemark::sink::csv::reader(text.as_bytes());
+    let mut rdr = tidemark::format::csv::reader(text.as_bytes());
     let mut checked = 0;
     for rec in rdr.records() {
         let rec = rec.unwrap();

@@ -161,7 +161,7 @@ async fn openapi_document_validates_and_states_every_constraint() {
         let format = resolve(&doc, param(&doc, path, method, "format"));
         assert_eq!(
             format["enum"],
-            serde_json::json!(["csv"]),
+            serde_json::json!(["csv", "jsonl", "parquet"]),
             "{path}: {format}"
         );
     }

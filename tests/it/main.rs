@@ -13,6 +13,7 @@ mod common;
 
 mod access;
 mod cli;
+mod formats;
 mod guarantee;
 mod interfaces;
 mod nats;

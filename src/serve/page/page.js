@@ -99,7 +99,7 @@
       const outcome = j.status;
       const cls = outcome === 'completed' ? 'ok' : outcome === 'failed' ? 'bad' : 'warn';
       const file = el('td', null, 'name');
-      if (outcome === 'completed' && j.output_filename && /\.csv$/.test(j.output_filename)) {
+      if (outcome === 'completed' && j.output_filename && /\.(csv|jsonl|parquet)$/.test(j.output_filename)) {
         const a = el('a', j.output_filename);
         a.href = '/exports/' + encodeURIComponent(j.job_id) + '/file';
         file.append(a);

@@ -1,10 +1,16 @@
-//! CSV encoding. The csv crate cannot tell NULL from an empty string when writing, and the
+//! The CSV format. The csv crate cannot tell NULL from an empty string when writing, and the
 //! product needs that difference (NULL: empty unquoted; empty string: `""`), so fields are
 //! encoded here; reading uses the csv crate. Records end with CRLF as RFC 4180 says.
+//!
+//! Fields are the canonical text of their kind (`PortableKind`), which is what the databases
+//! render, so the CSV encoder takes text as it comes ([`Encoder::takes_text`]): PostgreSQL's
+//! COPY records pass through with only their terminator changed (the fast path), and no value
+//! is ever parsed.
 
 use std::io::{self, Write};
 
-use crate::db::RowSink;
+use super::Encoder;
+use crate::value::Value;
 
 /// Line terminator of every record.
 pub const TERMINATOR: &[u8] = b"\r\n";
@@ -58,32 +64,94 @@ pub fn write_copy_record(out: &mut impl Write, record: &[u8]) -> io::Result<()> 
     out.write_all(TERMINATOR)
 }
 
-/// Encodes rows from the database into any writer: the [`RowSink`] of CSV exports.
-pub struct CsvWriter<W: Write> {
+/// Encodes rows into any writer: the [`Encoder`] of CSV exports.
+pub struct CsvEncoder<W: Write> {
     out: W,
 }
 
-impl<W: Write> CsvWriter<W> {
+impl<W: Write> CsvEncoder<W> {
     /// Starts a CSV stream with its header row.
     pub fn new(mut out: W, header: &[&str]) -> io::Result<Self> {
         encode_record(&mut out, header.iter().map(|h| Some(*h)))?;
-        Ok(CsvWriter { out })
-    }
-
-    /// The underlying writer.
-    pub fn into_inner(self) -> W {
-        self.out
+        Ok(CsvEncoder { out })
     }
 }
 
-impl<W: Write + Send> RowSink for CsvWriter<W> {
-    fn write_fields(&mut self, fields: &[Option<&str>]) -> io::Result<()> {
+impl<W: Write + Send> Encoder<W> for CsvEncoder<W> {
+    fn takes_text(&self) -> bool {
+        true
+    }
+
+    fn write_row(&mut self, row: &[Value]) -> io::Result<()> {
+        let texts: Vec<Option<String>> = row.iter().map(Value::to_text).collect();
+        encode_record(&mut self.out, texts.iter().map(Option::as_deref))
+    }
+
+    fn write_text(&mut self, fields: &[Option<&str>]) -> io::Result<()> {
         encode_record(&mut self.out, fields.iter().copied())
     }
 
-    fn write_csv_record(&mut self, record: &[u8]) -> io::Result<()> {
+    fn write_copy_record(&mut self, record: &[u8]) -> io::Result<()> {
         write_copy_record(&mut self.out, record)
     }
+
+    fn finish(self: Box<Self>) -> io::Result<W> {
+        Ok(self.out)
+    }
+}
+
+/// Reads one CSV record as PostgreSQL's COPY and [`encode_record`] write it: an unquoted empty
+/// field is NULL, a quoted one (`""`) the empty string.
+pub fn parse_csv_record(rec: &[u8]) -> io::Result<Vec<Option<String>>> {
+    let bad = |why: &str| io::Error::other(format!("malformed CSV record: {why}"));
+    let text = |b: Vec<u8>| String::from_utf8(b).map_err(|_| bad("not UTF-8"));
+    let rec = rec.strip_suffix(b"\n").unwrap_or(rec);
+    let rec = rec.strip_suffix(b"\r").unwrap_or(rec);
+    let mut out = Vec::new();
+    let mut i = 0;
+    loop {
+        if rec.get(i) == Some(&b'"') {
+            let mut buf = Vec::new();
+            i += 1;
+            loop {
+                match rec.get(i) {
+                    None => return Err(bad("unterminated quote")),
+                    Some(b'"') if rec.get(i + 1) == Some(&b'"') => {
+                        buf.push(b'"');
+                        i += 2;
+                    }
+                    Some(b'"') => {
+                        i += 1;
+                        break;
+                    }
+                    Some(&c) => {
+                        buf.push(c);
+                        i += 1;
+                    }
+                }
+            }
+            out.push(Some(text(buf)?));
+            match rec.get(i) {
+                None => break,
+                Some(b',') => i += 1,
+                Some(_) => return Err(bad("text after a closing quote")),
+            }
+        } else {
+            let rest = rec.get(i..).unwrap_or_default();
+            let end = rest.iter().position(|&c| c == b',').unwrap_or(rest.len());
+            let field = rest.get(..end).unwrap_or_default();
+            out.push(
+                (!field.is_empty())
+                    .then(|| text(field.to_vec()))
+                    .transpose()?,
+            );
+            if end == rest.len() {
+                break;
+            }
+            i += end + 1;
+        }
+    }
+    Ok(out)
 }
 
 /// A reader of tidemark's CSV files (header row included).
@@ -113,6 +181,26 @@ mod tests {
         );
         assert_eq!(record(&[Some("line\nbreak")]), "\"line\nbreak\"\r\n");
         assert_eq!(record(&[Some(" padded ")]), " padded \r\n");
+    }
+
+    #[test]
+    fn parses_copy_records() {
+        assert_eq!(
+            parse_csv_record(b"UPDATE,1,,\"\",\"a,\"\"b\"\"\nc\"\n").unwrap(),
+            vec![
+                Some("UPDATE".to_string()),
+                Some("1".into()),
+                None,
+                Some(String::new()),
+                Some("a,\"b\"\nc".into())
+            ]
+        );
+        assert_eq!(
+            parse_csv_record(b"x,").unwrap(),
+            vec![Some("x".into()), None]
+        );
+        assert!(parse_csv_record(b"\"open").is_err());
+        assert!(parse_csv_record(b"\"a\"b").is_err());
     }
 
     #[test]
