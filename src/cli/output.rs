@@ -268,42 +268,37 @@ fn export_text(outcome: &ExportOutcome) {
 }
 
 fn replicate_text(summary: &Summary) {
-    for r in &summary.resyncs {
-        eprintln!("note: {r}");
-    }
-    println!(
-        "replicated {} into {} table {}: {} ({}, {}) in {}, {:.2} s{}",
-        summary.table,
-        summary.target,
-        summary.target_table,
-        count(summary.rows, "row"),
-        count(summary.upserts, "upsert"),
-        count(summary.deletes, "delete"),
-        count(summary.commits, "commit"),
-        summary.seconds,
-        if summary.retries > 0 {
-            format!(", {} retried", count(summary.retries, "transient failure"))
-        } else {
-            String::new()
-        }
+    summary_text(
+        summary,
+        &format!(
+            "replicated {} into {} table {}",
+            summary.table, summary.target, summary.target_table
+        ),
+        "row",
+        "commit",
     );
-    if let Some(since) = &summary.held_back_since {
-        eprintln!("note: {}", held_back_note(since));
-    }
 }
 
 fn publish_text(summary: &Summary) {
+    summary_text(
+        summary,
+        &format!("published {} to {}", summary.table, summary.target),
+        "message",
+        "interval",
+    );
+}
+
+/// One run's line: what moved where, how much, and what was retried or held back.
+fn summary_text(summary: &Summary, what: &str, unit: &str, commit: &str) {
     for r in &summary.resyncs {
         eprintln!("note: {r}");
     }
     println!(
-        "published {} to {}: {} ({}, {}) in {}, {:.2} s{}",
-        summary.table,
-        summary.target,
-        count(summary.rows, "message"),
+        "{what}: {} ({}, {}) in {}, {:.2} s{}",
+        count(summary.rows, unit),
         count(summary.upserts, "upsert"),
         count(summary.deletes, "delete"),
-        count(summary.commits, "interval"),
+        count(summary.commits, commit),
         summary.seconds,
         if summary.retries > 0 {
             format!(", {} retried", count(summary.retries, "transient failure"))

@@ -67,14 +67,7 @@ pub async fn run(args: &ReplicateArgs, ctx: &Context) -> anyhow::Result<Output> 
         .into());
     }
     let state = ctx.state().await?;
-    let first = tables
-        .first()
-        .cloned()
-        .ok_or_else(|| Error::input("no table selected"))?;
-    let mut opts = ReplicateOptions::new(first);
-    opts.follow = args.follow;
-    opts.batch_size = args.batch_size;
-    opts.margin = std::time::Duration::from_millis(args.margin_ms);
+    let opts = options(args, &tables)?;
     let summaries =
         crate::replicate::many::replicate_all(db, state, target, &tables, target_table, opts, stop)
             .await?;
@@ -100,6 +93,14 @@ async fn publish_to_nats(
     let db = ctx.source().await?;
     let tables = ctx.select_tables(&args.table).await?;
     let state = ctx.state().await?;
+    let opts = options(args, &tables)?;
+    let summaries = nats::publish_all(db, state, url, &tables, subjects, opts, stop).await?;
+    Ok(Output::Publish(summaries))
+}
+
+/// The options of a run over `tables` (the first one names the run until each table's own
+/// replicator takes its copy).
+fn options(args: &ReplicateArgs, tables: &[TableName]) -> Result<ReplicateOptions, Error> {
     let first = tables
         .first()
         .cloned()
@@ -108,6 +109,5 @@ async fn publish_to_nats(
     opts.follow = args.follow;
     opts.batch_size = args.batch_size;
     opts.margin = std::time::Duration::from_millis(args.margin_ms);
-    let summaries = nats::publish_all(db, state, url, &tables, subjects, opts, stop).await?;
-    Ok(Output::Publish(summaries))
+    Ok(opts)
 }

@@ -515,24 +515,4 @@ mod tests {
         assert_eq!(sizes.iter().sum::<usize>(), 2500);
         assert!(chunks::<u32>(&[], 10).is_empty());
     }
-
-    #[test]
-    fn copy_records_keep_null_apart_from_empty() {
-        assert_eq!(
-            parse_csv_record(b"UPDATE,1,,\"\",\"a,\"\"b\"\"\nc\"\n").unwrap(),
-            vec![
-                Some("UPDATE".into()),
-                Some("1".into()),
-                None,
-                Some(String::new()),
-                Some("a,\"b\"\nc".into())
-            ]
-        );
-        assert_eq!(
-            parse_csv_record(b"x,").unwrap(),
-            vec![Some("x".into()), None]
-        );
-        assert!(parse_csv_record(b"\"open").is_err());
-        assert!(parse_csv_record(b"\"a\"b").is_err());
-    }
 }
