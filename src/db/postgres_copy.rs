@@ -274,7 +274,7 @@ pub(crate) fn render(field: Field, value: &[u8], out: &mut String) -> Result<boo
                 i32::MAX => out.push_str("infinity"),
                 i32::MIN => out.push_str("-infinity"),
                 _ => {
-                    let d = date_of(i64::from(days))?;
+                    let d = date_of(i64::from(days));
                     push_date(d, out);
                     if d.0 <= 0 {
                         out.push_str(" BC");
@@ -289,7 +289,7 @@ pub(crate) fn render(field: Field, value: &[u8], out: &mut String) -> Result<boo
             }
             let days = us.div_euclid(86_400_000_000);
             let rest = us.rem_euclid(86_400_000_000);
-            push_date(date_of(days)?, out);
+            push_date(date_of(days), out);
             let secs = rest / 1_000_000;
             let _ = write!(
                 out,
@@ -304,14 +304,19 @@ pub(crate) fn render(field: Field, value: &[u8], out: &mut String) -> Result<boo
     Ok(true)
 }
 
-/// (year, month, day) of `days` since 2000-01-01, the year astronomical (1 BC is 0).
-fn date_of(days: i64) -> Result<(i32, u32, u32)> {
-    use chrono::Datelike;
-    let base = chrono::NaiveDate::from_ymd_opt(2000, 1, 1).ok_or_else(|| corrupt("epoch"))?;
-    let d = chrono::TimeDelta::try_days(days)
-        .and_then(|delta| base.checked_add_signed(delta))
-        .ok_or_else(|| corrupt(format!("a date {days} days from 2000 is out of range")))?;
-    Ok((d.year(), d.month(), d.day()))
+/// (year, month, day) of `days` since 2000-01-01 in the proleptic Gregorian calendar, the
+/// year astronomical (1 BC is 0); for any `days` PostgreSQL stores (H. Hinnant's algorithm).
+fn date_of(days: i64) -> (i64, u32, u32) {
+    let z = days + 10_957 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
 }
 
 /// `YYYY-MM-DD`, a year before 1 AD written as its BC number (as PostgreSQL's `YYYY` and ISO
@@ -539,6 +544,11 @@ mod tests {
         // 0001-01-01 is 730119 days before 2000-01-01; the day before is 1 BC.
         assert_eq!(day(-730119), "0001-01-01");
         assert_eq!(day(-730120), "0001-12-31 BC");
+        assert_eq!(day(-730120 - 366), "0001-01-01 BC");
+        assert_eq!(day(59), "2000-02-29");
+        assert_eq!(day(60), "2000-03-01");
+        // Beyond chrono's range: PostgreSQL's last date.
+        assert_eq!(day(2_147_483_493 - 2_451_545), "5874897-12-31");
     }
 
     #[test]
