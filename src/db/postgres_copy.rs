@@ -321,12 +321,8 @@ fn date_of(days: i64) -> (i64, u32, u32) {
 
 /// `YYYY-MM-DD`, a year before 1 AD written as its BC number (as PostgreSQL's `YYYY` and ISO
 /// date output do; the date output adds ` BC`).
-fn push_date((y, m, d): (i32, u32, u32), out: &mut String) {
-    let year = if y <= 0 {
-        1 - i64::from(y)
-    } else {
-        i64::from(y)
-    };
+fn push_date((y, m, d): (i64, u32, u32), out: &mut String) {
+    let year = if y <= 0 { 1 - y } else { y };
     let _ = write!(out, "{year:04}-{m:02}-{d:02}");
 }
 
