@@ -540,7 +540,7 @@ mod tests {
         // 0001-01-01 is 730119 days before 2000-01-01; the day before is 1 BC.
         assert_eq!(day(-730119), "0001-01-01");
         assert_eq!(day(-730120), "0001-12-31 BC");
-        assert_eq!(day(-730120 - 366), "0001-01-01 BC");
+        assert_eq!(day(-730120 - 365), "0001-01-01 BC"); // 1 BC is a leap year
         assert_eq!(day(59), "2000-02-29");
         assert_eq!(day(60), "2000-03-01");
         // Beyond chrono's range: PostgreSQL's last date.
