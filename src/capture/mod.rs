@@ -655,13 +655,14 @@ pub(crate) fn table_select(
     Select { header, sql }
 }
 
-/// The table's columns rendered as CSV text, each under a distinct alias (`tidemark_c0`, …) so
-/// that a SELECT of them can be wrapped as a derived table (MySQL refuses duplicate names).
+/// The table's columns as streamed selects read them ([`Dialect::render_streamed`]), each
+/// under a distinct alias (`tidemark_c0`, …) so that a SELECT of them can be wrapped as a
+/// derived table (MySQL refuses duplicate names).
 pub(crate) fn rendered_columns(d: &dyn Dialect, info: &TableInfo) -> Vec<String> {
     info.columns
         .iter()
         .enumerate()
-        .map(|(i, c)| format!("{} AS tidemark_c{i}", d.render(c)))
+        .map(|(i, c)| format!("{} AS tidemark_c{i}", d.render_streamed(c)))
         .collect()
 }
 

@@ -7,6 +7,7 @@ mod common;
 pub mod mysql;
 pub mod portable;
 pub mod postgres;
+mod postgres_copy;
 pub mod reach;
 pub mod sqlite;
 pub mod types;
@@ -474,6 +475,12 @@ pub trait Dialect: Send + Sync {
     /// An expression giving the column's value as the text that goes into a CSV field
     /// (booleans `true`/`false`, timestamps RFC 3339 UTC with microseconds, NULL stays NULL).
     fn render(&self, column: &Column) -> String;
+    /// An expression for `column` in a select that [`Snapshot::stream`] reads (exports,
+    /// replication): [`Dialect::render`] unless the adapter's stream decodes the column's
+    /// typed value itself — then the raw column — into exactly the text `render` would give.
+    fn render_streamed(&self, column: &Column) -> String {
+        self.render(column)
+    }
     /// A literal of `ts` comparable with values of `column` (a timestamp column).
     fn timestamp_literal(&self, ts: &Timestamp, column: &Column) -> String;
     /// The column type to create for values of `kind` (`key`: the column is indexed or unique)
@@ -626,7 +633,8 @@ pub trait Snapshot: Send {
     /// The exclusive upper bound of cursor values this snapshot covers exactly, and on
     /// PostgreSQL the snapshot's transaction ids.
     fn bound(&self) -> Bound;
-    /// Runs `select` (whose columns are already rendered as text) and streams its rows.
+    /// Runs `select` (whose columns are rendered as text, or by [`Dialect::render_streamed`])
+    /// and streams its rows as canonical text.
     async fn stream(&mut self, select: &str, sink: &mut dyn RowSink) -> Result<u64>;
     /// Runs a small query inside the snapshot.
     async fn query(&mut self, sql: &str) -> Result<Vec<TextRow>>;

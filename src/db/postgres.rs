@@ -1,6 +1,7 @@
-//! The PostgreSQL adapter. Rows are streamed with `COPY (SELECT …) TO STDOUT` — the select
-//! renders every column as the CSV text the product wants, so the server's own CSV writer does
-//! the work. The capture bound is held back by the oldest open transaction
+//! The PostgreSQL adapter. Rows are streamed with `COPY (SELECT …) TO STDOUT`: in binary,
+//! decoded to canonical text in Rust ([`super::postgres_copy`]), when every output column has
+//! a type it decodes (the select takes raw columns, [`Dialect::render_streamed`]); else in
+//! CSV, the select rendering every column as the text the product wants. The capture bound is held back by the oldest open transaction
 //! (`pg_stat_activity.xact_start`: `now()` stamps rows with its transaction's start).
 //! Locks are session advisory locks on a dedicated connection, freed if the process dies.
 
@@ -11,8 +12,11 @@ use async_trait::async_trait;
 use futures_util::TryStreamExt;
 use sha2::{Digest, Sha256};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgSslMode};
-use sqlx::{ConnectOptions as _, Connection, Postgres};
+use sqlx::{
+    Column as _, ConnectOptions as _, Connection, Postgres, SqlSafeStr as _, Statement as _,
+};
 
+use super::postgres_copy::{decodable, BinaryRows, Field};
 use super::{
     common::{settle, Driver, Probe},
     field, first_row, reach, Bound, ClockNeed, Column, ColumnKind, ConnectOptions, Database,
@@ -71,6 +75,23 @@ impl Dialect for PostgresDialect {
             // A cast of character(n) to text drops its padding; its output function keeps it.
             ColumnKind::Text if is_fixed(column) => format!("textin(bpcharout({c}))"),
             _ => format!("{c}::text"),
+        }
+    }
+
+    fn render_streamed(&self, column: &Column) -> String {
+        match column.kind {
+            // Binary COPY sends these in forms `postgres_copy` decodes into the text `render`
+            // gives, without the server's text output functions (to_char above all).
+            ColumnKind::Bool
+            | ColumnKind::Integer
+            | ColumnKind::Float
+            | ColumnKind::Decimal
+            | ColumnKind::Text
+            | ColumnKind::Timestamp
+            | ColumnKind::TimestampTz
+            | ColumnKind::Date
+            | ColumnKind::Bytes => self.quote(&column.name),
+            ColumnKind::Time | ColumnKind::Other => self.render(column),
         }
     }
 
@@ -320,15 +341,33 @@ impl Snapshot for PgSnapshot {
     }
 
     async fn stream(&mut self, select: &str, sink: &mut dyn RowSink) -> Result<u64> {
-        let copy = format!("COPY ({select}) TO STDOUT WITH (FORMAT csv)");
+        // The select's output types decide: all decodable → binary COPY decoded here (no text
+        // output functions on the server); otherwise the server's CSV, as rendered.
+        let statement = sqlx::Executor::prepare(
+            &mut *self.tx,
+            sqlx::AssertSqlSafe(select.to_string()).into_sql_str(),
+        )
+        .await?;
+        let fields: Option<Vec<Field>> = statement
+            .columns()
+            .iter()
+            .map(|c| c.type_info().oid().and_then(|o| decodable(o.0)))
+            .collect();
+        let Some(fields) = fields else {
+            return copy_csv(&mut self.tx, select, sink).await;
+        };
+        let copy = format!("COPY ({select}) TO STDOUT (FORMAT binary)");
         let mut stream = (*self.tx).copy_out_raw(&copy).await?;
+        let mut rows = BinaryRows::new(fields);
         let mut n = 0u64;
-        // Each CopyData message of COPY TO is one row.
-        while let Some(record) = stream.try_next().await? {
-            sink.write_csv_record(&record)
-                .map_err(|e| Error::io("write export row", "<sink>", e))?;
-            n += 1;
+        let mut write = |fields: &[Option<&str>]| -> Result<()> {
+            sink.write_fields(fields)
+                .map_err(|e| Error::io("write export row", "<sink>", e))
+        };
+        while let Some(chunk) = stream.try_next().await? {
+            n += rows.feed(&chunk, &mut write)?;
         }
+        rows.finish()?;
         Ok(n)
     }
 
@@ -340,6 +379,23 @@ impl Snapshot for PgSnapshot {
         self.tx.commit().await?;
         Ok(())
     }
+}
+
+/// Streams `select` through the server's CSV COPY: each CopyData message is one row.
+async fn copy_csv(
+    tx: &mut sqlx::Transaction<'static, Postgres>,
+    select: &str,
+    sink: &mut dyn RowSink,
+) -> Result<u64> {
+    let copy = format!("COPY ({select}) TO STDOUT WITH (FORMAT csv)");
+    let mut stream = (**tx).copy_out_raw(&copy).await?;
+    let mut n = 0u64;
+    while let Some(record) = stream.try_next().await? {
+        sink.write_csv_record(&record)
+            .map_err(|e| Error::io("write export row", "<sink>", e))?;
+        n += 1;
+    }
+    Ok(n)
 }
 
 struct AdvisoryLock {

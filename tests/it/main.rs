@@ -12,6 +12,7 @@
 mod common;
 
 mod access;
+mod binary_copy;
 mod cli;
 mod formats;
 mod guarantee;
