@@ -5,6 +5,7 @@
 //! and against the table size, full export from SQLite; and the HTTP service ([`http`]).
 
 pub mod http;
+pub mod nats;
 pub mod overhead;
 pub mod replicate;
 

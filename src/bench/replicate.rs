@@ -68,6 +68,8 @@ pub struct ReplicationBench {
     pub sqlite_tenfold: ReplicationRun,
     pub postgres: ReplicationRun,
     pub postgres_tenfold: ReplicationRun,
+    /// SQLite→NATS JetStream (`None` without nats-server).
+    pub nats: Option<super::nats::NatsRun>,
 }
 
 impl ReplicationBench {
@@ -101,6 +103,9 @@ impl ReplicationBench {
                     r.run.seconds / native.seconds.max(1e-9)
                 );
             }
+        }
+        if let Some(n) = &self.nats {
+            s += &n.render();
         }
         s += &line(
             format!("SQLite→SQLite, {} changes", self.sqlite_tenfold.changes),
@@ -143,7 +148,7 @@ impl ReplicationBench {
     }
 }
 
-async fn open(url: &DbUrl) -> Result<std::sync::Arc<dyn Database>> {
+pub(super) async fn open(url: &DbUrl) -> Result<std::sync::Arc<dyn Database>> {
     connect(
         url,
         ConnectOptions {
@@ -154,7 +159,7 @@ async fn open(url: &DbUrl) -> Result<std::sync::Arc<dyn Database>> {
     .await
 }
 
-async fn count(db: &dyn Database, sql: &str) -> Result<u64> {
+pub(super) async fn count(db: &dyn Database, sql: &str) -> Result<u64> {
     let rows = db.query(sql, &[]).await?;
     Ok(rows
         .first()
@@ -165,7 +170,12 @@ async fn count(db: &dyn Database, sql: &str) -> Result<u64> {
 
 /// A burst of `inserts` new users, every second one renamed, every tenth deleted
 /// (100k/50k/10k at 160k changes), committed as `workload` says.
-async fn burst(db: &dyn Database, table: &str, inserts: u64, workload: Workload) -> Result<()> {
+pub(super) async fn burst(
+    db: &dyn Database,
+    table: &str,
+    inserts: u64,
+    workload: Workload,
+) -> Result<()> {
     let now = db.dialect().now_expr();
     let rename = |range: &str| {
         format!("UPDATE {table} SET name = name || '.', updated_at = {now} WHERE {range} AND id % 2 = 0")
@@ -502,6 +512,10 @@ pub async fn run(
         .try_into()
         .map_err(|_| Error::Runtime("bench: SQLite runs missing".into()))?;
     log(&format!(
+        "replication SQLite→NATS JetStream, {changes} changes"
+    ));
+    let nats = super::nats::run(dir, changes).await?;
+    log(&format!(
         "replication SQLite→SQLite, {} changes",
         changes * 10
     ));
@@ -531,5 +545,6 @@ pub async fn run(
         sqlite_tenfold,
         postgres,
         postgres_tenfold,
+        nats,
     })
 }

@@ -6,7 +6,8 @@
 //! - **Order.** One publisher per (stream, table) at a time (the state store's lock); it
 //!   publishes the changes of a table interval by interval, each interval in commit order
 //!   (trigger capture: change-id order; otherwise the strategy's delta order), waiting for the
-//!   acks of at most [`WINDOW`] messages at once. A run is done only when every ack is in.
+//!   acks of at most [`WINDOW`] messages ([`WINDOW_BYTES`] bytes) at once, in publication
+//!   order. A run is done only when every ack is in.
 //! - **Durable when.** A change is delivered once JetStream acked it. The position lives in the
 //!   stream itself: every message carries its interval (`Tidemark-From`, `Tidemark-To`
 //!   positions), its ordinal, its change id (trigger capture) and whether it is the interval's
@@ -35,7 +36,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, context::PublishAckFuture};
 use base64::Engine;
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
@@ -55,8 +56,40 @@ pub const DEFAULT_STREAM: &str = "TIDEMARK";
 /// The subject template by default.
 pub const DEFAULT_SUBJECT_TEMPLATE: &str = "tidemark.{table}.{operation}";
 
-/// Messages whose acks are awaited at once.
-pub const WINDOW: usize = 256;
+/// Messages whose acks are awaited at once, at most.
+pub const WINDOW: usize = 512;
+
+/// Payload bytes whose acks are awaited at once, at most (wide rows make a shorter window;
+/// one message is always let through).
+pub const WINDOW_BYTES: usize = 8 << 20;
+
+/// The publishes whose acks are still to come, oldest first, bounded by [`WINDOW`] messages
+/// and [`WINDOW_BYTES`] bytes. Acks are awaited in publication order.
+#[derive(Default)]
+struct Window {
+    acks: VecDeque<(PublishAckFuture, usize)>,
+    bytes: usize,
+}
+
+impl Window {
+    /// True when a message of `size` bytes must wait for the oldest ack first.
+    fn full(&self, size: usize) -> bool {
+        !self.acks.is_empty()
+            && (self.acks.len() >= WINDOW || self.bytes.saturating_add(size) > WINDOW_BYTES)
+    }
+
+    fn push(&mut self, ack: PublishAckFuture, size: usize) {
+        self.bytes = self.bytes.saturating_add(size);
+        self.acks.push_back((ack, size));
+    }
+
+    /// The oldest ack still to come.
+    fn pop(&mut self) -> Option<PublishAckFuture> {
+        let (ack, size) = self.acks.pop_front()?;
+        self.bytes = self.bytes.saturating_sub(size);
+        Some(ack)
+    }
+}
 
 /// True when `target` names a NATS server (`nats://…`).
 pub fn is_nats_url(target: &str) -> bool {
@@ -851,11 +884,11 @@ impl Publisher {
         let header = Header {
             from: from.map(Position::to_json).unwrap_or_default(),
             to: to.to_json(),
-            to_value: serde_json::from_str(&to.to_json()).unwrap_or(Value::Null),
+            position: to.clone(),
             to_hash: short_hash(&to.to_json()),
             commit_time: to.time().to_string(),
         };
-        let mut inflight: VecDeque<PublishAckFuture> = VecDeque::new();
+        let mut inflight = Window::default();
         let mut held: Option<Outgoing> = None;
         let mut ordinal: u64 = 0;
         let mut published = 0u64;
@@ -892,7 +925,7 @@ impl Publisher {
                 self.send(js, last, true, &mut inflight, outcome).await?;
                 published += 1;
             }
-            while let Some(ack) = inflight.pop_front() {
+            while let Some(ack) = inflight.pop() {
                 self.await_ack(ack).await?;
             }
             Ok(())
@@ -926,21 +959,21 @@ impl Publisher {
         js: &jetstream::Context,
         msg: Outgoing,
         last: bool,
-        inflight: &mut VecDeque<PublishAckFuture>,
+        inflight: &mut Window,
         outcome: &mut RunOutcome,
     ) -> Result<()> {
-        if inflight.len() >= WINDOW {
-            if let Some(ack) = inflight.pop_front() {
-                self.await_ack(ack).await?;
-            }
+        while inflight.full(msg.payload.len()) {
+            let Some(ack) = inflight.pop() else { break };
+            self.await_ack(ack).await?;
         }
+        let size = msg.payload.len();
         let mut headers = msg.headers;
         headers.insert("Tidemark-Last", if last { "true" } else { "false" });
         let ack = js
             .publish_with_headers(msg.subject, headers, msg.payload.into())
             .await
             .map_err(|e| nats_error(&self.target, ConnectFailure::Network, e))?;
-        inflight.push_back(ack);
+        inflight.push(ack, size);
         outcome.messages += 1;
         if msg.delete {
             outcome.deletes += 1;
@@ -949,7 +982,7 @@ impl Publisher {
         }
         if !last && faulty("mid-interval") {
             // Dies with part of an interval acked by the stream, as kill -9 would.
-            while let Some(ack) = inflight.pop_front() {
+            while let Some(ack) = inflight.pop() {
                 self.await_ack(ack).await?;
             }
             std::process::abort();
@@ -1002,7 +1035,6 @@ impl Publisher {
         } else {
             after.as_ref()
         };
-        let key = key_of(&plan.info, keyed);
         let commit_time = field(1)
             .map(|s| {
                 Timestamp::parse(s)
@@ -1010,15 +1042,25 @@ impl Publisher {
                     .unwrap_or_else(|_| s.to_string())
             })
             .unwrap_or_else(|| h.commit_time.clone());
-        let mut body = Map::new();
-        body.insert("operation".into(), Value::String(operation.clone()));
-        body.insert("table".into(), self.opts.replicate.table.as_str().into());
-        body.insert("key".into(), Value::Object(key));
-        body.insert("before".into(), before.map_or(Value::Null, Value::Object));
-        body.insert("after".into(), after.map_or(Value::Null, Value::Object));
-        body.insert("change_id".into(), change_id.into());
-        body.insert("position".into(), h.to_value.clone());
-        body.insert("commit_time".into(), commit_time.into());
+        let body = Body {
+            operation: &operation,
+            table: self.opts.replicate.table.as_str(),
+            key: Key {
+                info: &plan.info,
+                values: keyed.map(Vec::as_slice),
+            },
+            before: Some(before.as_deref().map(|values| Row {
+                info: &plan.info,
+                values,
+            })),
+            after: after.as_deref().map(|values| Row {
+                info: &plan.info,
+                values,
+            }),
+            change_id: Some(change_id),
+            position: &h.position,
+            commit_time: &commit_time,
+        };
         let mut headers = self.headers(plan, h, &format!("c{change_id}"), ordinal);
         headers.insert("Tidemark-Change-Id", change_id.to_string());
         Ok(Outgoing {
@@ -1027,8 +1069,7 @@ impl Publisher {
                 .subjects
                 .subject(&self.opts.replicate.table, &operation)?,
             headers,
-            payload: serde_json::to_vec(&Value::Object(body))
-                .map_err(|e| Error::Runtime(format!("cannot encode a message: {e}")))?,
+            payload: body.encode()?,
             change_id: Some(change_id),
             delete: operation == "DELETE",
         })
@@ -1047,30 +1088,32 @@ impl Publisher {
             .and_then(|f| f.as_deref())
             .unwrap_or_default()
             .to_string();
-        let mut row = Map::new();
-        for (i, c) in plan.info.columns.iter().enumerate() {
-            let text = fields.get(i + 1).and_then(|f| f.as_deref());
-            row.insert(c.name.to_string(), typed_text(c, text));
-        }
-        let key = key_of(&plan.info, Some(&row));
+        let values: Vec<Value> = plan
+            .info
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| typed_text(c, fields.get(i + 1).and_then(|f| f.as_deref())))
+            .collect();
         let delete = operation == "DELETE";
-        let mut body = Map::new();
-        body.insert("operation".into(), Value::String(operation.clone()));
-        body.insert("table".into(), self.opts.replicate.table.as_str().into());
-        body.insert("key".into(), Value::Object(key));
-        if operation == "INSERT" {
-            body.insert("before".into(), Value::Null);
-        }
-        body.insert(
-            "after".into(),
-            if delete {
-                Value::Null
-            } else {
-                Value::Object(row)
+        let row = Row {
+            info: &plan.info,
+            values: &values,
+        };
+        let body = Body {
+            operation: &operation,
+            table: self.opts.replicate.table.as_str(),
+            key: Key {
+                info: &plan.info,
+                values: Some(&values),
             },
-        );
-        body.insert("position".into(), h.to_value.clone());
-        body.insert("commit_time".into(), h.commit_time.clone().into());
+            // A net change has no before image; an insert says so with `null`.
+            before: (operation == "INSERT").then_some(None),
+            after: (!delete).then_some(row),
+            change_id: None,
+            position: &h.position,
+            commit_time: &h.commit_time,
+        };
         let headers = self.headers(plan, h, &format!("{}.{ordinal}", h.to_hash), ordinal);
         Ok(Outgoing {
             subject: self
@@ -1078,8 +1121,7 @@ impl Publisher {
                 .subjects
                 .subject(&self.opts.replicate.table, &operation)?,
             headers,
-            payload: serde_json::to_vec(&Value::Object(body))
-                .map_err(|e| Error::Runtime(format!("cannot encode a message: {e}")))?,
+            payload: body.encode()?,
             change_id: None,
             delete,
         })
@@ -1103,7 +1145,7 @@ struct Skip {
 struct Header {
     from: String,
     to: String,
-    to_value: Value,
+    position: Position,
     to_hash: String,
     commit_time: String,
 }
@@ -1126,7 +1168,11 @@ fn short_hash(s: &str) -> String {
 /// Crash tests set `TIDEMARK_FAULT` to `mid-interval` (dies once the first message of an
 /// interval of several is acked) or `after-interval` (once an interval is acked).
 fn faulty(point: &str) -> bool {
-    std::env::var("TIDEMARK_FAULT").is_ok_and(|v| v == point)
+    static FAULT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    FAULT
+        .get_or_init(|| std::env::var("TIDEMARK_FAULT").ok())
+        .as_deref()
+        == Some(point)
 }
 
 fn fault(point: &str) {
@@ -1135,17 +1181,72 @@ fn fault(point: &str) {
     }
 }
 
-/// The primary-key columns of a row image.
-fn key_of(info: &TableInfo, row: Option<&Map<String, Value>>) -> Map<String, Value> {
-    let mut key = Map::new();
-    for k in &info.primary_key {
-        let v = row
-            .and_then(|r| r.get(k.as_str()))
-            .cloned()
-            .unwrap_or(Value::Null);
-        key.insert(k.to_string(), v);
+/// A message's JSON body, serialised straight from borrowed parts into the payload (no
+/// intermediate JSON tree): `operation`, `table`, `key`, `before` (omitted when `None`), `after`,
+/// `change_id` (omitted when `None`), `position`, `commit_time`.
+#[derive(serde::Serialize)]
+struct Body<'a> {
+    operation: &'a str,
+    table: &'a str,
+    key: Key<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    before: Option<Option<Row<'a>>>,
+    after: Option<Row<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    change_id: Option<i64>,
+    position: &'a Position,
+    commit_time: &'a str,
+}
+
+impl Body<'_> {
+    fn encode(&self) -> Result<Vec<u8>> {
+        let mut payload = Vec::with_capacity(512);
+        serde_json::to_writer(&mut payload, self)
+            .map_err(|e| Error::Runtime(format!("cannot encode a message: {e}")))?;
+        Ok(payload)
     }
-    key
+}
+
+/// A row image: the table's columns in order, each with its typed value.
+#[derive(Clone, Copy)]
+struct Row<'a> {
+    info: &'a TableInfo,
+    values: &'a [Value],
+}
+
+impl serde::Serialize for Row<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.info.columns.len()))?;
+        for (c, v) in self.info.columns.iter().zip(self.values) {
+            map.serialize_entry(c.name.as_str(), v)?;
+        }
+        map.end()
+    }
+}
+
+/// The primary-key columns of a row image (`null` each when there is no image).
+struct Key<'a> {
+    info: &'a TableInfo,
+    values: Option<&'a [Value]>,
+}
+
+impl serde::Serialize for Key<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.info.primary_key.len()))?;
+        for k in &self.info.primary_key {
+            let v = self.values.and_then(|values| {
+                self.info
+                    .columns
+                    .iter()
+                    .position(|c| c.name == *k)
+                    .and_then(|i| values.get(i))
+            });
+            map.serialize_entry(k.as_str(), v.unwrap_or(&Value::Null))?;
+        }
+        map.end()
+    }
 }
 
 /// Integers within ±2^53 stay numbers; larger ones become strings (JSON readers keep 53 bits).
@@ -1190,13 +1291,13 @@ pub fn typed_text(column: &Column, text: Option<&str>) -> Value {
 
 /// A row image (a JSON object of the database's making) with each column typed as
 /// [`typed_text`] types it; the numbers' own digits are kept (decimals exactly).
-fn image(info: &TableInfo, json: &str) -> Result<Map<String, Value>> {
-    let raw: std::collections::HashMap<String, Box<RawValue>> = serde_json::from_str(json)
+fn image(info: &TableInfo, json: &str) -> Result<Vec<Value>> {
+    let raw: std::collections::HashMap<String, &RawValue> = serde_json::from_str(json)
         .map_err(|e| Error::Runtime(format!("a change-log image is not a JSON object: {e}")))?;
-    let mut row = Map::new();
+    let mut row = Vec::with_capacity(info.columns.len());
     for c in &info.columns {
         let Some(v) = raw.get(c.name.as_str()) else {
-            row.insert(c.name.to_string(), Value::Null);
+            row.push(Value::Null);
             continue;
         };
         let text = v.get();
@@ -1219,7 +1320,7 @@ fn image(info: &TableInfo, json: &str) -> Result<Map<String, Value>> {
                 _ => serde_json::from_str(text).unwrap_or(Value::Null),
             }
         };
-        row.insert(c.name.to_string(), value);
+        row.push(value);
     }
     Ok(row)
 }
