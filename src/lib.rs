@@ -22,6 +22,7 @@ pub mod export;
 pub mod failpoint;
 pub mod format;
 pub mod ident;
+pub mod mode;
 pub mod monitor;
 pub mod privilege;
 pub mod replicate;

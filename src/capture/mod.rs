@@ -10,8 +10,6 @@ pub mod timestamp;
 pub mod trigger;
 pub mod version;
 
-use std::fmt;
-
 use sha2::{Digest, Sha256};
 
 use crate::db::{
@@ -22,49 +20,7 @@ use crate::error::{Error, Result};
 use crate::ident::Ident;
 use crate::state::{Position, TableConfig};
 
-/// What an export delivers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Every live row, from one consistent snapshot.
-    Full,
-    /// Live rows inserted or updated since the watermark, latest values, each once.
-    Incremental,
-    /// Every row changed since the watermark, with a leading `operation` column.
-    Delta,
-}
-
-impl Mode {
-    /// The lower-case name used in file names, manifests and the API.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Full => "full",
-            Mode::Incremental => "incremental",
-            Mode::Delta => "delta",
-        }
-    }
-
-    /// Every mode.
-    pub const ALL: [Mode; 3] = [Mode::Full, Mode::Incremental, Mode::Delta];
-
-    /// Parses a mode name (`full`, `incremental`, `delta`).
-    pub fn parse(s: &str) -> Result<Mode> {
-        Mode::ALL
-            .into_iter()
-            .find(|m| m.as_str() == s)
-            .ok_or_else(|| {
-                Error::input(format!(
-                    "unknown export mode {s:?}: expected full, incremental or delta"
-                ))
-            })
-    }
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::mode::Mode;
 
 /// The query of one export: the CSV header and the SELECT producing its rows.
 #[derive(Debug, Clone)]

@@ -506,11 +506,7 @@ impl Replicator {
         let sql = select.sql;
         tracing::debug!(%sql, "reading the interval's changes");
         let reader = tokio::spawn(async move {
-            let mut sink = BatchSink {
-                sender,
-                batch: Vec::with_capacity(batch_size),
-                batch_size,
-            };
+            let mut sink = Batches::new(sender, batch_size, "replication");
             let streamed = snapshot.stream(&sql, &mut sink).await;
             let flushed = sink
                 .flush()
@@ -667,25 +663,37 @@ impl Replicator {
     }
 }
 
-/// Collects delta rows into batches and hands full ones to the applying task. The source
-/// stream calls it synchronously, so a full channel blocks this (reader) task's thread, which
-/// [`tokio::task::block_in_place`] allows on the multi-threaded runtime.
-struct BatchSink {
-    sender: mpsc::Sender<Vec<Change>>,
-    batch: Vec<Change>,
+/// Collects rows into batches and hands full ones to the task that applies or publishes them.
+/// The source stream calls it synchronously, so a full channel blocks this (reader) task's
+/// thread, which [`tokio::task::block_in_place`] allows on the multi-threaded runtime.
+pub(crate) struct Batches<T> {
+    sender: mpsc::Sender<Vec<T>>,
+    batch: Vec<T>,
     batch_size: usize,
+    /// What the receiving side does (`replication`, `publishing`), for messages.
+    work: &'static str,
 }
 
-impl BatchSink {
-    fn push(&mut self, change: Change) -> std::io::Result<()> {
-        self.batch.push(change);
+impl<T> Batches<T> {
+    pub(crate) fn new(sender: mpsc::Sender<Vec<T>>, batch_size: usize, work: &'static str) -> Self {
+        Batches {
+            sender,
+            batch: Vec::with_capacity(batch_size),
+            batch_size,
+            work,
+        }
+    }
+
+    fn push(&mut self, item: T) -> std::io::Result<()> {
+        self.batch.push(item);
         if self.batch.len() >= self.batch_size {
             self.flush()?;
         }
         Ok(())
     }
 
-    fn flush(&mut self) -> std::io::Result<()> {
+    /// Hands over what is collected (the stream's end calls it for the last batch).
+    pub(crate) fn flush(&mut self) -> std::io::Result<()> {
         if self.batch.is_empty() {
             return Ok(());
         }
@@ -693,24 +701,37 @@ impl BatchSink {
         let sender = &self.sender;
         let sent = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
             Ok(tokio::runtime::RuntimeFlavor::CurrentThread) => {
-                return Err(std::io::Error::other(
-                    "replication needs the multi-threaded runtime",
-                ))
+                return Err(std::io::Error::other(format!(
+                    "{} needs the multi-threaded runtime",
+                    self.work
+                )))
             }
             Ok(_) => tokio::task::block_in_place(|| sender.blocking_send(full)),
             Err(_) => sender.blocking_send(full),
         };
-        sent.map_err(|_| std::io::Error::other("the applying side stopped"))
+        sent.map_err(|_| std::io::Error::other(format!("{} stopped", self.work)))
     }
 }
 
-impl RowSink for BatchSink {
+/// Delta rows as changes to apply.
+impl RowSink for Batches<Change> {
     fn write_fields(&mut self, fields: &[Option<&str>]) -> std::io::Result<()> {
         self.push(Change::from_fields(fields.iter().copied())?)
     }
 
     fn write_csv_record(&mut self, record: &[u8]) -> std::io::Result<()> {
         self.push(Change::from_fields(apply::parse_csv_record(record)?)?)
+    }
+}
+
+/// Rows as their text fields.
+impl RowSink for Batches<Vec<Option<String>>> {
+    fn write_fields(&mut self, fields: &[Option<&str>]) -> std::io::Result<()> {
+        self.push(fields.iter().map(|f| f.map(str::to_string)).collect())
+    }
+
+    fn write_csv_record(&mut self, record: &[u8]) -> std::io::Result<()> {
+        self.push(apply::parse_csv_record(record)?)
     }
 }
 

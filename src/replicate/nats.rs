@@ -40,11 +40,9 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use super::{apply, ReplicateOptions, Summary};
+use super::{ReplicateOptions, Summary};
 use crate::capture::{self, strategy_for, CaptureStrategy, Mode};
-use crate::db::{
-    Column, ColumnKind, Database, RowSink, SnapshotOptions, TableInfo, Timestamp, Wakeups,
-};
+use crate::db::{Column, ColumnKind, Database, SnapshotOptions, TableInfo, Timestamp, Wakeups};
 use crate::error::{ConnectFailure, Error, Result};
 use crate::ident::{ConsumerId, TableName};
 use crate::state::replicas::ReplicaRecord;
@@ -865,11 +863,7 @@ impl Publisher {
         };
         tracing::debug!(%sql, "reading the interval's changes");
         let reader = tokio::spawn(async move {
-            let mut sink = FieldSink {
-                sender,
-                batch: Vec::with_capacity(batch_size),
-                batch_size,
-            };
+            let mut sink = super::Batches::new(sender, batch_size, "publishing");
             let streamed = snapshot.stream(&sql, &mut sink).await;
             let flushed = sink
                 .flush()
@@ -1323,52 +1317,6 @@ fn image(info: &TableInfo, json: &str) -> Result<Vec<Value>> {
         row.push(value);
     }
     Ok(row)
-}
-
-/// Collects the rows of a query (text fields) into batches for the publishing task (the
-/// source's stream calls it synchronously; see `BatchSink` in the parent module).
-struct FieldSink {
-    sender: mpsc::Sender<Vec<Vec<Option<String>>>>,
-    batch: Vec<Vec<Option<String>>>,
-    batch_size: usize,
-}
-
-impl FieldSink {
-    fn push(&mut self, row: Vec<Option<String>>) -> std::io::Result<()> {
-        self.batch.push(row);
-        if self.batch.len() >= self.batch_size {
-            self.flush()?;
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        if self.batch.is_empty() {
-            return Ok(());
-        }
-        let full = std::mem::replace(&mut self.batch, Vec::with_capacity(self.batch_size));
-        let sender = &self.sender;
-        let sent = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-            Ok(tokio::runtime::RuntimeFlavor::CurrentThread) => {
-                return Err(std::io::Error::other(
-                    "publishing needs the multi-threaded runtime",
-                ))
-            }
-            Ok(_) => tokio::task::block_in_place(|| sender.blocking_send(full)),
-            Err(_) => sender.blocking_send(full),
-        };
-        sent.map_err(|_| std::io::Error::other("the publishing side stopped"))
-    }
-}
-
-impl RowSink for FieldSink {
-    fn write_fields(&mut self, fields: &[Option<&str>]) -> std::io::Result<()> {
-        self.push(fields.iter().map(|f| f.map(str::to_string)).collect())
-    }
-
-    fn write_csv_record(&mut self, record: &[u8]) -> std::io::Result<()> {
-        self.push(apply::parse_csv_record(record)?)
-    }
 }
 
 /// Publishes `tables` to the stream of `target`, one [`Publisher`] each, side by side; runs

@@ -2,10 +2,10 @@
 //! answers for earlier jobs. A job's id is also the id of the export it runs, which ties a job
 //! that was running when its server died to what its export left behind.
 
-use crate::capture::Mode;
 use crate::db::{field, Param, Stmt, Timestamp};
 use crate::error::Result;
 use crate::ident::{ConsumerId, TableName};
+use crate::mode::Mode;
 
 use super::StateStore;
 
