@@ -256,9 +256,7 @@ impl Replicator {
                     // The pools reconnect by themselves; the plan is made again in case the
                     // target was recreated meanwhile.
                     self.plan = None;
-                    let backoff = Duration::from_millis(100)
-                        .saturating_mul(1 << failures.min(7))
-                        .min(Duration::from_secs(10));
+                    let backoff = backoff(failures);
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "replication failed transiently; retrying");
                     backoff
                 }
@@ -733,6 +731,14 @@ impl RowSink for Batches<Vec<Option<String>>> {
     fn write_csv_record(&mut self, record: &[u8]) -> std::io::Result<()> {
         self.push(apply::parse_csv_record(record)?)
     }
+}
+
+/// The wait before retry number `failures` (from 1) of a run that failed transiently: doubling
+/// from 200 ms, at most 10 s. Replication and publishing back off alike.
+pub(crate) fn backoff(failures: u32) -> Duration {
+    Duration::from_millis(100)
+        .saturating_mul(1 << failures.min(7))
+        .min(Duration::from_secs(10))
 }
 
 /// True for failures a retry can cure (see [`Error::is_transient`]).

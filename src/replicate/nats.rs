@@ -431,9 +431,7 @@ impl Publisher {
                     // reach the stream after what the next run publishes.
                     self.js = None;
                     self.plan = None;
-                    let backoff = Duration::from_millis(100)
-                        .saturating_mul(1 << failures.min(7))
-                        .min(Duration::from_secs(10));
+                    let backoff = super::backoff(failures);
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "publishing failed transiently; retrying");
                     backoff
                 }
