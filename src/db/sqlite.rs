@@ -408,24 +408,8 @@ impl Snapshot for SqliteSnapshot {
         self.with_conn(move |conn| {
             let mut stmt = conn.prepare(&sql).map_err(sqlite_error)?;
             let width = stmt.column_count();
-            let mut out = Vec::new();
-            let mut rows = stmt.query([]).map_err(sqlite_error)?;
-            while let Some(row) = rows.next().map_err(sqlite_error)? {
-                let mut r: TextRow = Vec::with_capacity(width);
-                for i in 0..width {
-                    use rusqlite::types::ValueRef;
-                    r.push(match row.get_ref(i).map_err(sqlite_error)? {
-                        ValueRef::Null => None,
-                        ValueRef::Integer(n) => Some(n.to_string()),
-                        ValueRef::Real(f) => Some(f.to_string()),
-                        ValueRef::Text(t) | ValueRef::Blob(t) => {
-                            Some(String::from_utf8_lossy(t).into_owned())
-                        }
-                    });
-                }
-                out.push(r);
-            }
-            Ok(out)
+            let rows = text_rows(stmt.query([]).map_err(sqlite_error)?, width);
+            rows
         })
         .await
     }
@@ -536,27 +520,11 @@ impl Transaction for SqliteTx {
     async fn query(&mut self, sql: &str, params: Vec<Param>) -> Result<Vec<TextRow>> {
         let sql = sql.to_string();
         self.with_conn(move |conn| {
-            use rusqlite::types::ValueRef;
             let mut stmt = conn.prepare_cached(&sql).map_err(sqlite_error)?;
             bind_params(&mut stmt, &params)?;
             let width = stmt.column_count();
-            let mut out = Vec::new();
-            let mut rows = stmt.raw_query();
-            while let Some(row) = rows.next().map_err(sqlite_error)? {
-                let mut r: TextRow = Vec::with_capacity(width);
-                for i in 0..width {
-                    r.push(match row.get_ref(i).map_err(sqlite_error)? {
-                        ValueRef::Null => None,
-                        ValueRef::Integer(n) => Some(n.to_string()),
-                        ValueRef::Real(f) => Some(f.to_string()),
-                        ValueRef::Text(t) | ValueRef::Blob(t) => {
-                            Some(String::from_utf8_lossy(t).into_owned())
-                        }
-                    });
-                }
-                out.push(r);
-            }
-            Ok(out)
+            let rows = text_rows(stmt.raw_query(), width);
+            rows
         })
         .await
     }
@@ -750,6 +718,27 @@ impl Database for SqliteDb {
             home: std::sync::Arc::clone(&self.writer),
         }))
     }
+}
+
+/// Every row of `rows` (of `width` columns) as text, NULL as `None`.
+fn text_rows(mut rows: rusqlite::Rows<'_>, width: usize) -> Result<Vec<TextRow>> {
+    use rusqlite::types::ValueRef;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(sqlite_error)? {
+        let mut r: TextRow = Vec::with_capacity(width);
+        for i in 0..width {
+            r.push(match row.get_ref(i).map_err(sqlite_error)? {
+                ValueRef::Null => None,
+                ValueRef::Integer(n) => Some(n.to_string()),
+                ValueRef::Real(f) => Some(f.to_string()),
+                ValueRef::Text(t) | ValueRef::Blob(t) => {
+                    Some(String::from_utf8_lossy(t).into_owned())
+                }
+            });
+        }
+        out.push(r);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
